@@ -1,0 +1,215 @@
+"""The experiment config: one YAML file, validated by pydantic.
+
+Every field has a default and a description (the README's config reference is generated from
+these descriptions by ``m3bind config --reference``). An unknown or mistyped key fails with
+its dotted path and the keys allowed at that place.
+"""
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from m3bind.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSpec(Section):
+    type: str = Field("builtin", description="Which model: 'builtin' (small m3bind CLIP trained in phase one) "
+                                            "or an adapter name (see docs/checkpoints.md).")
+    path: str | None = Field(None, description="Local checkpoint file or folder. For 'builtin': a saved "
+                                               "m3bind model folder to start from instead of pretraining.")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Architecture options passed to the model builder "
+                                                "(validated there), e.g. widths of the built-in encoders.")
+
+
+class ModalityConfig(Section):
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The modality's CLIP-like model.")
+    manifest: str | None = Field(None, description="Manifest (CSV/JSONL/Parquet) with train/val/test rows, "
+                                                   "relative to the config file.")
+    preprocess: dict[str, Any] = Field(default_factory=dict,
+                                       description="Overrides of the modality's preprocessing defaults "
+                                                   "(see m3bind.data.transforms).")
+    prompts: str | None = Field(None, description="Zero-shot prompt file (YAML) for this modality; "
+                                                  "default: the built-in prompts for known modalities.")
+
+
+class PretrainConfig(Section):
+    steps: int = Field(300, ge=1, description="Optimizer steps per modality in phase one.")
+    batch_size: int = Field(32, ge=2, description="Image-text pairs per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps before cosine decay.")
+    checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
+
+
+class LoraConfig(Section):
+    r: int = Field(8, ge=1, description="LoRA rank (authors' code: 8).")
+    alpha: float = Field(8.0, gt=0, description="LoRA alpha (authors' code: 8).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (authors' code: 0.1).")
+    text: bool = Field(True, description="Put LoRA on the text towers (paper: yes).")
+    image: bool = Field(False, description="Also put LoRA on the image towers (authors' code: yes; "
+                                           "default off so image embeddings stay the phase-one ones).")
+
+
+class BalanceConfig(Section):
+    sampling: bool = Field(True, description="AMB part 1: sample text-alignment batches with p_m (eq. 3).")
+    lr_scaling: bool = Field(True, description="AMB part 2: per-modality learning rate eta_0/sqrt(|D_m|) (eq. 4).")
+    loss_weights: bool = Field(True, description="AMB part 3: loss weights w_m = 1/sqrt(|D_m|) (eq. 5).")
+    beta: float = Field(0.5, ge=0, description="Sampling exponent beta (eq. 3; paper 0.5).")
+
+
+class BindConfig(Section):
+    steps: int = Field(400, ge=1, description="Binding iterations (paper: 15,000).")
+    lr: float = Field(2e-5, gt=0, description="Base learning rate eta_0 (paper: 2e-5).")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay (authors' code: 1e-5).")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps before cosine decay.")
+    lambda_text: float = Field(10.0, ge=0, description="lambda, weight of the cross-encoder text MSE (paper: 10).")
+    image_batch_size: int = Field(32, ge=2, description="Image-text pairs per modality per step (paper: 72, CT 8).")
+    text_batch_size: int = Field(64, ge=1, description="Texts per step for text alignment (paper: 64).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+    balance: BalanceConfig = Field(default_factory=BalanceConfig, description="Adaptive modality balancing.")
+    modalities: list[str] | None = Field(None, description="Subset of configured modalities to bind "
+                                                           "(default: all).")
+    checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
+
+
+class StudentConfig(Section):
+    type: Literal["builtin", "hf"] = Field("builtin", description="'builtin': a small BERT trained from "
+                                           "scratch on all corpora; 'hf': a local Hugging Face BERT-family folder.")
+    path: str | None = Field(None, description="For 'hf': the local model folder (e.g. BioClinicalBERT).")
+    pooling: Literal["cls", "mean"] = Field("cls", description="How token states become one text vector.")
+
+
+class DistillConfig(Section):
+    student: StudentConfig = Field(default_factory=StudentConfig, description="The student text encoder.")
+    phase_a_steps: int = Field(200, ge=0, description="Steps of L_KD only (paper: 1,200).")
+    phase_b_steps: int = Field(200, ge=0, description="Steps of L_KD + L_Contrastive (paper: 1,200).")
+    lr: float = Field(5e-4, gt=0, description="Learning rate for the student.")
+    batch_size: int = Field(64, ge=2, description="Texts (phase A) / image-text pairs per modality (phase B).")
+    cache_embeddings: bool = Field(True, description="Compute frozen teacher/image embeddings once and reuse them.")
+    update_heads: bool = Field(False, description="Phase B also trains the binding heads so image embeddings "
+                                                  "move toward the student's text space.")
+    checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
+
+
+class EvalConfig(Section):
+    shots: list[int] = Field(default_factory=lambda: [1, 5, 10], description="Few-shot shots per class.")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Seeds for few-shot sampling.")
+    recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10], description="K values for Recall@K.")
+
+
+class ExperimentConfig(Section):
+    seed: int = Field(0, description="Global random seed.")
+    output_dir: str = Field("runs/experiment", description="Where checkpoints, logs and reports go "
+                                                          "(relative to the config file).")
+    shared_dim: int = Field(512, ge=2, description="Dimension D of the shared space (paper: 512).")
+    demo_sizes: bool = Field(False, description="Use the small demo preprocessing sizes instead of the "
+                                                "published models' sizes.")
+    modalities: dict[str, ModalityConfig] = Field(default_factory=dict,
+                                                  description="Modality name -> its model and data.")
+    paired_manifests: dict[str, str] = Field(default_factory=dict,
+                                             description="Modality -> manifest of the paired test set "
+                                                         "(equal patient_id = same patient).")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Phase one.")
+    bind: BindConfig = Field(default_factory=BindConfig, description="Stage 1 binding.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Stage 2 SESKD.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The model class inside Optional[...]/list[...]/dict[str, ...] annotations, if any."""
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return annotation
+    for arg in reversed(typing.get_args(annotation)):
+        inner = _unwrap(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+def _allowed_keys(root: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Keys allowed at the place where ``loc`` (a pydantic error location) points."""
+    current: Any = root
+    for part in loc[:-1]:
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            current = _unwrap(current.model_fields[part].annotation)
+        # dict keys / list indexes keep the current value type
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def format_validation_error(exc: ValidationError, root: type[BaseModel], source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(root, tuple(error["loc"]))
+            hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+            close = difflib.get_close_matches(str(error["loc"][-1]), allowed or [], n=1)
+            if close:
+                hint = f" (did you mean '{close[0]}'?)" + hint
+            lines.append(f"  {key}: unknown key{hint}")
+        else:
+            lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> ExperimentConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, ExperimentConfig, source)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a YAML experiment config; paths inside it stay relative to the file (see resolve_path)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def resolve_path(config_file: str | Path | None, value: str) -> Path:
+    """Paths in a config are relative to the config file's folder."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or config_file is None:
+        return p
+    return Path(config_file).parent / p
+
+
+def config_reference(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) rows for every field, recursively: the README's reference table."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        inner = _unwrap(field.annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel) and typing.get_origin(field.annotation) is None:
+            rows.append((key, "", field.description or ""))
+            rows.extend(config_reference(inner, key + "."))
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((key, repr(default), field.description or ""))
+    return rows

@@ -1,0 +1,145 @@
+"""Manifests: one table per dataset, one row per study (the project's data interface).
+
+Columns (DESIGN.md): ``path`` (relative to the manifest's folder), ``text``, ``labels``
+('|'-separated, may be empty), ``split`` (train/val/test), ``patient_id`` (optional),
+``modality`` (optional when the caller says which modality it expects). Extra columns are
+kept untouched. CSV, JSONL and Parquet are read; every validation error names the file, the
+data row (1-based, header excluded) and the column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from m3bind.errors import DataError
+
+REQUIRED_COLUMNS = ("path", "text")
+OPTIONAL_COLUMNS = ("labels", "split", "patient_id", "modality")
+SPLITS = ("train", "val", "test")
+LABEL_SEPARATOR = "|"
+
+
+@dataclass
+class Manifest:
+    """A validated manifest. ``table`` keeps every column of the file; ``root`` is its folder."""
+
+    source: Path
+    table: pd.DataFrame
+    modality: str | None = None
+    skipped: list[DataError] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.source.parent
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def split(self, name: str) -> "Manifest":
+        """The rows of one split (a new Manifest sharing the source)."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split '{name}'; expected one of {', '.join(SPLITS)}")
+        rows = self.table[self.table["split"] == name].reset_index(drop=True)
+        return Manifest(self.source, rows, self.modality)
+
+    def absolute_path(self, i: int) -> Path:
+        return self.root / str(self.table.at[i, "path"])
+
+    def labels(self, i: int) -> list[str]:
+        return parse_labels(self.table.at[i, "labels"])
+
+    def texts(self) -> list[str]:
+        return self.table["text"].astype(str).tolist()
+
+    def label_names(self) -> list[str]:
+        """All distinct labels in this manifest, sorted."""
+        names = {label for raw in self.table["labels"] for label in parse_labels(raw)}
+        return sorted(names)
+
+
+def parse_labels(raw: object) -> list[str]:
+    if raw is None or (isinstance(raw, float) and pd.isna(raw)):
+        return []
+    return [part.strip() for part in str(raw).split(LABEL_SEPARATOR) if part.strip()]
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = "".join(path.suffixes[-2:]).lower() if path.name.endswith(".gz") else path.suffix.lower()
+    try:
+        if suffix in (".csv", ".csv.gz"):
+            # Everything as text: ids like "00123" must not lose their zeros.
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        if suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
+            return pd.read_json(path, lines=True, dtype=False)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(path, f"cannot parse manifest: {exc}") from exc
+    raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv, .jsonl or .parquet")
+
+
+def read_manifest(path: str | Path, modality: str | None = None, check_files: bool = True) -> Manifest:
+    """Read and validate a manifest.
+
+    ``modality``: when given, rows whose ``modality`` column says otherwise are an error, and a
+    missing column is filled with it. ``check_files``: every ``path`` must exist on disk.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "manifest file does not exist")
+    table = _read_table(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(path, f"missing required column(s) {', '.join(missing)}; "
+                              f"found columns {', '.join(map(str, table.columns))}")
+    if len(table) == 0:
+        raise DataError(path, "manifest has no rows")
+    table = table.copy()
+    if "labels" not in table.columns:
+        table["labels"] = ""
+    if "split" not in table.columns:
+        table["split"] = "train"
+    if "patient_id" not in table.columns:
+        table["patient_id"] = ""
+    if "modality" not in table.columns or modality is not None and (table["modality"].astype(str) == "").all():
+        table["modality"] = modality or ""
+    for column in ("path", "text", "labels", "split", "patient_id", "modality"):
+        table[column] = table[column].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+
+    for row, record in enumerate(table.itertuples(index=False), start=1):
+        _validate_row(path, row, record._asdict(), modality, check_files)
+    return Manifest(path, table.reset_index(drop=True), modality)
+
+
+def _validate_row(path: Path, row: int, record: dict, modality: str | None, check_files: bool) -> None:
+    if not record["path"].strip():
+        raise DataError(path, "empty path", row=row, column="path")
+    if not record["text"].strip():
+        raise DataError(path, "empty text (every study needs its report or caption)", row=row, column="text")
+    if record["split"] not in SPLITS:
+        raise DataError(path, f"'{record['split']}' is not a split; expected one of {', '.join(SPLITS)}",
+                        row=row, column="split")
+    if modality is not None and record["modality"] not in ("", modality):
+        raise DataError(path, f"modality '{record['modality']}' but this manifest is used for '{modality}'",
+                        row=row, column="modality")
+    if check_files and not (path.parent / record["path"]).exists():
+        raise DataError(path, f"file '{record['path']}' does not exist (paths are relative to the manifest's folder)",
+                        row=row, column="path")
+
+
+def write_manifest(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a manifest in the format its suffix names (csv, jsonl or parquet)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table.to_csv(path, index=False)
+    elif suffix in (".jsonl", ".ndjson"):
+        table.to_json(path, orient="records", lines=True)
+    elif suffix in (".parquet", ".pq"):
+        table.to_parquet(path, index=False)
+    else:
+        raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv, .jsonl or .parquet")
+    return path

@@ -1,0 +1,82 @@
+import json
+
+import pandas as pd
+import pytest
+
+from m3bind.data.manifest import read_manifest, write_manifest
+from m3bind.errors import DataError
+
+
+def _rows(tmp_path, n=3):
+    for i in range(n):
+        (tmp_path / f"s{i}.npy").write_bytes(b"x")
+    return [{"path": f"s{i}.npy", "text": f"report {i}", "labels": "cardiomegaly|pleural effusion" if i else "",
+             "split": "train", "patient_id": f"00{i}", "modality": "xray", "site": "A"} for i in range(n)]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_all_formats_read_the_same_and_keep_extra_columns(tmp_path, suffix):
+    path = write_manifest(pd.DataFrame(_rows(tmp_path)), tmp_path / f"m{suffix}")
+    manifest = read_manifest(path, modality="xray")
+    assert len(manifest) == 3
+    assert manifest.labels(1) == ["cardiomegaly", "pleural effusion"]
+    assert manifest.labels(0) == []
+    assert manifest.table.at[0, "site"] == "A"
+    assert manifest.table.at[2, "patient_id"] == "002"  # leading zeros survive
+    assert manifest.absolute_path(0) == tmp_path / "s0.npy"
+    assert manifest.label_names() == ["cardiomegaly", "pleural effusion"]
+
+
+def test_bad_split_names_file_row_and_column(tmp_path):
+    rows = _rows(tmp_path)
+    rows[1]["split"] = "tran"
+    path = write_manifest(pd.DataFrame(rows), tmp_path / "m.csv")
+    with pytest.raises(DataError) as info:
+        read_manifest(path)
+    err = info.value
+    assert (err.row, err.column) == (2, "split")
+    assert "m.csv, row 2, column 'split': 'tran' is not a split" in str(err)
+
+
+def test_missing_file_empty_text_and_missing_columns(tmp_path):
+    rows = _rows(tmp_path)
+    rows[2]["path"] = "nowhere.npy"
+    path = write_manifest(pd.DataFrame(rows), tmp_path / "m.csv")
+    with pytest.raises(DataError, match="row 3, column 'path': file 'nowhere.npy' does not exist"):
+        read_manifest(path)
+    assert len(read_manifest(path, check_files=False)) == 3
+
+    rows = _rows(tmp_path)
+    rows[0]["text"] = ""
+    path = write_manifest(pd.DataFrame(rows), tmp_path / "m2.csv")
+    with pytest.raises(DataError, match="row 1, column 'text'"):
+        read_manifest(path)
+
+    path = tmp_path / "m3.csv"
+    pd.DataFrame([{"path": "s0.npy"}]).to_csv(path, index=False)
+    with pytest.raises(DataError, match="missing required column"):
+        read_manifest(path)
+
+
+def test_modality_mismatch_and_optional_columns(tmp_path):
+    rows = _rows(tmp_path)
+    path = write_manifest(pd.DataFrame(rows), tmp_path / "m.jsonl")
+    with pytest.raises(DataError, match="row 1, column 'modality'"):
+        read_manifest(path, modality="ct")
+    minimal = tmp_path / "minimal.csv"
+    pd.DataFrame([{"path": "s0.npy", "text": "normal"}]).to_csv(minimal, index=False)
+    manifest = read_manifest(minimal, modality="ecg")
+    assert manifest.table.at[0, "split"] == "train" and manifest.table.at[0, "modality"] == "ecg"
+
+
+def test_split_selection_and_unparseable_file(tmp_path):
+    rows = _rows(tmp_path)
+    rows[0]["split"] = "test"
+    manifest = read_manifest(write_manifest(pd.DataFrame(rows), tmp_path / "m.csv"))
+    assert len(manifest.split("train")) == 2 and len(manifest.split("test")) == 1
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    with pytest.raises(DataError, match="broken.jsonl: cannot parse manifest"):
+        read_manifest(broken)
+    with pytest.raises(DataError, match="unsupported manifest format"):
+        read_manifest(tmp_path / "s0.npy")
