@@ -1,0 +1,79 @@
+"""The shared training loop: schedule, exact resume, NaN guard, atomic checkpoints, logs."""
+import csv
+
+import pytest
+import torch
+
+from m3bind.errors import TrainingError
+from m3bind.train.checkpoint import CheckpointManager
+from m3bind.train.loop import LoopSettings, run_loop, step_generator, warmup_cosine
+
+
+def _problem(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    target = torch.randn(4, 1, generator=torch.Generator().manual_seed(0))
+
+    def step_fn(step):
+        g = step_generator(7, step)
+        x = torch.randn(16, 4, generator=g)
+        loss = ((model(x) - x @ target) ** 2).mean()
+        return {"loss": loss, "mse": loss}
+    return model, optimizer, step_fn
+
+
+def test_warmup_then_cosine():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[8] == pytest.approx(0.5)         # halfway through the cosine part
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path):
+    settings = LoopSettings(total_steps=30, warmup_steps=3, checkpoint_every=10)
+    model, opt, step_fn = _problem()
+    run_loop(model, opt, step_fn, settings, tmp_path / "full", tensorboard=False)
+
+    model2, opt2, step_fn2 = _problem()
+    run_loop(model2, opt2, step_fn2, settings, tmp_path / "killed", stop_after=17, tensorboard=False)
+    # A new process: fresh model and optimizer, state comes only from the checkpoint (step 17).
+    model3, opt3, step_fn3 = _problem(seed=123)
+    torch.manual_seed(999)  # resume must restore the RNG, whatever the state now
+    result = run_loop(model3, opt3, step_fn3, settings, tmp_path / "killed", resume=True, tensorboard=False)
+    assert result.resumed_from == 17
+    for a, b in zip(model.state_dict().values(), model3.state_dict().values()):
+        assert torch.equal(a, b)
+    rows = list(csv.DictReader((tmp_path / "killed" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    model, opt, step_fn = _problem()
+
+    def poisoned(step):
+        parts = step_fn(step)
+        if step == 12:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+    settings = LoopSettings(total_steps=30, checkpoint_every=5)
+    with pytest.raises(TrainingError, match="non-finite loss at step 13.*last good checkpoint is step 10"):
+        run_loop(model, opt, poisoned, settings, tmp_path, tensorboard=False)
+    assert CheckpointManager(tmp_path / "checkpoints").latest().name == "step_0000010"
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    model, opt, step_fn = _problem()
+    run_loop(model, opt, step_fn, LoopSettings(total_steps=20, checkpoint_every=5), tmp_path, tensorboard=False)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step_0000015", "step_0000020"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+    files = sorted(p.name for p in (tmp_path / "checkpoints" / "step_0000020").iterdir())
+    assert files == ["model.safetensors", "optimizer.json", "optimizer.safetensors", "state.json"]
