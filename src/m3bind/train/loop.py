@@ -99,6 +99,7 @@ class LoopSettings:
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 100
     log_every: int = 1
+    mixed_precision: str = "no"     # "no" | "bf16" | "fp16": autocast through accelerate
     description: str = "training"
 
 
@@ -126,7 +127,8 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
     """
     from accelerate import Accelerator
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                             mixed_precision=settings.mixed_precision)
     checkpoint_state = checkpoint_state or (lambda: trainable_state(model))
     scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.total_steps)
     checkpoints = CheckpointManager(run_dir / "checkpoints")
@@ -145,7 +147,8 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
             model.train()
             parts_sum: dict[str, float] = {}
             for micro in range(settings.grad_accum):
-                parts = step_fn(step * settings.grad_accum + micro)
+                with accelerator.autocast():
+                    parts = step_fn(step * settings.grad_accum + micro)
                 loss = parts["loss"]
                 if not torch.isfinite(loss.detach()).all():
                     bad = {k: float(v.detach()) for k, v in parts.items()}

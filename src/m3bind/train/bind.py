@@ -1,0 +1,135 @@
+"""Stage 1, binding (paper eq. 1-6): keep each model's image-text alignment while pulling all
+text encoders into one space.
+
+Per step:
+  L_total = sum_m w_m L_CLIP^(m)  +  lambda * sum_{m1 != m2} w_m1 w_m2 L_MSE^(m1, m2)
+where L_CLIP^(m) is the symmetric CLIP loss on a batch of modality m's own image-text pairs and
+L_MSE^(m1, m2) compares what two text encoders make of the SAME texts (each through its own
+tokenizer), drawn from all corpora with probabilities p_m. The sum runs over ordered pairs, as
+written in DESIGN.md (each unordered pair counts twice; this only rescales lambda).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import permutations
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from m3bind.config import BindConfig
+from m3bind.data.datasets import LoadedStudies
+from m3bind.models.binding import BoundModality
+from m3bind.train.balance import Balance, modality_balance
+from m3bind.train.losses import clip_loss, mean_squared_distance
+from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
+from m3bind.train.pretrain import sample_batch
+
+
+def text_alignment_loss(text_embeddings: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    """sum over ordered pairs m1 != m2 of w_m1 w_m2 L_MSE^(m1, m2)."""
+    names = list(text_embeddings)
+    total = text_embeddings[names[0]].new_zeros(())
+    for m1, m2 in permutations(names, 2):
+        total = total + weights[m1] * weights[m2] * mean_squared_distance(text_embeddings[m1], text_embeddings[m2])
+    return total
+
+
+def sample_texts(corpora: Mapping[str, Sequence[str]], probabilities: Mapping[str, float], n: int,
+                 generator: torch.Generator) -> list[str]:
+    """n texts: each from modality m with probability p_m, uniformly within that corpus."""
+    names = list(corpora)
+    probs = torch.tensor([probabilities[m] for m in names], dtype=torch.float64)
+    picks = torch.multinomial(probs, n, replacement=True, generator=generator).tolist()
+    texts = []
+    for m_index in picks:
+        corpus = corpora[names[m_index]]
+        texts.append(corpus[int(torch.randint(len(corpus), (1,), generator=generator))])
+    return texts
+
+
+@torch.no_grad()
+def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
+    """Mean cosine between every pair of text encoders on the same texts (1 = identical spaces)."""
+    was_training = {m: b.training for m, b in bound.items()}
+    for b in bound.values():
+        b.eval()
+    embeddings = {m: b.encode_texts(list(texts)) for m, b in bound.items()}
+    for m, b in bound.items():
+        b.train(was_training[m])
+    cosines = [(embeddings[a] * embeddings[b]).sum(-1).mean() for a, b in permutations(embeddings, 2)]
+    return float(torch.stack(cosines).mean()) if cosines else 1.0
+
+
+class NativeImageCache:
+    """Frozen image towers (no image LoRA) give fixed native embeddings: compute them once."""
+
+    def __init__(self, bound: BoundModality, images: Tensor, batch_size: int = 128):
+        model = bound.model
+        model.eval()
+        with torch.no_grad():
+            self.embeddings = torch.cat([model.encode_image(images[i:i + batch_size].to(model.device))
+                                         for i in range(0, len(images), batch_size)])
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        return self.embeddings[index]
+
+
+def balance_for(sizes: Mapping[str, int], cfg: BindConfig) -> Balance:
+    return modality_balance(sizes, sampling=cfg.balance.sampling, lr_scaling=cfg.balance.lr_scaling,
+                            loss_weights=cfg.balance.loss_weights, beta=cfg.balance.beta)
+
+
+def build_optimizer(bound: Mapping[str, BoundModality], cfg: BindConfig, balance: Balance) -> torch.optim.AdamW:
+    """One parameter group per modality with learning rate eta_0 * scale_m (AMB eq. 4)."""
+    groups = []
+    for m, module in bound.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        groups.append({"params": params, "lr": cfg.lr * balance.lr_scales[m], "name": m})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedStudies], cfg: BindConfig,
+                run_dir: Path, *, heldout_texts: Sequence[str], seed: int = 0, resume: bool = False,
+                progress=None, stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
+    """Run stage 1 on already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding)."""
+    names = list(bound)
+    sizes = {m: len(train[m]) for m in names}
+    balance = balance_for(sizes, cfg)
+    container = nn.ModuleDict(dict(bound))
+    optimizer = build_optimizer(bound, cfg, balance)
+    corpora = {m: train[m].texts for m in names}
+    caches = {m: NativeImageCache(bound[m], train[m].images) for m in names if not cfg.lora.image}
+
+    def encode_images(m: str, index: Tensor) -> Tensor:
+        if m in caches:
+            return bound[m].head(caches[m][index])
+        return bound[m].encode_image(train[m].images[index].to(bound[m].model.device))
+
+    def step_fn(step: int) -> dict[str, Tensor]:
+        parts: dict[str, Tensor] = {}
+        clip_total = None
+        for stream, m in enumerate(names, start=1):
+            index = sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream))
+            image_emb = encode_images(m, index)
+            text_emb = bound[m].encode_texts([train[m].texts[i] for i in index.tolist()])
+            loss_m = clip_loss(image_emb, text_emb, bound[m].logit_scale())
+            parts[f"clip/{m}"] = loss_m
+            term = balance.loss_weights[m] * loss_m
+            clip_total = term if clip_total is None else clip_total + term
+        texts = sample_texts(corpora, balance.probabilities, cfg.text_batch_size, step_generator(seed, step, 0))
+        text_emb = {m: bound[m].encode_texts(texts) for m in names}
+        align = text_alignment_loss(text_emb, balance.loss_weights) if len(names) > 1 else clip_total * 0
+        parts["clip"] = clip_total
+        parts["text_mse"] = align
+        parts["loss"] = clip_total + cfg.lambda_text * align
+        return parts
+
+    def agreement(step: int) -> dict[str, float]:
+        return {"text_agreement": text_agreement(bound, heldout_texts)}
+
+    settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
+                            checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision,
+                            description="bind")
+    return run_loop(container, optimizer, step_fn, settings, run_dir, resume=resume, progress=progress,
+                    on_checkpoint=agreement, stop_after=stop_after, tensorboard=tensorboard)

@@ -1,0 +1,56 @@
+"""Losses of M3Bind: the CLIP contrastive loss and the text-alignment distances.
+
+Embeddings are assumed L2-normalised, as every :class:`~m3bind.models.base.ModalityModel`
+and binding head returns them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Symmetric InfoNCE of CLIP: the mean of the image->text and text->image cross entropies.
+
+    Row ``i`` of ``image_emb`` and row ``i`` of ``text_emb`` are a positive pair; every other
+    row in the batch is a negative. Both are ``(N, D)``; ``logit_scale`` multiplies the
+    cosine similarities (already exponentiated, e.g. ``1/0.07``).
+    """
+    if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
+        raise ValueError(f"clip_loss needs two (N, D) tensors of the same shape, got "
+                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+    logits = logit_scale * image_emb @ text_emb.T  # (N images, N texts)
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+
+
+def mean_squared_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Mean over the batch of ``||a_i - b_i||^2`` (summed over dimensions): the paper's eq. 2.
+
+    Note: ``torch.nn.functional.mse_loss`` (used in the authors' code) also averages over
+    the D dimensions, so it equals this value divided by D.
+    """
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"need two (B, D) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return (a - b).pow(2).sum(dim=1).mean()
+
+
+def pairwise_mse(embeddings: Sequence[Tensor]) -> Tensor:
+    """Eq. 2 for every pair of M embedding sets of the same texts: an ``(M, M)`` matrix.
+
+    ``embeddings[m]`` is ``(B, D)``, modality m's text embeddings of the same B texts in the
+    shared space. Entry ``[j, k]`` is :func:`mean_squared_distance` of sets j and k; the
+    matrix is symmetric with a zero diagonal, so the weighted binding term
+    ``sum_{j != k} w_j w_k L_MSE^(j,k)`` is ``(w[:, None] * w[None, :] * matrix).sum()``.
+    """
+    if len(embeddings) < 2:
+        raise ValueError(f"pairwise_mse needs at least two embedding sets, got {len(embeddings)}")
+    shapes = {tuple(e.shape) for e in embeddings}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"all embedding sets must be (B, D) of one shape, got {sorted(shapes)}")
+    stacked = torch.stack(list(embeddings))  # (M, B, D)
+    differences = stacked[:, None] - stacked[None, :]  # (M, M, B, D)
+    return differences.pow(2).sum(dim=-1).mean(dim=-1)

@@ -1,0 +1,44 @@
+"""Phase one: train one modality's CLIP model on its own image-text pairs.
+
+This stands in for the published models (MGCA, CT-CLIP, FLAIR, ECG-CLIP, QuiltNet): each
+built-in model learns its modality from its own manifest only, with its own tokenizer and text
+tower, so the text spaces of different modalities start out unrelated, as in the paper.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from m3bind.config import PretrainConfig
+from m3bind.data.datasets import LoadedStudies
+from m3bind.models.base import ModalityModel
+from m3bind.train.losses import clip_loss
+from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
+
+
+def sample_batch(n_items: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one batch without repeats (the whole set when it is smaller than the batch)."""
+    return torch.randperm(n_items, generator=generator)[:batch_size]
+
+
+def pretrain_modality(model: ModalityModel, train: LoadedStudies, cfg: PretrainConfig, run_dir: Path, *,
+                      seed: int = 0, resume: bool = False, progress=None, stop_after: int | None = None,
+                      tensorboard: bool = True) -> LoopResult:
+    """Symmetric CLIP loss on ``train`` for ``cfg.steps`` AdamW steps (warm-up + cosine)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        index = sample_batch(len(train), cfg.batch_size, step_generator(seed, step))
+        images = train.images[index].to(model.device)
+        image_emb = model.encode_image(images)
+        text_emb = model.encode_texts([train.texts[i] for i in index.tolist()])
+        loss = clip_loss(image_emb, text_emb, model.logit_scale())
+        return {"loss": loss}
+
+    settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+                            checkpoint_every=cfg.checkpoint_every, description=f"pretrain {model.modality}")
+    # Phase one trains every tensor, so checkpoints hold the full state (buffers included).
+    return run_loop(model, optimizer, step_fn, settings, run_dir, resume=resume, progress=progress,
+                    checkpoint_state=lambda: dict(model.state_dict()), stop_after=stop_after,
+                    tensorboard=tensorboard)

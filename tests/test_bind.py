@@ -1,0 +1,160 @@
+"""Stage 1 binding: AMB quantities, the loss terms by hand, LoRA/heads, a few real steps."""
+import math
+
+import pytest
+import torch
+
+from m3bind.config import BindConfig
+from m3bind.data.datasets import LoadedStudies
+from m3bind.models.binding import BoundModality, merge_lora, parameter_report
+from m3bind.models.builtin import BuiltinModelConfig, build_builtin_model, builtin_config
+from m3bind.train.balance import modality_balance
+from m3bind.train.bind import bind_models, sample_texts, text_agreement, text_alignment_loss
+from m3bind.train.losses import clip_loss
+
+
+def test_amb_probabilities_lr_scales_and_weights_by_hand():
+    sizes = {"xray": 400, "ecg": 100, "ct": 25}
+    b = modality_balance(sizes, beta=0.5, normalize=False)
+    raw = {"xray": 1 / 20, "ecg": 1 / 10, "ct": 1 / 5}          # (1/|D|)^0.5
+    total = sum(raw.values())
+    assert b.probabilities == pytest.approx({m: v / total for m, v in raw.items()})
+    assert b.lr_scales == pytest.approx(raw)                   # 1/sqrt(|D|)
+    assert b.loss_weights == pytest.approx(raw)
+    normalised = modality_balance(sizes, beta=0.5)
+    mean = total / 3
+    assert normalised.loss_weights == pytest.approx({m: v / mean for m, v in raw.items()})
+    assert sum(normalised.lr_scales.values()) / 3 == pytest.approx(1.0)
+    # beta = 1: inversely proportional to size
+    assert modality_balance(sizes, beta=1.0).probabilities["ct"] == pytest.approx((1 / 25) / (1 / 400 + 1 / 100 + 1 / 25))
+    off = modality_balance(sizes, sampling=False, lr_scaling=False, loss_weights=False)
+    assert list(off.probabilities.values()) == pytest.approx([1 / 3] * 3)
+    assert set(off.lr_scales.values()) == {1.0} and set(off.loss_weights.values()) == {1.0}
+    with pytest.raises(ValueError):
+        modality_balance({"a": 0})
+
+
+def test_text_alignment_loss_matches_hand_computation():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    w = {"a": 0.5, "b": 1.0, "c": 2.0}
+    mse = lambda x, y: ((x - y) ** 2).sum(1).mean().item()   # eq. 2
+    expected = 2 * (0.5 * 1.0 * mse(a, b) + 0.5 * 2.0 * mse(a, c) + 1.0 * 2.0 * mse(b, c))  # ordered pairs
+    assert text_alignment_loss({"a": a, "b": b, "c": c}, w).item() == pytest.approx(expected)
+    assert mse(a, b) == pytest.approx(1.0) and mse(b, c) == pytest.approx(2.0)
+
+
+def test_text_sampling_follows_probabilities():
+    corpora = {"x": ["x"] * 10, "y": ["y"] * 10}
+    texts = sample_texts(corpora, {"x": 0.8, "y": 0.2}, 4000, torch.Generator().manual_seed(0))
+    assert texts.count("x") / 4000 == pytest.approx(0.8, abs=0.03)
+
+
+def _tiny(modality, texts, seed):
+    cfg = builtin_config(modality)
+    small = BuiltinModelConfig.model_validate({**cfg.model_dump(), "width": 8, "depth": 2, "text_hidden_size": 32,
+                                               "text_layers": 1, "text_heads": 2, "text_intermediate_size": 64,
+                                               "native_dim": 16 if modality == "xray" else 24, "vocab_size": 200})
+    return build_builtin_model(modality, texts, small, seed=seed)
+
+
+CORPUS = {
+    "xray": ["heart size is enlarged cardiomegaly", "no pleural effusion lungs clear", "small left pleural effusion",
+             "normal chest radiograph", "moderate cardiomegaly with effusion", "lungs are clear no acute findings"],
+    "ecg": ["sinus rhythm normal ecg", "left ventricular hypertrophy consistent with cardiomegaly",
+            "atrial fibrillation", "low qrs voltage pericardial effusion", "normal sinus rhythm", "sinus bradycardia"],
+}
+
+
+def _bound(shared_dim=32):
+    bound = {}
+    for i, (m, texts) in enumerate(CORPUS.items()):
+        module = BoundModality(_tiny(m, texts, seed=i), shared_dim, seed=i)
+        module.prepare_for_binding(r=4, alpha=4, dropout=0.0)
+        bound[m] = module
+    return bound
+
+
+def _studies(modality, n=12):
+    shape = (1, 64, 64) if modality == "xray" else (12, 1000)
+    g = torch.Generator().manual_seed(1)
+    texts = [CORPUS[modality][i % 6] for i in range(n)]
+    return LoadedStudies(images=torch.randn(n, *shape, generator=g), texts=texts, labels=[[]] * n,
+                         patient_ids=[str(i) for i in range(n)], rows=list(range(1, n + 1)))
+
+
+def test_only_lora_and_heads_train_and_head_preserves_cosines():
+    bound = _bound()
+    for m, module in bound.items():
+        names = [n for n, p in module.named_parameters() if p.requires_grad]
+        assert names and all("lora_" in n or n.startswith("head.") for n in names)
+        report = parameter_report({m: module})[m]
+        assert 0 < report["trainable"] < 0.5 * report["total"]
+        module.eval()
+        native = module.model.encode_texts(CORPUS[m])
+        shared = module.encode_texts(CORPUS[m])
+        assert torch.allclose(native @ native.T, shared @ shared.T, atol=1e-5)
+
+
+def test_binding_steps_raise_text_agreement_and_keep_clip_loss_low(tmp_path):
+    torch.manual_seed(0)
+    bound = _bound()
+    train = {m: _studies(m) for m in bound}
+    heldout = CORPUS["xray"][:3] + CORPUS["ecg"][:3]
+    start = text_agreement(bound, heldout)
+    cfg = BindConfig(steps=40, lr=5e-3, warmup_steps=2, image_batch_size=6, text_batch_size=8, checkpoint_every=40)
+    result = bind_models(bound, train, cfg, tmp_path, heldout_texts=heldout, tensorboard=False)
+    end = text_agreement(bound, heldout)
+    assert abs(start) < 0.4
+    assert end > start + 0.3, (start, end)
+    first, last = result.history[0], result.history[-1]
+    assert last["text_mse"] < 0.5 * first["text_mse"]
+    assert result.history[-1]["text_agreement"] == pytest.approx(end, abs=1e-5)
+
+
+def test_bind_loss_is_the_weighted_sum_of_its_parts(tmp_path):
+    bound = _bound()
+    train = {m: _studies(m) for m in bound}
+    cfg = BindConfig(steps=1, lr=1e-9, image_batch_size=6, text_batch_size=4, lambda_text=10.0)
+    result = bind_models(bound, train, cfg, tmp_path, heldout_texts=["x"], tensorboard=False)
+    parts = result.history[0]
+    sizes = {m: len(train[m]) for m in bound}
+    w = modality_balance(sizes).loss_weights  # equal sizes -> 1
+    assert parts["clip"] == pytest.approx(sum(w[m] * parts[f"clip/{m}"] for m in bound), rel=1e-5)
+    assert parts["loss"] == pytest.approx(parts["clip"] + 10.0 * parts["text_mse"], rel=1e-5)
+
+
+def test_bind_resume_equals_uninterrupted_run(tmp_path):
+    cfg = BindConfig(steps=6, lr=5e-3, warmup_steps=1, image_batch_size=6, text_batch_size=4, checkpoint_every=3)
+    torch.manual_seed(0)
+    full = _bound()
+    bind_models(full, {m: _studies(m) for m in full}, cfg, tmp_path / "a", heldout_texts=["x"], tensorboard=False)
+    torch.manual_seed(0)
+    killed = _bound()
+    bind_models(killed, {m: _studies(m) for m in killed}, cfg, tmp_path / "b", heldout_texts=["x"],
+                stop_after=4, tensorboard=False)
+    torch.manual_seed(0)
+    resumed = _bound()
+    bind_models(resumed, {m: _studies(m) for m in resumed}, cfg, tmp_path / "b", heldout_texts=["x"],
+                resume=True, tensorboard=False)
+    for m in full:
+        a, b = full[m].state_dict(), resumed[m].state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_merge_lora_gives_the_same_embeddings_with_plain_keys():
+    bound = _bound()
+    module = bound["xray"]
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    module.eval()
+    before = module.encode_texts(CORPUS["xray"])
+    merge_lora(module.model.text_tower)
+    after = module.encode_texts(CORPUS["xray"])
+    assert torch.allclose(before, after, atol=1e-5)
+    assert not any("lora" in k for k in module.model.state_dict())

@@ -1,0 +1,122 @@
+"""clip_loss and the text-alignment distances against hand computations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m3bind.train.losses import clip_loss, mean_squared_distance, pairwise_mse
+
+
+def _numpy_cross_entropy_rows(logits: np.ndarray) -> float:
+    """Mean over rows of -log softmax(row)[i] with target i, written out by hand."""
+    losses = []
+    for i, row in enumerate(logits):
+        log_normaliser = math.log(sum(math.exp(v) for v in row))
+        losses.append(log_normaliser - row[i])
+    return sum(losses) / len(losses)
+
+
+# Three unit-norm 2-D pairs; the texts are deliberately not the images, so both directions differ.
+IMAGES = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+TEXTS = np.array([[0.6, -0.8], [1.0, 0.0], [0.0, 1.0]])
+
+
+def test_clip_loss_matches_hand_computation():
+    scale = 2.5
+    logits = scale * IMAGES @ TEXTS.T
+    image_to_text = _numpy_cross_entropy_rows(logits)
+    text_to_image = _numpy_cross_entropy_rows(logits.T)
+    # The two directions really differ here, so the mean below checks both are used.
+    assert abs(image_to_text - text_to_image) > 0.05
+    expected = 0.5 * (image_to_text + text_to_image)
+    assert expected == pytest.approx(0.7505091174, abs=1e-9)  # (0.8252337 + 0.6757845) / 2
+
+    loss = clip_loss(torch.tensor(IMAGES), torch.tensor(TEXTS), torch.tensor(scale, dtype=torch.float64))
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_clip_loss_closed_form_two_orthogonal_pairs():
+    # logits = [[s, 0], [0, s]]: every row and column gives -log(e^s / (e^s + 1)) = log(1 + e^-s).
+    eye = torch.eye(2)
+    assert clip_loss(eye, eye, 1.0).item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert clip_loss(eye, eye, 1.0).item() == pytest.approx(0.31326168751822286, abs=1e-6)
+
+
+def test_clip_loss_random_pairs_near_log_n_and_perfect_alignment_near_zero():
+    generator = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(64, 256, generator=generator), dim=1)
+    text = F.normalize(torch.randn(64, 256, generator=generator), dim=1)
+    # Random unit vectors in 256-D are nearly orthogonal: with scale 1 the logits are ~0 -> log(N).
+    assert clip_loss(image, text, 1.0).item() == pytest.approx(math.log(64), abs=0.05)
+
+    aligned = torch.eye(4)
+    # log(1 + 3 e^-100) for each of the 8 rows/columns
+    assert clip_loss(aligned, aligned, 100.0).item() < 1e-6
+
+
+def test_clip_loss_is_symmetric_in_swap():
+    generator = torch.Generator().manual_seed(1)
+    image = F.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    text = F.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    logits = 3.0 * image @ text.T
+    targets = torch.arange(5)
+    one_direction = F.cross_entropy(logits, targets)
+    other_direction = F.cross_entropy(logits.T, targets)
+    assert abs(one_direction - other_direction) > 1e-3  # not trivially symmetric
+    assert clip_loss(image, text, 3.0).item() == pytest.approx(clip_loss(text, image, 3.0).item(), abs=1e-6)
+
+
+def test_clip_loss_gradient_raises_scale_when_pairs_are_aligned():
+    scale = torch.tensor(5.0, requires_grad=True)
+    aligned = torch.eye(3)
+    clip_loss(aligned, aligned, scale).backward()
+    assert scale.grad is not None and scale.grad.item() < 0  # a larger scale lowers the loss
+
+
+def test_clip_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        clip_loss(torch.zeros(3, 4), torch.zeros(2, 4), 1.0)
+
+
+def test_mean_squared_distance_hand_values_and_relation_to_mse_loss():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # row 0: 1 + 1 = 2, row 1: 0 -> mean 1.0 (summed over dims, not averaged)
+    assert mean_squared_distance(a, b).item() == pytest.approx(1.0)
+
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 16, generator=generator), torch.randn(6, 16, generator=generator)
+    assert mean_squared_distance(x, y).item() == pytest.approx(16 * F.mse_loss(x, y).item(), rel=1e-6)
+
+
+def test_pairwise_mse_matrix_hand_values():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    matrix = pairwise_mse([a, b, c])
+    # d(a,b) = (2 + 0)/2 = 1, d(a,c) = (0 + 2)/2 = 1, d(b,c) = (2 + 2)/2 = 2
+    expected = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 2.0], [1.0, 2.0, 0.0]])
+    assert torch.allclose(matrix, expected)
+    # The weighted binding term over ordered pairs j != k: 2 * (1*2*1 + 1*3*1 + 2*3*2) = 34
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    assert (weights[:, None] * weights[None, :] * matrix).sum().item() == pytest.approx(34.0)
+
+
+def test_pairwise_mse_gradient_pulls_sets_together():
+    generator = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 8, generator=generator, requires_grad=True)
+    b = torch.randn(4, 8, generator=generator)
+    pairwise_mse([a, b]).sum().backward()
+    # d/da of 2 * mean_i ||a_i - b_i||^2 (the pair counted in both orders) = 4 (a - b) / B
+    assert torch.allclose(a.grad, 4 * (a.detach() - b) / 4, atol=1e-6)
+
+
+def test_pairwise_mse_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least two"):
+        pairwise_mse([torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match="one shape"):
+        pairwise_mse([torch.zeros(2, 3), torch.zeros(2, 4)])
