@@ -205,3 +205,70 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
                "before": before, "after": after}
     (bind_dir(exp) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+# --- stage 2: SESKD distillation and export ----------------------------------------------
+def model_dir(exp: Experiment) -> Path:
+    return exp.out_dir / "model"
+
+
+class StudentView:
+    """Zero-shot with the student: a bound modality's images against the student's texts."""
+
+    def __init__(self, bound_module, student):
+        self.bound_module = bound_module
+        self.student = student
+
+    def eval(self):
+        self.bound_module.eval()
+        self.student.eval()
+        return self
+
+    def encode_image(self, images):
+        return self.bound_module.encode_image(images)
+
+    def encode_texts(self, texts):
+        return self.student.encode_texts(texts)
+
+
+def export_model(bound: dict, student) -> "M3Bind":
+    """Merge LoRA into the modality models and assemble the user-facing M3Bind."""
+    from m3bind.models.binding import merge_lora
+    from m3bind.models.bound import M3Bind
+
+    for module in bound.values():
+        merge_lora(module.model)
+    return M3Bind({m: b.model for m, b in bound.items()}, {m: b.head for m, b in bound.items()}, student)
+
+
+def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=print) -> dict:
+    """SESKD on the bound text encoders; writes distill/summary.json and the final model."""
+    from m3bind.models.student import build_student
+    from m3bind.train.bind import balance_for
+    from m3bind.train.distill import distill_student
+
+    bound = load_bound(exp)
+    names = list(bound)
+    train = {m: exp.studies(m, "train") for m in names}
+    corpus = [t for m in names for t in train[m].texts]
+    student = build_student(exp.cfg.distill.student, corpus, exp.cfg.shared_dim, seed=exp.cfg.seed,
+                            config_dir=exp.config_path.parent if exp.config_path else None)
+    probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
+    before_retrieval = paired_retrieval(exp, bound, RETRIEVAL_PAIRS)
+    outcome = distill_student(student, bound, train, exp.cfg.distill, exp.out_dir / "distill",
+                              probabilities=probabilities, seed=exp.cfg.seed, resume=resume, progress=progress)
+    student.eval()
+    zero_shot = {m: zero_shot_accuracy(StudentView(bound[m], student), exp.studies(m, "test"), modality_classes(exp, m))
+                 for m in names}
+    after_retrieval = paired_retrieval(exp, bound, RETRIEVAL_PAIRS)
+    final = export_model(bound, student)
+    final.save_pretrained(model_dir(exp))
+    summary = {"steps": outcome.steps_done, "update_heads": exp.cfg.distill.update_heads,
+               "student": exp.cfg.distill.student.model_dump(), "zero_shot_student": zero_shot,
+               "retrieval_before": before_retrieval, "retrieval_after": after_retrieval,
+               "final_losses": outcome.history[-1] if outcome.history else {}}
+    (exp.out_dir / "distill" / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    for m, z in zero_shot.items():
+        log(f"{m}: zero-shot accuracy with the student text encoder {z['accuracy']:.3f}")
+    log(f"bound model saved to {model_dir(exp)}")
+    return summary

