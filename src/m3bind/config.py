@@ -78,7 +78,7 @@ class BindConfig(Section):
     image_batch_size: int = Field(32, ge=2, description="Image-text pairs per modality per step (paper: 72, CT 8).")
     text_batch_size: int = Field(64, ge=1, description="Texts per step for text alignment (paper: 64).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="Autocast precision.")
+    mixed_precision: Literal["no", "bf16"] = Field("no", description="Autocast precision (bf16 where the device supports it).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     balance: BalanceConfig = Field(default_factory=BalanceConfig, description="Adaptive modality balancing.")
     modalities: list[str] | None = Field(None, description="Subset of configured modalities to bind "

@@ -49,6 +49,9 @@ class ModalityModel(nn.Module, abc.ABC):
 
     modality: str
     native_dim: int
+    # The name the bound model's m3bind.json records to rebuild this model: "builtin" or an
+    # adapter name registered in m3bind.models.adapters.
+    model_type: str = "custom"
     # Module-name suffixes for peft ``LoraConfig(target_modules=...)``; see the module docstring.
     text_lora_targets: tuple[str, ...] = ()
     image_lora_targets: tuple[str, ...] = ()

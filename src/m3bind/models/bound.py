@@ -33,7 +33,10 @@ def _load_modality_model(kind: str, directory: Path) -> ModalityModel:
         from m3bind.models.builtin import BuiltinCLIP
 
         return BuiltinCLIP.from_pretrained(directory)
-    raise CheckpointError(f"{directory}: unknown modality model type '{kind}'")
+    # Adapters of published checkpoints save themselves in their own folder format.
+    from m3bind.models.adapters import load_saved_adapter
+
+    return load_saved_adapter(kind, directory)
 
 
 class M3Bind(nn.Module):
@@ -126,7 +129,7 @@ class M3Bind(nn.Module):
         self.student.save_pretrained(directory / "student")
         (directory / "m3bind.json").write_text(json.dumps({
             "format": FORMAT_VERSION, "shared_dim": self.shared_dim,
-            "modalities": {m: {"type": "builtin", "native_dim": model.native_dim} for m, model in self.models.items()},
+            "modalities": {m: {"type": model.model_type, "native_dim": model.native_dim} for m, model in self.models.items()},
         }, indent=2))
         return directory
 

@@ -129,6 +129,7 @@ class BuiltinCLIP(ModalityModel):
     therefore start with unrelated text towers, as independently trained models do.
     """
 
+    model_type = "builtin"
     text_lora_targets = BERT_LORA_TARGETS
 
     def __init__(self, config: BuiltinModelConfig, tokenizer: PreTrainedTokenizerFast,

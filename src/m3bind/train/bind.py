@@ -93,6 +93,17 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
                 run_dir: Path, *, heldout_texts: Sequence[str], seed: int = 0, resume: bool = False,
                 progress=None, stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
     """Run stage 1 on already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding)."""
+    from accelerate import Accelerator
+
+    from m3bind.errors import ConfigError
+    from m3bind.train.distributed import DataParallel
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    parallel = DataParallel(accelerator)
+    for name in ("image_batch_size", "text_batch_size"):
+        if getattr(cfg, name) % parallel.world:
+            raise ConfigError(f"bind.{name} ({getattr(cfg, name)}) must be divisible by the number of "
+                              f"processes ({parallel.world})")
     names = list(bound)
     sizes = {m: len(train[m]) for m in names}
     balance = balance_for(sizes, cfg)
@@ -110,14 +121,15 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
         parts: dict[str, Tensor] = {}
         clip_total = None
         for stream, m in enumerate(names, start=1):
-            index = sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream))
-            image_emb = encode_images(m, index)
-            text_emb = bound[m].encode_texts([train[m].texts[i] for i in index.tolist()])
+            index = parallel.shard(sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream)))
+            image_emb = parallel.gather(encode_images(m, index))
+            text_emb = parallel.gather(bound[m].encode_texts([train[m].texts[i] for i in index.tolist()]))
             loss_m = clip_loss(image_emb, text_emb, bound[m].logit_scale())
             parts[f"clip/{m}"] = loss_m
             term = balance.loss_weights[m] * loss_m
             clip_total = term if clip_total is None else clip_total + term
-        texts = sample_texts(corpora, balance.probabilities, cfg.text_batch_size, step_generator(seed, step, 0))
+        texts = parallel.shard(sample_texts(corpora, balance.probabilities, cfg.text_batch_size,
+                                            step_generator(seed, step, 0)))
         text_emb = {m: bound[m].encode_texts(texts) for m in names}
         align = text_alignment_loss(text_emb, balance.loss_weights) if len(names) > 1 else clip_total * 0
         parts["clip"] = clip_total
@@ -131,5 +143,5 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                             checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision,
                             description="bind")
-    return run_loop(container, optimizer, step_fn, settings, run_dir, resume=resume, progress=progress,
-                    on_checkpoint=agreement, stop_after=stop_after, tensorboard=tensorboard)
+    return run_loop(container, optimizer, step_fn, settings, run_dir, accelerator=accelerator, resume=resume,
+                    progress=progress, on_checkpoint=agreement, stop_after=stop_after, tensorboard=tensorboard)

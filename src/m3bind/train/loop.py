@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from m3bind.errors import TrainingError
 from m3bind.train.checkpoint import CheckpointManager
+from m3bind.train.distributed import DataParallel
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -99,7 +100,7 @@ class LoopSettings:
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 100
     log_every: int = 1
-    mixed_precision: str = "no"     # "no" | "bf16" | "fp16": autocast through accelerate
+    mixed_precision: str = "no"     # "no" | "bf16": autocast through accelerate (no loss scaler needed)
     description: str = "training"
 
 
@@ -129,6 +130,8 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
                                              mixed_precision=settings.mixed_precision)
+    parallel = DataParallel(accelerator)
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
     checkpoint_state = checkpoint_state or (lambda: trainable_state(model))
     scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.total_steps)
     checkpoints = CheckpointManager(run_dir / "checkpoints")
@@ -159,9 +162,10 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
                 accelerator.backward(loss / settings.grad_accum)
                 for key, value in parts.items():
                     parts_sum[key] = parts_sum.get(key, 0.0) + float(value.detach()) / settings.grad_accum
+            parallel.average_gradients(trained)
+            parts_sum = {key: parallel.mean(value) for key, value in parts_sum.items()}
             if settings.max_grad_norm:
-                accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                            settings.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trained, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
