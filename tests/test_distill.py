@@ -114,3 +114,34 @@ def test_minilm_student_loads_from_the_installed_package():
     assert emb.shape == (3, 16)
     cos = emb @ emb.T
     assert cos[0, 1] > cos[0, 2]  # a real pretrained encoder: paraphrases closer than unrelated text
+
+
+def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path):
+    from m3bind.config import BindConfig
+    from m3bind.data.datasets import LoadedStudies
+    from m3bind.models.binding import BoundModality, merge_lora
+    from m3bind.train.extend import extend_with
+
+    from test_bind import _tiny
+
+    model, train = _exported(tmp_path)
+    base = M3Bind.from_pretrained(tmp_path / "model")
+    texts = ["tumour cells with glands", "normal tissue", "necrosis present", "dense inflammation"] * 3
+    new = BoundModality(_tiny("pathology", texts, seed=5), base.shared_dim, seed=9)
+    new.prepare_for_binding(r=4, alpha=4, dropout=0.0)
+    studies = LoadedStudies(images=torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(2)),
+                            texts=texts, labels=[[]] * 12, patient_ids=[str(i) for i in range(12)],
+                            rows=list(range(1, 13)))
+    cfg = BindConfig(steps=30, lr=5e-3, warmup_steps=2, image_batch_size=6, checkpoint_every=30)
+    result = extend_with(new, base.student, studies, cfg, tmp_path / "run", tensorboard=False)
+    assert result.history[-1]["text_mse"] < 0.5 * result.history[0]["text_mse"]
+    merge_lora(new.model)
+    extended = M3Bind({**dict(base.models), "pathology": new.model}, {**dict(base.heads), "pathology": new.head},
+                      base.student)
+    extended.save_pretrained(tmp_path / "extended")
+    reloaded = M3Bind.from_pretrained(tmp_path / "extended")
+    assert reloaded.modalities == ["xray", "ecg", "pathology"]
+    for m in ("xray", "ecg"):
+        assert torch.equal(reloaded.encode_images(m, train[m].images), base.encode_images(m, train[m].images))
+    assert torch.equal(reloaded.encode_texts(texts), base.encode_texts(texts))
+    assert reloaded.encode_images("pathology", studies.images[:2]).shape == (2, base.shared_dim)

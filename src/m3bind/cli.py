@@ -141,6 +141,51 @@ def bind(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     _print_bind_summary(summary)
 
 
+
+@app.command()
+@friendly_errors
+def distill(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+            ) -> None:
+    """Stage 2 (SESKD): distil the bound text encoders into one student; writes the final model."""
+    from m3bind.pipeline import run_distill
+
+    exp = _experiment(config)
+    with progress_bar() as bar:
+        run_distill(exp, resume=resume, progress=bar, log=console.print)
+
+
+@app.command("run")
+@friendly_errors
+def run_all(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+            resume: bool = typer.Option(False, "--resume", help="Continue every stage from its checkpoints."),
+            ) -> None:
+    """All stages: phase one (built-in models), binding, distillation."""
+    from m3bind.pipeline import run_bind, run_distill, run_pretrain
+
+    exp = _experiment(config)
+    with progress_bar() as bar:
+        run_pretrain(exp, resume=resume, progress=bar, log=console.print)
+        summary = run_bind(exp, resume=resume, progress=bar, log=console.print)
+        run_distill(exp, resume=resume, progress=bar, log=console.print)
+    _print_bind_summary(summary)
+
+
+@app.command()
+@friendly_errors
+def extend(config: Path = typer.Argument(..., help="Experiment config naming the new modality's model and data."),
+           model: Path = typer.Option(..., "--model", help="The bound model folder to extend."),
+           modality: str = typer.Option(..., "--modality", "-m", help="The modality to add."),
+           out: Path = typer.Option(..., "--out", help="Folder for the extended model and its summary."),
+           resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+           ) -> None:
+    """Bind a new modality into an existing bound model (its LoRA + head only; the rest stays unchanged)."""
+    from m3bind.pipeline import run_extend
+
+    exp = _experiment(config)
+    with progress_bar() as bar:
+        run_extend(exp, model, modality, out, resume=resume, progress=bar, log=console.print)
+
 def _print_bind_summary(summary: dict) -> None:
     table = Table(title="binding: before -> after")
     table.add_column("metric")

@@ -272,3 +272,52 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
         log(f"{m}: zero-shot accuracy with the student text encoder {z['accuracy']:.3f}")
     log(f"bound model saved to {model_dir(exp)}")
     return summary
+
+
+# --- extending a bound model with a new modality ------------------------------------------
+class ModalityView:
+    """One modality of an M3Bind, seen through the small interface the evaluations use."""
+
+    def __init__(self, model, modality: str):
+        self.model = model
+        self.modality = modality
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def encode_image(self, images):
+        return self.model.encode_images(self.modality, images)
+
+    def encode_texts(self, texts):
+        return self.model.encode_texts(texts)
+
+
+def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *, resume: bool = False,
+               progress=None, log=print) -> dict:
+    """Bind ``modality`` (its phase-one model from ``exp``) into the saved model at ``base_dir``."""
+    from m3bind.models.binding import BoundModality, merge_lora
+    from m3bind.models.bound import M3Bind
+    from m3bind.train.extend import extend_with
+
+    base = M3Bind.from_pretrained(base_dir)
+    if modality in base.modalities:
+        raise ValueError(f"{base_dir} already has a '{modality}' model")
+    lora = exp.cfg.bind.lora
+    new = BoundModality(exp.load_phase_one(modality), base.shared_dim, seed=exp.cfg.seed + 97)
+    new.prepare_for_binding(lora.r, lora.alpha, lora.dropout, text=lora.text, image=lora.image)
+    train = exp.studies(modality, "train")
+    outcome = extend_with(new, base.student, train, exp.cfg.bind, out_dir / "run" , seed=exp.cfg.seed,
+                          resume=resume, progress=progress)
+    merge_lora(new.model)
+    extended = M3Bind({**dict(base.models), modality: new.model}, {**dict(base.heads), modality: new.head},
+                      base.student)
+    extended.save_pretrained(out_dir / "model")
+    views = {m: ModalityView(extended, m) for m in extended.modalities}
+    zero_shot = zero_shot_accuracy(views[modality], exp.studies(modality, "test"), modality_classes(exp, modality))
+    retrieval = paired_retrieval(exp, views, RETRIEVAL_PAIRS)
+    summary = {"modality": modality, "base": str(base_dir), "steps": outcome.steps_done,
+               "zero_shot_student": zero_shot, "retrieval": retrieval}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    log(f"extended {base_dir} with {modality}; saved to {out_dir / 'model'}")
+    return summary

@@ -1,0 +1,57 @@
+"""Beyond the paper: bind a NEW modality to an existing bound model.
+
+The existing model (its image encoders, heads and student) is frozen; the student's text space
+IS the shared space. The new modality's model gets LoRA + a binding head and learns
+    L = L_CLIP(own images, own texts)                      keep its image-text alignment
+      + lambda * MSE(T_new(texts), T_student(texts))       its text encoder joins the student's space
+      + L_Contrastive(student texts -> its images)         (eq. 8) its images join it too
+Nothing else changes, so every other modality's embeddings stay bit-identical.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from m3bind.config import BindConfig
+from m3bind.data.datasets import LoadedStudies
+from m3bind.models.binding import BoundModality
+from m3bind.models.student import StudentTextEncoder
+from m3bind.train.bind import NativeImageCache
+from m3bind.train.distill import text_to_image_infonce
+from m3bind.train.losses import clip_loss, mean_squared_distance
+from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
+from m3bind.train.pretrain import sample_batch
+
+
+def extend_with(new: BoundModality, student: StudentTextEncoder, train: LoadedStudies, cfg: BindConfig,
+                run_dir: Path, *, seed: int = 0, resume: bool = False, progress=None,
+                tensorboard: bool = True) -> LoopResult:
+    """Train ``new`` (already LoRA-prepared) into the frozen ``student``'s space."""
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    unique_texts = list(dict.fromkeys(train.texts))
+    with torch.no_grad():
+        targets = torch.cat([student.encode_texts(unique_texts[i:i + 256]) for i in range(0, len(unique_texts), 256)])
+    target_row = {t: i for i, t in enumerate(unique_texts)}
+    images = NativeImageCache(new, train.images) if not cfg.lora.image else None
+    optimizer = torch.optim.AdamW([p for p in new.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        index = sample_batch(len(train), cfg.image_batch_size, step_generator(seed, step, 1))
+        texts = [train.texts[i] for i in index.tolist()]
+        image_emb = new.head(images[index]) if images is not None else new.encode_image(train.images[index])
+        text_emb = new.encode_texts(texts)
+        student_emb = targets[torch.tensor([target_row[t] for t in texts])]
+        parts = {"clip": clip_loss(image_emb, text_emb, new.logit_scale()),
+                 "text_mse": mean_squared_distance(text_emb, student_emb),
+                 "contrastive": text_to_image_infonce(student_emb, image_emb, new.logit_scale().detach())}
+        parts["loss"] = parts["clip"] + cfg.lambda_text * parts["text_mse"] + parts["contrastive"]
+        return parts
+
+    settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+                            checkpoint_every=cfg.checkpoint_every, description=f"extend {new.modality}")
+    return run_loop(new, optimizer, step_fn, settings, run_dir, resume=resume, progress=progress,
+                    tensorboard=tensorboard)
