@@ -1,0 +1,182 @@
+"""Prompt files: the shipped sets load, each protocol builds the prompts its paper uses, errors are clear."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from m3bind.errors import DataError
+from m3bind.eval.prompts import (
+    available_prompt_sets,
+    expert_prompts,
+    load_prompt_file,
+    load_prompt_set,
+    naive_prompts,
+    presence_pairs,
+    presence_probabilities,
+    sampled_prompts,
+)
+
+EXPECTED_CLASSES = {
+    "xray": ["normal", "cardiomegaly", "pleural effusion", "lung nodule", "consolidation", "pneumothorax"],
+    "ct": ["normal", "cardiomegaly", "pleural effusion", "lung nodule", "emphysema", "pericardial effusion"],
+    "retina": ["normal", "diabetic retinopathy", "glaucoma", "hypertensive retinopathy", "drusen", "cataract"],
+    "pathology": ["normal", "adenocarcinoma", "squamous cell carcinoma", "inflammation", "necrosis", "fibrosis"],
+    "ecg": ["normal", "atrial fibrillation", "left ventricular hypertrophy", "sinus bradycardia", "st elevation",
+            "low qrs voltage"],
+    "chexpert": ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"],
+    "flair_odir": ["normal", "pathologic myopia", "cataract"],
+}
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "my_prompts.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_set_loads_with_the_expected_classes():
+    assert sorted(available_prompt_sets()) == sorted(EXPECTED_CLASSES)
+    for name, classes in EXPECTED_CLASSES.items():
+        prompt_set = load_prompt_set(name)
+        assert prompt_set.class_names == classes, name
+        for cls in classes:
+            n = len(prompt_set.classes[cls])
+            assert 3 <= n <= 6, (name, cls, n)
+            assert len(set(prompt_set.classes[cls])) == n, (name, cls)  # no duplicates
+            # every protocol yields prompts for every class
+            assert expert_prompts(prompt_set, [cls])[cls]
+            assert len(sampled_prompts(prompt_set, [cls], n=5, seed=0)[cls]) >= 3
+    builtin = {n: load_prompt_set(n).modality for n in ("xray", "ct", "retina", "pathology", "ecg")}
+    assert builtin == {n: n for n in builtin}
+
+
+def test_attribute_sets_are_chexpert_style():
+    for name in ("xray", "chexpert"):
+        prompt_set = load_prompt_set(name)
+        for cls, lists in prompt_set.attributes.items():
+            assert list(lists) == ["severity", "subtype", "location"], (name, cls)
+    assert set(load_prompt_set("chexpert").attributes) == set(EXPECTED_CLASSES["chexpert"])
+    # The 5x200 protocol needs enough distinct combinations to sample from.
+    assert all(len(p) == 20 for p in sampled_prompts(load_prompt_set("chexpert"), EXPECTED_CLASSES["chexpert"],
+                                                      n=20, seed=0).values())
+
+
+def test_naive_prompts_fill_the_template():
+    retina = load_prompt_set("retina")
+    assert naive_prompts(retina, ["glaucoma", "macular hole"]) == {
+        "glaucoma": ["A fundus photograph of glaucoma"],
+        "macular hole": ["A fundus photograph of macular hole"],  # needs nothing from the file
+    }
+    assert naive_prompts(load_prompt_set("xray"), ["cardiomegaly"]) == {"cardiomegaly": ["cardiomegaly"]}
+
+
+def test_expert_prompts_are_descriptions_plus_class_name(tmp_path):
+    prompt_set = load_prompt_file(_write(tmp_path, """
+template: "A fundus photograph of {}"
+classes:
+  glaucoma: ["optic disc cupping", "thin neuroretinal rim"]
+  normal: ["healthy", "normal"]
+"""))
+    assert expert_prompts(prompt_set, ["glaucoma"]) == {"glaucoma": [
+        "A fundus photograph of optic disc cupping",
+        "A fundus photograph of thin neuroretinal rim",
+        "A fundus photograph of glaucoma",
+    ]}
+    # the class name is not added twice; case-insensitive lookup, keyed by the caller's spelling
+    assert expert_prompts(prompt_set, ["Normal"], use_template=False) == {"Normal": ["healthy", "normal"]}
+
+
+def test_presence_pairs_follow_ct_rate():
+    ct = load_prompt_set("ct")
+    assert presence_pairs(ct, ["emphysema", "lung nodule"]) == {
+        "emphysema": ("Emphysema is present.", "Emphysema is not present."),
+        "lung nodule": ("Lung nodule is present.", "Lung nodule is not present."),
+    }
+
+
+def test_presence_pair_override(tmp_path):
+    prompt_set = load_prompt_file(_write(tmp_path, """
+classes: {effusion: [fluid]}
+presence: ["there is {}", "no {}"]
+"""))
+    assert presence_pairs(prompt_set, ["effusion"]) == {"effusion": ("There is effusion", "No effusion")}
+
+
+def test_presence_probabilities_are_the_pair_softmax():
+    image = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.6, 0.8]])  # the second is not unit length
+    pos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    probs = presence_probabilities(image, pos, neg, logit_scale=10.0)
+    assert probs.shape == (3, 2)
+    # image 0 vs finding 0: cos(pos)=1, cos(neg)=0 -> softmax([10, 0])[0]
+    assert probs[0, 0].item() == pytest.approx(1 / (1 + math.exp(-10)))
+    assert probs[1, 1].item() == pytest.approx(1 / (1 + math.exp(-10)))  # normalised first
+    # image 2: cos(pos0)=0.6, cos(neg0)=0.8 -> sigmoid(10 * (0.6 - 0.8))
+    assert probs[2, 0].item() == pytest.approx(1 / (1 + math.exp(2.0)))
+    assert probs[2, 1].item() == pytest.approx(1 / (1 + math.exp(-2.0)))
+    # a larger scale sharpens, never flips, the decision
+    sharper = presence_probabilities(image, pos, neg, logit_scale=50.0)
+    assert ((sharper > 0.5) == (probs > 0.5)).all()
+    assert sharper[2, 0] < probs[2, 0]
+
+
+def test_sampled_prompts_combine_attributes(tmp_path):
+    prompt_set = load_prompt_file(_write(tmp_path, """
+classes:
+  effusion: [fluid]
+  normal: ["clear lungs", "no effusion", "normal heart", "no nodule"]
+attributes:
+  effusion:
+    severity: ["", "small"]
+    subtype: ["effusion"]
+    location: ["on the right", "on the left"]
+"""))
+    every = {"effusion on the right", "effusion on the left", "small effusion on the right",
+             "small effusion on the left"}
+    sample = sampled_prompts(prompt_set, ["effusion", "normal"], n=3, seed=0)
+    assert len(sample["effusion"]) == 3 and set(sample["effusion"]) <= every
+    assert len(set(sample["normal"])) == 3 and set(sample["normal"]) <= set(prompt_set.classes["normal"])
+    # asking for more than exist gives each once
+    assert set(sampled_prompts(prompt_set, ["effusion"], n=10, seed=0)["effusion"]) == every
+    # seeded, and independent of which other classes are asked for
+    assert sampled_prompts(prompt_set, ["normal"], n=3, seed=0)["normal"] == sample["normal"]
+    draws = {tuple(sampled_prompts(prompt_set, ["normal"], n=2, seed=s)["normal"]) for s in range(10)}
+    assert len(draws) > 1
+
+
+def test_unknown_class_names_the_file_and_class(tmp_path):
+    path = _write(tmp_path, "classes: {normal: [healthy]}\n")
+    prompt_set = load_prompt_file(path)
+    with pytest.raises(DataError, match=r"my_prompts\.yaml.*'glaucoma' has no prompts"):
+        expert_prompts(prompt_set, ["glaucoma"])
+    with pytest.raises(DataError, match="'glaucoma' has no prompts"):
+        sampled_prompts(prompt_set, ["glaucoma"], n=2, seed=0)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("classes:\n  normal: [healthy]\n  glaucoma: []\n", r"class 'glaucoma' has no prompts"),
+    ("classes:\n  normal: [healthy]\n  glaucoma:\n", r"class 'glaucoma' has no prompts"),
+    ("classes: {normal: [healthy]}\ntemplates: '{}'\n", r"unknown key\(s\) templates"),
+    ("classes: {normal: [healthy]}\ntemplate: 'A photo of'\n", r"exactly one '\{\}'"),
+    ("classes: {normal: [healthy]}\npresence: ['{} is present.']\n", r"list of two templates"),
+    ("classes: {normal: [healthy]}\nattributes: {glaucoma: {severity: [mild]}}\n",
+     r"attributes given for class 'glaucoma'"),
+    ("classes: {normal: [healthy]}\nattributes: {normal: {severity: ['', '']}}\n",
+     r"class 'normal' has no prompts"),
+    ("classes: [normal, glaucoma]\n", r"'classes' must map"),
+    ("classes: {normal: [healthy\n", r"not valid YAML"),
+])
+def test_broken_user_file_gives_a_clear_error(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(DataError, match=message) as info:
+        load_prompt_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_and_unknown_shipped_set():
+    with pytest.raises(DataError, match="cannot read prompt file"):
+        load_prompt_file("/nonexistent/prompts.yaml")
+    with pytest.raises(DataError, match="no shipped prompt set named 'mri'.*xray"):
+        load_prompt_set("mri")
