@@ -33,9 +33,6 @@ Protocols (the caller embeds every prompt and, per class, averages the embedding
 
 Class names are matched case-insensitively ("Pleural Effusion" finds "pleural effusion");
 results are keyed by the names the caller asked for.
-
-(This module and the data folder share the name ``prompts``; Python imports the module, and the
-folder is only read as package data.)
 """
 from __future__ import annotations
 
