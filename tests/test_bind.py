@@ -39,10 +39,10 @@ def test_text_alignment_loss_matches_hand_computation():
     b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
     c = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     w = {"a": 0.5, "b": 1.0, "c": 2.0}
-    mse = lambda x, y: ((x - y) ** 2).sum(1).mean().item()   # eq. 2
-    expected = 2 * (0.5 * 1.0 * mse(a, b) + 0.5 * 2.0 * mse(a, c) + 1.0 * 2.0 * mse(b, c))  # ordered pairs
+    mse = lambda x, y: ((x - y) ** 2).mean().item()   # F.mse_loss: mean over texts and dimensions
+    assert mse(a, b) == pytest.approx(0.5) and mse(a, c) == pytest.approx(0.5) and mse(b, c) == pytest.approx(1.0)
+    expected = 0.5 * 1.0 * 0.5 + 0.5 * 2.0 * 0.5 + 1.0 * 2.0 * 1.0   # each unordered pair once
     assert text_alignment_loss({"a": a, "b": b, "c": c}, w).item() == pytest.approx(expected)
-    assert mse(a, b) == pytest.approx(1.0) and mse(b, c) == pytest.approx(2.0)
 
 
 def test_text_sampling_follows_probabilities():

@@ -28,4 +28,4 @@ def test_two_processes_match_one_process_loss_curve(tmp_path):
     for a, b in zip(one, two):
         for key in ("loss", "clip", "text_mse"):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4), (a["step"], key)
-    assert float(one[-1]["loss"]) < 0.6 * float(one[0]["loss"])  # it does train
+    assert float(one[-1]["text_mse"]) < 0.8 * float(one[0]["text_mse"])  # it does train

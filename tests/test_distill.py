@@ -17,10 +17,10 @@ from test_bind import CORPUS, _bound, _studies
 
 def test_kd_loss_by_hand():
     s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    t1 = torch.tensor([[0.0, 1.0], [0.0, 1.0]])   # distances^2: 2, 0 -> mean 1
-    t2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])   # 0, 2 -> mean 1
+    t1 = torch.tensor([[0.0, 1.0], [0.0, 1.0]])   # squared differences 1,1,0,0 -> mean 0.5
+    t2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])   # 0,0,1,1 -> mean 0.5
     t3 = s.clone()                                # 0
-    assert kd_loss({"a": t1, "b": t2, "c": t3}, s).item() == pytest.approx(2.0)
+    assert kd_loss({"a": t1, "b": t2, "c": t3}, s).item() == pytest.approx(1.0)
 
 
 def test_text_to_image_infonce_by_hand():

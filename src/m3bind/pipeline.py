@@ -15,9 +15,21 @@ from m3bind.eval.zeroshot import accuracy, class_prototypes, single_label_target
 from m3bind.experiment import Experiment
 
 
-def naive_prompts(classes: Sequence[str]) -> dict[str, list[str]]:
-    """One prompt per class: the finding's name ("normal" for studies without findings)."""
-    return {c: [c] for c in classes}
+def prompt_set_for(exp: Experiment, modality: str):
+    """The modality's zero-shot prompt set: the config's file, else the built-in one."""
+    from m3bind.config import resolve_path
+    from m3bind.eval.prompts import load_prompt_file, load_prompt_set
+
+    path = exp.cfg.modalities[modality].prompts
+    return load_prompt_file(resolve_path(exp.config_path, path)) if path else load_prompt_set(modality)
+
+
+def class_prompts(exp: Experiment, modality: str, classes: Sequence[str], style: str = "expert") -> dict:
+    """Prompts per class: 'naive' (the class name in the template) or 'expert' (FLAIR-style ensemble)."""
+    from m3bind.eval.prompts import expert_prompts, naive_prompts
+
+    prompt_set = prompt_set_for(exp, modality)
+    return (expert_prompts if style == "expert" else naive_prompts)(prompt_set, classes)
 
 
 @torch.no_grad()
@@ -26,7 +38,7 @@ def embed_images(encode_image, images: torch.Tensor, batch_size: int = 128) -> t
 
 
 @torch.no_grad()
-def zero_shot_accuracy(model, studies, classes: Sequence[str]) -> dict[str, float]:
+def zero_shot_accuracy(model, studies, classes: Sequence[str], prompts: dict[str, list[str]]) -> dict[str, float]:
     """Single-label zero-shot accuracy over normal + findings (multi-finding studies left out)."""
     model.eval()
     keep, targets = single_label_targets(studies.labels, classes)
@@ -34,13 +46,19 @@ def zero_shot_accuracy(model, studies, classes: Sequence[str]) -> dict[str, floa
         return {"accuracy": float("nan"), "n": 0, "chance": 1.0 / len(classes)}
     image_emb = embed_images(model.encode_image, studies.images[torch.as_tensor(keep)])
     encode_texts = model.encode_texts
-    protos = torch.nn.functional.normalize(class_prototypes(encode_texts, naive_prompts(classes)), dim=-1)
+    protos = class_prototypes(encode_texts, prompts)
     logits = zero_shot_logits(image_emb, protos)
     return {"accuracy": accuracy(logits, targets), "n": int(len(keep)), "chance": 1.0 / len(classes)}
 
 
 def modality_classes(exp: Experiment, modality: str) -> list[str]:
     return ["normal", *exp.manifest(modality).label_names()]
+
+
+def modality_zero_shot(exp: Experiment, modality: str, model, style: str = "expert") -> dict[str, float]:
+    """Zero-shot accuracy of ``model`` on the modality's test split with its prompt set."""
+    classes = modality_classes(exp, modality)
+    return zero_shot_accuracy(model, exp.studies(modality, "test"), classes, class_prompts(exp, modality, classes, style))
 
 
 def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, resume: bool = False,
@@ -57,7 +75,6 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
             continue
         torch.manual_seed(exp.cfg.seed)
         train = exp.studies(modality, "train")
-        test = exp.studies(modality, "test")
         config = builtin_config(modality, demo=exp.cfg.demo_sizes)
         if spec.options:
             config = type(config).model_validate({**config.model_dump(), **spec.options})
@@ -67,7 +84,7 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         outcome = pretrain_modality(model, train, exp.cfg.pretrain, run_dir, seed=exp.cfg.seed, resume=resume,
                                     progress=progress)
         model.save_pretrained(exp.phase_one_dir(modality))
-        zero_shot = zero_shot_accuracy(model, test, modality_classes(exp, modality))
+        zero_shot = modality_zero_shot(exp, modality, model)
         results[modality] = {"train_studies": len(train), "final_loss": outcome.history[-1]["loss"]
                              if outcome.history else None, "zero_shot": zero_shot}
         log(f"{modality}: zero-shot accuracy {zero_shot['accuracy']:.3f} on {zero_shot['n']} test studies "
@@ -171,8 +188,7 @@ def paired_retrieval(exp: Experiment, bound: dict, pairs: Sequence[tuple[str, st
 @torch.no_grad()
 def bound_zero_shot(exp: Experiment, bound: dict) -> dict[str, dict]:
     """Zero-shot accuracy in the shared space, each modality with its own bound text encoder."""
-    return {m: zero_shot_accuracy(module, exp.studies(m, "test"), modality_classes(exp, m))
-            for m, module in bound.items()}
+    return {m: modality_zero_shot(exp, m, module) for m, module in bound.items()}
 
 
 RETRIEVAL_PAIRS = (("xray", "ecg"), ("ecg", "xray"), ("xray", "ct"), ("ct", "xray"), ("ct", "ecg"), ("ecg", "ct"))
@@ -258,8 +274,7 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     outcome = distill_student(student, bound, train, exp.cfg.distill, exp.out_dir / "distill",
                               probabilities=probabilities, seed=exp.cfg.seed, resume=resume, progress=progress)
     student.eval()
-    zero_shot = {m: zero_shot_accuracy(StudentView(bound[m], student), exp.studies(m, "test"), modality_classes(exp, m))
-                 for m in names}
+    zero_shot = {m: modality_zero_shot(exp, m, StudentView(bound[m], student)) for m in names}
     after_retrieval = paired_retrieval(exp, bound, RETRIEVAL_PAIRS)
     final = export_model(bound, student)
     final.save_pretrained(model_dir(exp))
@@ -314,7 +329,7 @@ def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *,
                       base.student)
     extended.save_pretrained(out_dir / "model")
     views = {m: ModalityView(extended, m) for m in extended.modalities}
-    zero_shot = zero_shot_accuracy(views[modality], exp.studies(modality, "test"), modality_classes(exp, modality))
+    zero_shot = modality_zero_shot(exp, modality, views[modality])
     retrieval = paired_retrieval(exp, views, RETRIEVAL_PAIRS)
     summary = {"modality": modality, "base": str(base_dir), "steps": outcome.steps_done,
                "zero_shot_student": zero_shot, "retrieval": retrieval}

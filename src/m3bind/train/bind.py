@@ -5,13 +5,14 @@ Per step:
   L_total = sum_m w_m L_CLIP^(m)  +  lambda * sum_{m1 != m2} w_m1 w_m2 L_MSE^(m1, m2)
 where L_CLIP^(m) is the symmetric CLIP loss on a batch of modality m's own image-text pairs and
 L_MSE^(m1, m2) compares what two text encoders make of the SAME texts (each through its own
-tokenizer), drawn from all corpora with probabilities p_m. The sum runs over ordered pairs, as
-written in DESIGN.md (each unordered pair counts twice; this only rescales lambda).
+tokenizer), drawn from all corpora with probabilities p_m. As in the authors' code, L_MSE is
+``F.mse_loss`` (mean over texts and dimensions) and each unordered pair counts once; lambda = 10
+is tuned for that scale (see ``m3bind.train.losses.embedding_mse``).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import permutations
+from itertools import combinations, permutations
 from pathlib import Path
 
 import torch
@@ -21,17 +22,17 @@ from m3bind.config import BindConfig
 from m3bind.data.datasets import LoadedStudies
 from m3bind.models.binding import BoundModality
 from m3bind.train.balance import Balance, modality_balance
-from m3bind.train.losses import clip_loss, mean_squared_distance
+from m3bind.train.losses import clip_loss, embedding_mse
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
 from m3bind.train.pretrain import sample_batch
 
 
 def text_alignment_loss(text_embeddings: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
-    """sum over ordered pairs m1 != m2 of w_m1 w_m2 L_MSE^(m1, m2)."""
+    """sum over unordered pairs {m1, m2} of w_m1 w_m2 L_MSE^(m1, m2)."""
     names = list(text_embeddings)
     total = text_embeddings[names[0]].new_zeros(())
-    for m1, m2 in permutations(names, 2):
-        total = total + weights[m1] * weights[m2] * mean_squared_distance(text_embeddings[m1], text_embeddings[m2])
+    for m1, m2 in combinations(names, 2):
+        total = total + weights[m1] * weights[m2] * embedding_mse(text_embeddings[m1], text_embeddings[m2])
     return total
 
 
@@ -59,6 +60,21 @@ def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> 
         b.train(was_training[m])
     cosines = [(embeddings[a] * embeddings[b]).sum(-1).mean() for a, b in permutations(embeddings, 2)]
     return float(torch.stack(cosines).mean()) if cosines else 1.0
+
+
+@torch.no_grad()
+def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
+    """For every pair of encoders, the share of texts whose nearest neighbour under the other
+    encoder is the same text. Unlike the mean cosine, this cannot be gamed by collapsing every
+    text onto one point; chance is 1 / len(texts)."""
+    texts = list(dict.fromkeys(texts))
+    for b in bound.values():
+        b.eval()
+    embeddings = {m: b.encode_texts(texts) for m, b in bound.items()}
+    target = torch.arange(len(texts))
+    hits = [((embeddings[a] @ embeddings[b].T).argmax(1) == target).float().mean()
+            for a, b in permutations(embeddings, 2)]
+    return float(torch.stack(hits).mean()) if hits else 1.0
 
 
 class NativeImageCache:
@@ -138,7 +154,11 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
         return parts
 
     def agreement(step: int) -> dict[str, float]:
-        return {"text_agreement": text_agreement(bound, heldout_texts)}
+        values = {"text_agreement": text_agreement(bound, heldout_texts),
+                  "text_recall": cross_encoder_text_recall(bound, heldout_texts)}
+        for module in bound.values():
+            module.train()
+        return values
 
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                             checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision,

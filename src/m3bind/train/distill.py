@@ -26,14 +26,14 @@ from m3bind.data.datasets import LoadedStudies
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.bind import sample_texts
-from m3bind.train.losses import mean_squared_distance
+from m3bind.train.losses import embedding_mse
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
 from m3bind.train.pretrain import sample_batch
 
 
 def kd_loss(teacher_embeddings: Mapping[str, Tensor], student_embeddings: Tensor) -> Tensor:
-    """Eq. 7: sum over teachers of the mean squared distance to the student's embeddings."""
-    return sum(mean_squared_distance(t, student_embeddings) for t in teacher_embeddings.values())
+    """Eq. 7: sum over teachers of the MSE (``F.mse_loss``) to the student's embeddings."""
+    return sum(embedding_mse(t, student_embeddings) for t in teacher_embeddings.values())
 
 
 def text_to_image_infonce(text_emb: Tensor, image_emb: Tensor, logit_scale: Tensor | float) -> Tensor:

@@ -19,7 +19,7 @@ from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.bind import NativeImageCache
 from m3bind.train.distill import text_to_image_infonce
-from m3bind.train.losses import clip_loss, mean_squared_distance
+from m3bind.train.losses import clip_loss, embedding_mse
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
 from m3bind.train.pretrain import sample_batch
 
@@ -46,7 +46,7 @@ def extend_with(new: BoundModality, student: StudentTextEncoder, train: LoadedSt
         text_emb = new.encode_texts(texts)
         student_emb = targets[torch.tensor([target_row[t] for t in texts])]
         parts = {"clip": clip_loss(image_emb, text_emb, new.logit_scale()),
-                 "text_mse": mean_squared_distance(text_emb, student_emb),
+                 "text_mse": embedding_mse(text_emb, student_emb),
                  "contrastive": text_to_image_infonce(student_emb, image_emb, new.logit_scale().detach())}
         parts["loss"] = parts["clip"] + cfg.lambda_text * parts["text_mse"] + parts["contrastive"]
         return parts

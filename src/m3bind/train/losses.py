@@ -54,3 +54,16 @@ def pairwise_mse(embeddings: Sequence[Tensor]) -> Tensor:
     stacked = torch.stack(list(embeddings))  # (M, B, D)
     differences = stacked[:, None] - stacked[None, :]  # (M, M, B, D)
     return differences.pow(2).sum(dim=-1).mean(dim=-1)
+
+
+def embedding_mse(a: Tensor, b: Tensor) -> Tensor:
+    """``F.mse_loss``: the mean of squared differences over the batch AND the D dimensions.
+
+    This is the text-alignment / distillation distance M3Bind trains with. The paper's eq. 2
+    leaves the normalisation open; the authors' code uses ``F.mse_loss`` and their lambda = 10
+    is tuned for that scale (``mean_squared_distance`` is D times larger, which with lambda = 10
+    lets the alignment term swamp the CLIP terms and collapses the text spaces).
+    """
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"need two (B, D) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return F.mse_loss(a, b)

@@ -387,6 +387,7 @@ def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.G
             f"The heart is {adverb} enlarged.",
             f"Cardiac size is {adverb} increased.",
             f"{degree} enlargement of the cardiac chambers.",
+            f"{degree} cardiomegaly with left ventricular hypertrophy.",
         ))
         impression = lang.pick(rng, (f"{degree} cardiomegaly.", f"{adverb} enlarged heart."))
     elif label == "pleural effusion":

@@ -379,7 +379,11 @@ def _finding_statements(findings: Mapping[str, float], layout: _Layout,
         if "low qrs voltage" in findings:
             # Pericardial fluid damps the voltages, so no Sokolow-Lyon value can be quoted.
             options = tuple(o for o in options if "{s}" not in o)
-        statements.append(pick(rng, options).format(s=sokolow))
+        # Cardiologists tie LVH to the chest imaging concept; these words are also what lets text
+        # bridge the ECG corpus and the X-ray/CT corpora (as a shared clinical vocabulary does).
+        correlate = pick(rng, ("", "", ", consistent with cardiomegaly", ", suggests cardiac enlargement",
+                               "; correlate with chest imaging for cardiomegaly"))
+        statements.append(pick(rng, options).format(s=sokolow) + correlate)
     if "st elevation" in findings:
         leads = _TERRITORIES[layout.territory][1]
         millimetres = f"{10 * layout.st_mv:.0f}"

@@ -1,0 +1,84 @@
+"""Adapters for published medical CLIP checkpoints, loaded from local files with one config line.
+
+``modalities.<m>.model: {type: <name>, path: <local file or folder>, options: {...}}`` picks
+one of the adapters below (see ``docs/checkpoints.md`` for the exact lines and what each
+adapter verifies):
+
+============  ==============================================================================
+name          checkpoint
+============  ==============================================================================
+open_clip     any open_clip model: folder with ``open_clip_config.json`` + weights (QuiltNet, BiomedCLIP)
+hf_clip       Hugging Face ``CLIPModel`` folder (PLIP and similar)
+mgca          MGCA Lightning ``.ckpt`` (ViT-B/16 or ResNet-50), chest X-ray
+flair         FLAIR ``flair_resnet.pth`` or its Hugging Face folder, retina
+ct_clip       CT-CLIP ``CT-CLIP_v2.pt`` (CTViT + CXR-BERT), chest CT
+ecg_clip      ECG-CLIP as defined in the M3Bind authors' code, 12-lead ECG
+============  ==============================================================================
+
+Adapter modules are imported on first use, so importing this package does not pull in
+open_clip or timm.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from m3bind.errors import CheckpointError, ConfigError
+from m3bind.models.base import ModalityModel
+
+# Adapter name -> "module:class"; a fixed table, so a config can never name arbitrary code.
+_ADAPTERS: dict[str, str] = {
+    "open_clip": "m3bind.models.adapters.open_clip_adapter:OpenCLIPAdapter",
+    "hf_clip": "m3bind.models.adapters.hf_clip:HFCLIPAdapter",
+    "mgca": "m3bind.models.adapters.mgca:MGCAAdapter",
+    "flair": "m3bind.models.adapters.flair:FLAIRAdapter",
+    "ct_clip": "m3bind.models.adapters.ct_clip:CTCLIPAdapter",
+    "ecg_clip": "m3bind.models.adapters.ecg_clip:ECGCLIPAdapter",
+}
+
+
+def adapter_names() -> list[str]:
+    """The adapter names a config's ``model.type`` may use (besides ``builtin``)."""
+    return list(_ADAPTERS)
+
+
+def adapter_class(name: str):
+    """The adapter class registered under ``name``; :class:`ConfigError` listing the known names otherwise."""
+    if name not in _ADAPTERS:
+        raise ConfigError(f"unknown model type '{name}'; known adapters: {', '.join(_ADAPTERS)} "
+                          "(or 'builtin' for m3bind's own models)")
+    module_name, class_name = _ADAPTERS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_adapter(type: str, path: Path | str | None, options: Mapping[str, Any] | None = None, *,
+                 base_dir: Path | str | None = None) -> ModalityModel:
+    """A published model from its original local files, in eval mode.
+
+    ``type`` is the adapter name, ``path`` the checkpoint file or folder, ``options`` the
+    config's ``model.options``. Relative paths inside ``options`` (tokenizer or text-model
+    folders) are resolved against ``base_dir``, by default the folder that contains ``path``.
+
+    Raises :class:`ConfigError` for an unknown type or invalid options, and
+    :class:`CheckpointError` naming the path when a file is missing or does not fit.
+    """
+    cls = adapter_class(type)
+    if path is None:
+        raise ConfigError(f"model type '{type}' needs model.path: the local checkpoint file or folder "
+                          "(see docs/checkpoints.md)")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint for model type '{type}' not found; download it from its "
+                              "owners and point model.path at it (see docs/checkpoints.md)")
+    parsed = cls.parse_options(options, Path(base_dir) if base_dir is not None else path.parent)
+    return cls.from_checkpoint(path, parsed)
+
+
+def load_saved_adapter(type: str, directory: Path | str) -> ModalityModel:
+    """Rebuild an adapter model that ``save_pretrained`` wrote into ``directory``."""
+    return adapter_class(type).from_saved(Path(directory))
+
+
+__all__ = ["adapter_class", "adapter_names", "load_adapter", "load_saved_adapter"]
