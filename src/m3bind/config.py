@@ -51,6 +51,10 @@ class PretrainConfig(Section):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps before cosine decay.")
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
+    augment: bool = Field(True, description="Random shift/gain/offset of the preprocessed studies "
+                                            "(small datasets overfit without it).")
+    label_aware: bool = Field(True, description="Studies with the same findings count as matching pairs "
+                                                "(FLAIR's soft-target CLIP loss) instead of as negatives.")
 
 
 class LoraConfig(Section):

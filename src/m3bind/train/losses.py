@@ -27,6 +27,25 @@ def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) 
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
+def soft_clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, targets: Tensor) -> Tensor:
+    """CLIP loss with soft targets (FLAIR's pretraining loss): ``targets[i, j] > 0`` marks pair
+    (image i, text j) as matching; rows are normalised to sum to 1. With ``targets = I`` this is
+    :func:`clip_loss`. Used when a batch holds several studies with the same findings: plain
+    InfoNCE would push their equally valid reports apart.
+    """
+    logits = logit_scale * image_emb @ text_emb.T
+    targets = targets.to(logits.dtype)
+    image_to_text = -(targets / targets.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    text_to_image = -(targets.T / targets.T.sum(1, keepdim=True) * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return 0.5 * (image_to_text + text_to_image)
+
+
+def same_label_targets(labels: Sequence[Sequence[str]]) -> Tensor:
+    """(N, N) 1 where two studies have the same set of findings (normal = no findings), else 0."""
+    keys = [frozenset(study) for study in labels]
+    return torch.tensor([[float(a == b) for b in keys] for a in keys])
+
+
 def mean_squared_distance(a: Tensor, b: Tensor) -> Tensor:
     """Mean over the batch of ``||a_i - b_i||^2`` (summed over dimensions): the paper's eq. 2.
 

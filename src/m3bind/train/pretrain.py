@@ -13,7 +13,8 @@ import torch
 from m3bind.config import PretrainConfig
 from m3bind.data.datasets import LoadedStudies
 from m3bind.models.base import ModalityModel
-from m3bind.train.losses import clip_loss
+from m3bind.train.augment import augment_batch
+from m3bind.train.losses import clip_loss, same_label_targets, soft_clip_loss
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
 
 
@@ -25,15 +26,26 @@ def sample_batch(n_items: int, batch_size: int, generator: torch.Generator) -> t
 def pretrain_modality(model: ModalityModel, train: LoadedStudies, cfg: PretrainConfig, run_dir: Path, *,
                       seed: int = 0, resume: bool = False, progress=None, stop_after: int | None = None,
                       tensorboard: bool = True) -> LoopResult:
-    """Symmetric CLIP loss on ``train`` for ``cfg.steps`` AdamW steps (warm-up + cosine)."""
+    """CLIP loss on ``train`` for ``cfg.steps`` AdamW steps (warm-up + cosine).
+
+    ``cfg.label_aware``: studies with the same findings count as matches (FLAIR's soft-target
+    loss); otherwise plain symmetric InfoNCE as in CLIP, MGCA and CT-CLIP."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        index = sample_batch(len(train), cfg.batch_size, step_generator(seed, step))
-        images = train.images[index].to(model.device)
+        generator = step_generator(seed, step)
+        index = sample_batch(len(train), cfg.batch_size, generator)
+        images = train.images[index]
+        if cfg.augment:
+            images = augment_batch(images, generator)
+        images = images.to(model.device)
         image_emb = model.encode_image(images)
         text_emb = model.encode_texts([train.texts[i] for i in index.tolist()])
-        loss = clip_loss(image_emb, text_emb, model.logit_scale())
+        if cfg.label_aware:
+            targets = same_label_targets([train.labels[i] for i in index.tolist()]).to(image_emb.device)
+            loss = soft_clip_loss(image_emb, text_emb, model.logit_scale(), targets)
+        else:
+            loss = clip_loss(image_emb, text_emb, model.logit_scale())
         return {"loss": loss}
 
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
