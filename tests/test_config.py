@@ -64,3 +64,12 @@ def test_every_field_is_documented_in_the_reference():
     keys = [key for key, _, _ in rows]
     assert "bind.balance.loss_weights" in keys and "distill.update_heads" in keys
     assert all(description for _, _, description in rows), [k for k, _, d in rows if not d]
+
+
+def test_docs_config_reference_is_up_to_date():
+    from pathlib import Path
+
+    from m3bind.config import config_reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
+    assert doc.read_text() == config_reference_markdown(), "regenerate docs/config-reference.md"

@@ -169,6 +169,9 @@ def run_all(config: Path = typer.Argument(..., help="Experiment config (YAML).")
         summary = run_bind(exp, resume=resume, progress=bar, log=console.print)
         run_distill(exp, resume=resume, progress=bar, log=console.print)
     _print_bind_summary(summary)
+    from m3bind.evaluate import run_eval
+
+    _print_report_summary(run_eval(exp, command=f"m3bind run {config}", log=console.print))
 
 
 @app.command()
@@ -185,6 +188,77 @@ def extend(config: Path = typer.Argument(..., help="Experiment config naming the
     exp = _experiment(config)
     with progress_bar() as bar:
         run_extend(exp, model, modality, out, resume=resume, progress=bar, log=console.print)
+
+
+@app.command("eval")
+@friendly_errors
+def eval_command(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+                 few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot", help="Run linear probes."),
+                 ) -> None:
+    """Zero-shot, few-shot and cross-modal retrieval for the unbound, bound and final models; writes the report."""
+    from m3bind.evaluate import run_eval
+
+    exp = _experiment(config)
+    report = run_eval(exp, command=f"m3bind eval {config}", log=console.print, few_shot=few_shot)
+    _print_report_summary(report)
+
+
+
+@app.command()
+@friendly_errors
+def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) with phase one done."),
+           study: str = typer.Option("amb_seskd", "--study", help="'subsets' (paper Table 4) or 'amb_seskd' (Table 5)."),
+           ) -> None:
+    """Ablations: modality subsets, or AMB and SESKD on/off; adds an ablation table to the report."""
+    import json
+
+    from m3bind.ablations import run_ablation
+
+    exp = _experiment(config)
+    with progress_bar() as bar:
+        rows = run_ablation(exp, study, progress=bar, log=console.print)
+    out = exp.out_dir / "ablations" / study / "ablation.json"
+    out.write_text(json.dumps(rows, indent=2))
+    table = Table(title=f"ablation: {study}")
+    table.add_column("setting")
+    pairs = sorted({p for r in rows for p in r["retrieval"]})[:3]
+    for pair in pairs:
+        table.add_column(f"{pair} R@10 / concept P@10", justify="right")
+    table.add_column("mean zero-shot acc", justify="right")
+    for row in rows:
+        setting = ", ".join(f"{k}{'+' if v else '-'}" for k, v in row["setting"].items())
+        cells = [f"{row['retrieval'][p]['recall']['10']:.3f} / {row['retrieval'][p]['concept_precision']['10']:.3f}"
+                 if p in row["retrieval"] else "–" for p in pairs]
+        accs = list(row["zero_shot"].values())
+        table.add_row(setting, *cells, f"{sum(accs) / len(accs):.3f}")
+    console.print(table)
+    console.print(f"written to {out}")
+
+def _print_report_summary(report: dict) -> None:
+    table = Table(title="summary (test splits)")
+    table.add_column("metric")
+    for variant in report["variants"]:
+        table.add_column(variant, justify="right")
+
+    def cells(get):
+        values = []
+        for variant in report["variants"]:
+            try:
+                value = get(variant)
+            except (KeyError, TypeError):
+                value = None
+            values.append("–" if value is None else f"{value:.3f}")
+        return values
+
+    for m in report["modalities"]:
+        table.add_row(f"{m} zero-shot acc", *cells(lambda v: report["zero_shot"][m][v]["naive"]["accuracy"]))
+    for pair in ("xray->ecg", "xray->ct", "ct->ecg"):
+        if pair in report["retrieval"].get("unbound", {}):
+            chance = report["retrieval"]["unbound"][pair]["recall_chance"]["10"]
+            table.add_row(f"{pair} R@10 (chance {chance:.3f})", *cells(lambda v: report["retrieval"][v][pair]["recall"]["10"]))
+            table.add_row(f"{pair} concept P@10 (chance {report['retrieval']['unbound'][pair]['concept_chance']:.3f})",
+                          *cells(lambda v: report["retrieval"][v][pair]["concept_precision"]["10"]))
+    console.print(table)
 
 def _print_bind_summary(summary: dict) -> None:
     table = Table(title="binding: before -> after")
@@ -223,15 +297,20 @@ def demo(out: Path = typer.Option(Path("m3bind-demo"), help="Folder for the coho
     _print_cohort_summary(cohort_dir, summary)
     from m3bind.data.cohort import write_preview
     from m3bind.experiment import Experiment, demo_config
-    from m3bind.pipeline import run_bind, run_pretrain
+    from m3bind.pipeline import run_bind, run_distill, run_pretrain
 
     console.print(f"preview: {write_preview(cohort_dir, cohort_dir / 'preview.png')}")
     exp = Experiment(demo_config(cohort_dir, out, quick=quick))
     console.print(f"config: {exp.save_config()}")
     with progress_bar() as bar:
         run_pretrain(exp, progress=bar, log=console.print)
-        summary = run_bind(exp, progress=bar, log=console.print)
-    _print_bind_summary(summary)
+        run_bind(exp, progress=bar, log=console.print)
+        run_distill(exp, progress=bar, log=console.print)
+    from m3bind.evaluate import run_eval
+
+    report = run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=console.print)
+    _print_report_summary(report)
+    console.print(f"report: {exp.out_dir / 'report' / 'report.md'}")
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {out}")
 
 

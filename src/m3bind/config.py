@@ -219,3 +219,13 @@ def config_reference(model: type[BaseModel] = ExperimentConfig, prefix: str = ""
             default = field.get_default(call_default_factory=True)
             rows.append((key, repr(default), field.description or ""))
     return rows
+
+
+def config_reference_markdown() -> str:
+    """docs/config-reference.md: every key, its default and its meaning."""
+    lines = ["# Config reference", "",
+             "Generated from `m3bind.config` (`m3bind config --reference` prints the same).", "",
+             "| key | default | meaning |", "|---|---|---|"]
+    for key, default, description in config_reference():
+        lines.append(f"| `{key}` | {f'`{default}`' if default else ''} | {description} |")
+    return "\n".join(lines) + "\n"

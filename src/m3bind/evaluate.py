@@ -10,6 +10,7 @@ Variants (in table order):
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
@@ -157,6 +158,10 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
                            "same findings are interchangeable).")
     report["notes"].append("Few-shot probes use frozen image embeddings; binding trains text-side LoRA and linear "
                            "heads, so the probes of the three variants differ only through the heads.")
+    ablations = {path.parent.name: json.loads(path.read_text())
+                 for path in sorted((exp.out_dir / "ablations").glob("*/ablation.json"))}
+    if ablations:
+        report["ablations"] = ablations
     embeddings = {"before": embedding_sample(exp, variants["unbound"])}
     if "m3bind" in variants:
         embeddings["after"] = embedding_sample(exp, variants["m3bind"])

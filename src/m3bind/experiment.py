@@ -22,10 +22,12 @@ from m3bind.errors import ConfigError
 
 
 class Experiment:
-    def __init__(self, cfg: ExperimentConfig, config_path: Path | None = None):
+    def __init__(self, cfg: ExperimentConfig, config_path: Path | None = None, cache_dir: Path | None = None):
         self.cfg = cfg
         self.config_path = config_path
         self.out_dir = resolve_path(config_path, cfg.output_dir)
+        # Ablation runs share their parent's preprocessed-study cache.
+        self.cache_dir = cache_dir or self.out_dir / "cache"
         self._manifests: dict[str, Manifest] = {}
 
     @classmethod
@@ -80,7 +82,7 @@ class Experiment:
         digest.update(manifest.table.to_csv(index=False).encode())
         digest.update(str(manifest.source.resolve()).encode())
         digest.update(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
-        cache = self.out_dir / "cache" / f"{modality}-{'paired-' if paired else ''}{split}-{digest.hexdigest()[:12]}"
+        cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{digest.hexdigest()[:12]}"
         if (cache / "meta.json").exists():
             meta = json.loads((cache / "meta.json").read_text())
             return LoadedStudies(images=load_file(cache / "images.safetensors")["images"], texts=meta["texts"],
@@ -136,12 +138,15 @@ def demo_config(cohort_dir: Path, output_dir: Path, quick: bool = False) -> Expe
     paired = {m: str((cohort_dir / "paired" / f"{m}.csv").resolve()) for m in ("xray", "ct", "ecg")}
     data = {"output_dir": str(output_dir.resolve()), "shared_dim": 256, "demo_sizes": True,
             "modalities": modalities, "paired_manifests": paired,
-            "pretrain": {"steps": 60 if quick else 250, "batch_size": 32, "lr": 2e-3, "warmup_steps": 10,
-                         "checkpoint_every": 50},
+            "pretrain": {"steps": 80 if quick else 300, "batch_size": 32, "lr": 1e-3, "warmup_steps": 20,
+                         "checkpoint_every": 100},
             # The paper's lr (2e-5) is for 15,000 steps on real checkpoints; the demo binds in a
-            # few hundred steps, so it uses a larger one.
-            "bind": {"steps": 60 if quick else 300, "lr": 2e-3, "warmup_steps": 10, "image_batch_size": 32,
-                     "text_batch_size": 64, "checkpoint_every": 100}}
+            # few hundred steps on a CPU, so it uses a larger one and smaller batches.
+            "bind": {"steps": 40 if quick else 150, "lr": 1e-3, "warmup_steps": 10, "image_batch_size": 24,
+                     "text_batch_size": 32, "checkpoint_every": 50},
+            "distill": {"phase_a_steps": 30 if quick else 100, "phase_b_steps": 30 if quick else 100,
+                        "batch_size": 32, "lr": 1e-3, "checkpoint_every": 100},
+            "eval": {"shots": [1, 5, 10], "seeds": [0, 1, 2]}}
     return parse_config(data, "<demo>")
 
 
