@@ -120,3 +120,24 @@ def test_pairwise_mse_rejects_bad_input():
         pairwise_mse([torch.zeros(2, 3)])
     with pytest.raises(ValueError, match="one shape"):
         pairwise_mse([torch.zeros(2, 3), torch.zeros(2, 4)])
+
+
+def test_soft_clip_loss_reduces_to_clip_loss_and_matches_hand_computation():
+    import numpy as np
+
+    from m3bind.train.losses import clip_loss, same_label_targets, soft_clip_loss
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 3, generator=g), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 3, generator=g), dim=-1)
+    assert soft_clip_loss(image, text, 5.0, torch.eye(4)).item() == pytest.approx(clip_loss(image, text, 5.0).item(), rel=1e-6)
+    targets = same_label_targets([["a"], [], ["a"], ["b", "c"]])
+    assert targets.tolist() == [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]]
+    logits = 5.0 * image.numpy() @ text.numpy().T
+    t = targets.numpy()
+
+    def direction(lg, tg):
+        logp = lg - np.log(np.exp(lg).sum(1, keepdims=True))
+        return -((tg / tg.sum(1, keepdims=True)) * logp).sum(1).mean()
+    expected = 0.5 * (direction(logits, t) + direction(logits.T, t.T))
+    assert soft_clip_loss(image, text, 5.0, targets).item() == pytest.approx(expected, rel=1e-5)

@@ -83,6 +83,9 @@ class BindConfig(Section):
     text_batch_size: int = Field(64, ge=1, description="Texts per step for text alignment (paper: 64).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     mixed_precision: Literal["no", "bf16"] = Field("no", description="Autocast precision (bf16 where the device supports it).")
+    label_aware: bool = Field(False, description="Per-modality CLIP terms with soft targets: studies with the "
+                                                 "same findings are not negatives (use when the models were "
+                                                 "trained that way, as the built-in ones and FLAIR are).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     balance: BalanceConfig = Field(default_factory=BalanceConfig, description="Adaptive modality balancing.")
     modalities: list[str] | None = Field(None, description="Subset of configured modalities to bind "

@@ -142,8 +142,8 @@ def demo_config(cohort_dir: Path, output_dir: Path, quick: bool = False) -> Expe
                          "checkpoint_every": 100},
             # The paper's lr (2e-5) is for 15,000 steps on real checkpoints; the demo binds in a
             # few hundred steps on a CPU, so it uses a larger one and smaller batches.
-            "bind": {"steps": 40 if quick else 150, "lr": 1e-3, "warmup_steps": 10, "image_batch_size": 24,
-                     "text_batch_size": 32, "checkpoint_every": 50},
+            "bind": {"steps": 40 if quick else 200, "lr": 2e-3, "warmup_steps": 10, "image_batch_size": 24,
+                     "text_batch_size": 32, "checkpoint_every": 50, "label_aware": True},
             "distill": {"phase_a_steps": 30 if quick else 100, "phase_b_steps": 30 if quick else 100,
                         "batch_size": 32, "lr": 1e-3, "checkpoint_every": 100},
             "eval": {"shots": [1, 5, 10], "seeds": [0, 1, 2]}}

@@ -176,12 +176,16 @@ def paired_retrieval(exp: Experiment, bound: dict, pairs: Sequence[tuple[str, st
                     for row in studies.rows]
         bound[m].eval()
         cache[m] = (embed_images(bound[m].encode_image, studies.images), studies.patient_ids, concepts)
+    # A concept counts for a pair only if both modalities can show it (cardiomegaly for X-ray and
+    # ECG, but not an effusion that only X-ray sees).
+    visible = {m: frozenset().union(*concepts) for m, (_, _, concepts) in cache.items()}
     results = {}
     for query, gallery in pairs:
         if query in cache and gallery in cache:
             q, g = cache[query], cache[gallery]
-            results[f"{query}->{gallery}"] = retrieval_scores(q[0], g[0], q[1], g[1], q[2], g[2],
-                                                              exp.cfg.eval.recall_at)
+            shared = visible[query] & visible[gallery]
+            results[f"{query}->{gallery}"] = retrieval_scores(q[0], g[0], q[1], g[1], [c & shared for c in q[2]],
+                                                              [c & shared for c in g[2]], exp.cfg.eval.recall_at)
     return results
 
 

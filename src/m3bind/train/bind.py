@@ -22,7 +22,7 @@ from m3bind.config import BindConfig
 from m3bind.data.datasets import LoadedStudies
 from m3bind.models.binding import BoundModality
 from m3bind.train.balance import Balance, modality_balance
-from m3bind.train.losses import clip_loss, embedding_mse
+from m3bind.train.losses import clip_loss, embedding_mse, same_label_targets, soft_clip_loss
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
 from m3bind.train.pretrain import sample_batch
 
@@ -137,10 +137,17 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
         parts: dict[str, Tensor] = {}
         clip_total = None
         for stream, m in enumerate(names, start=1):
-            index = parallel.shard(sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream)))
+            full_index = sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream))
+            index = parallel.shard(full_index)
             image_emb = parallel.gather(encode_images(m, index))
             text_emb = parallel.gather(bound[m].encode_texts([train[m].texts[i] for i in index.tolist()]))
-            loss_m = clip_loss(image_emb, text_emb, bound[m].logit_scale())
+            if cfg.label_aware:
+                # The same objective phase one used (FLAIR's soft targets), so binding preserves it.
+                # gather() restores global-batch order, so targets follow full_index
+                targets = same_label_targets([train[m].labels[i] for i in full_index.tolist()])
+                loss_m = soft_clip_loss(image_emb, text_emb, bound[m].logit_scale(), targets.to(image_emb.device))
+            else:
+                loss_m = clip_loss(image_emb, text_emb, bound[m].logit_scale())
             parts[f"clip/{m}"] = loss_m
             term = balance.loss_weights[m] * loss_m
             clip_total = term if clip_total is None else clip_total + term

@@ -381,8 +381,8 @@ def _finding_statements(findings: Mapping[str, float], layout: _Layout,
             options = tuple(o for o in options if "{s}" not in o)
         # Cardiologists tie LVH to the chest imaging concept; these words are also what lets text
         # bridge the ECG corpus and the X-ray/CT corpora (as a shared clinical vocabulary does).
-        correlate = pick(rng, ("", "", ", consistent with cardiomegaly", ", suggests cardiac enlargement",
-                               "; correlate with chest imaging for cardiomegaly"))
+        correlate = pick(rng, ("", ", consistent with cardiomegaly", ", suggests cardiomegaly",
+                               ", likely cardiomegaly", "; correlate with chest imaging for cardiomegaly"))
         statements.append(pick(rng, options).format(s=sokolow) + correlate)
     if "st elevation" in findings:
         leads = _TERRITORIES[layout.territory][1]

@@ -439,6 +439,7 @@ def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.G
             f"{degree} enlargement of the cardiac silhouette.",
             f"Cardiomegaly, cardiothoracic ratio approximately {ctr:.2f}.",
             f"{degree} cardiomegaly, which may reflect left ventricular hypertrophy.",
+            f"{degree} cardiomegaly; correlate with ECG for left ventricular hypertrophy.",
         ))
         impression = lang.pick(rng, (f"{degree} cardiomegaly.", f"{adverb} enlarged heart."))
     elif label == "pleural effusion":
