@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,7 +30,8 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except M3BindError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            # soft_wrap keeps the message on one line; escape() keeps "[...]" in it literal.
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(code=2) from None
     return wrapper
 
