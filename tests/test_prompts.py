@@ -66,10 +66,11 @@ def test_attribute_sets_are_chexpert_style():
 def test_naive_prompts_fill_the_template():
     retina = load_prompt_set("retina")
     assert naive_prompts(retina, ["glaucoma", "macular hole"]) == {
-        "glaucoma": ["A fundus photograph of glaucoma"],
-        "macular hole": ["A fundus photograph of macular hole"],  # needs nothing from the file
+        "glaucoma": ["Fundus photograph. Findings: glaucoma."],
+        "macular hole": ["Fundus photograph. Findings: macular hole."],  # needs nothing from the file
     }
-    assert naive_prompts(load_prompt_set("xray"), ["cardiomegaly"]) == {"cardiomegaly": ["cardiomegaly"]}
+    assert naive_prompts(load_prompt_set("xray"), ["cardiomegaly"]) == {"cardiomegaly": ["Impression: cardiomegaly."]}
+    assert naive_prompts(load_prompt_set("flair_odir"), ["cataract"]) == {"cataract": ["A fundus photograph of cataract"]}
 
 
 def test_expert_prompts_are_descriptions_plus_class_name(tmp_path):

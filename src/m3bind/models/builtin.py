@@ -95,7 +95,7 @@ def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:
     # (width, depth) per kind; 2D/3D depth = downsampling stages, 1D depth = transformer blocks.
     image_sizes = {
         SignalKind.IMAGE_2D: (16, 4) if demo else (32, 5),
-        SignalKind.VOLUME_3D: (16, 3) if demo else (16, 4),
+        SignalKind.VOLUME_3D: (16, 3) if demo else (32, 4),
         SignalKind.SIGNAL_1D: (64, 2) if demo else (128, 4),
     }
     width, depth = image_sizes[info.kind]
