@@ -21,6 +21,8 @@ def test_quick_demo_end_to_end(tmp_path):
     for name in ("report.md", "retrieval.png", "embedding_map.png", "fewshot.png"):
         assert (out / "report" / name).exists(), name
     assert set(report["variants"]) == {"unbound", "bound", "m3bind"}
+    assert {"naive", "expert", "sampled", "presence"} <= set(report["zero_shot"]["xray"]["unbound"])
+    assert "Sampled prompts (xray" in (out / "report" / "report.md").read_text()
 
     # Text spaces: unrelated before binding, aligned after.
     assert abs(report["text_space"]["unbound"]["agreement"]) < 0.2

@@ -20,12 +20,15 @@ import torch
 from m3bind.data.manifest import parse_labels
 from m3bind.eval.fewshot import linear_probe
 from m3bind.eval.metrics import classification_metrics, multilabel_metrics
-from m3bind.eval.prompts import expert_prompts, naive_prompts, presence_pairs, presence_probabilities
+from m3bind.eval.prompts import (expert_prompts, naive_prompts, presence_pairs, presence_probabilities,
+                                 sampled_prompts)
 from m3bind.eval.retrieval import retrieval_scores
 from m3bind.eval.zeroshot import class_prototypes, single_label_targets
 from m3bind.experiment import Experiment
 from m3bind.pipeline import (RETRIEVAL_PAIRS, ModalityView, embed_images, load_bound, modality_classes,
                              model_dir, paired_retrieval, prepare_bound, prompt_set_for)
+
+SAMPLED_PROMPTS = 10  # prompts per class for the sampled (CheXpert 5x200 style) protocol
 
 VARIANTS = {
     "unbound": "phase-one models, each with its own text encoder (the paper's baselines)",
@@ -71,8 +74,11 @@ def zero_shot_tables(exp: Experiment, modality: str, view) -> dict:
     keep, targets = single_label_targets(studies.labels, classes)
     image_emb = embed_images(view.encode_image, studies.images)
     out = {}
-    for style, make in (("naive", naive_prompts), ("expert", expert_prompts)):
-        protos = class_prototypes(view.encode_texts, make(prompt_set, classes))
+    styles = {"naive": naive_prompts(prompt_set, classes), "expert": expert_prompts(prompt_set, classes),
+              # CheXpert 5x200 / GLoRIA: several prompts sampled per class, their embeddings averaged.
+              "sampled": sampled_prompts(prompt_set, classes, n=SAMPLED_PROMPTS, seed=exp.cfg.seed, use_template=True)}
+    for style, prompts in styles.items():
+        protos = class_prototypes(view.encode_texts, prompts)
         scores = (image_emb[torch.as_tensor(keep)] @ protos.T).numpy()
         out[style] = classification_metrics(targets, scores, classes)
     findings = classes[1:]

@@ -90,6 +90,7 @@ class ZeroShotEntry(_Node):
     naive: ClassificationScores | None
     expert: ClassificationScores | None
     presence: PresenceScores | None = None
+    sampled: ClassificationScores | None = None     # CheXpert 5x200 / GLoRIA-style sampled prompts
 
 
 class ShotResult(_Leaf):
@@ -371,6 +372,13 @@ def _zero_shot_section(report: Report) -> list[str]:
                      fmt_number(chance), MISSING, MISSING, fmt_number(AUC_CHANCE), fmt_number(chance)])
         lines += [f"### {modality}", "", *md_table(header, rows), ""]
         lines += _zero_shot_sizes(entries)
+        sampled = [(v, e.sampled) for v, e in entries if e.sampled is not None]
+        if sampled:
+            lines += [f"Sampled prompts ({modality}, CheXpert 5x200 style: prompts sampled per class from "
+                      "attribute combinations or descriptions, embeddings averaged):", ""]
+            rows = [[v, fmt_number(c.accuracy), fmt_number(c.f1_macro), fmt_number(c.auc_macro), fmt_number(c.aca)]
+                    for v, c in sampled]
+            lines += md_table(["variant", "acc", "F1", "AUC", "ACA"], rows) + [""]
         presence = [(v, e.presence) for v, e in entries if e.presence is not None]
         if presence:
             lines += [f"Presence ({modality}, CT-RATE style \"<finding> is present.\" vs \"... is not present.\", "
