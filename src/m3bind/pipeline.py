@@ -321,7 +321,9 @@ def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *,
 
     base = M3Bind.from_pretrained(base_dir)
     if modality in base.modalities:
-        raise ValueError(f"{base_dir} already has a '{modality}' model")
+        from m3bind.errors import ConfigError
+
+        raise ConfigError(f"{base_dir} already has a '{modality}' model; extend adds a modality it does not have")
     lora = exp.cfg.bind.lora
     new = BoundModality(exp.load_phase_one(modality), base.shared_dim, seed=exp.cfg.seed + 97)
     new.prepare_for_binding(lora.r, lora.alpha, lora.dropout, text=lora.text, image=lora.image)
