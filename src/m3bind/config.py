@@ -55,6 +55,9 @@ class PretrainConfig(Section):
                                             "(small datasets overfit without it).")
     label_aware: bool = Field(True, description="Studies with the same findings count as matching pairs "
                                                 "(FLAIR's soft-target CLIP loss) instead of as negatives.")
+    text_mlm_steps: int = Field(0, ge=0, description="Masked-language-model steps for each built-in text tower "
+                                                     "on the reports of all modalities before phase one (a "
+                                                     "stand-in for clinical-language pretraining; 0 = off).")
 
 
 class LoraConfig(Section):

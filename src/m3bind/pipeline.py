@@ -80,6 +80,11 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
             config = type(config).model_validate({**config.model_dump(), **spec.options})
         model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
                                     preprocess=exp.preprocess(modality))
+        if exp.cfg.pretrain.text_mlm_steps:
+            from m3bind.train.text_pretrain import mlm_pretrain
+
+            corpus = [t for m in exp.modalities for t in exp.studies(m, "train").texts]
+            mlm_pretrain(model, corpus, exp.cfg.pretrain.text_mlm_steps, seed=exp.cfg.seed, progress=progress)
         run_dir = exp.out_dir / "pretrain" / modality
         outcome = pretrain_modality(model, train, exp.cfg.pretrain, run_dir, seed=exp.cfg.seed, resume=resume,
                                     progress=progress)
