@@ -139,7 +139,7 @@ def demo_config(cohort_dir: Path, output_dir: Path, quick: bool = False) -> Expe
     data = {"output_dir": str(output_dir.resolve()), "shared_dim": 256, "demo_sizes": True,
             "modalities": modalities, "paired_manifests": paired,
             "pretrain": {"steps": 80 if quick else 300, "batch_size": 32, "lr": 1e-3, "warmup_steps": 20,
-                         "checkpoint_every": 100, "text_mlm_steps": 0 if quick else 300},
+                         "checkpoint_every": 100},
             # The paper's lr (2e-5) is for 15,000 steps on real checkpoints; the demo binds in a
             # few hundred steps on a CPU, so it uses a larger one and smaller batches.
             "bind": {"steps": 40 if quick else 200, "lr": 2e-3, "warmup_steps": 10, "image_batch_size": 24,
