@@ -25,8 +25,8 @@ from m3bind.eval.prompts import (expert_prompts, naive_prompts, presence_pairs, 
 from m3bind.eval.retrieval import retrieval_scores
 from m3bind.eval.zeroshot import class_prototypes, single_label_targets
 from m3bind.experiment import Experiment
-from m3bind.pipeline import (RETRIEVAL_PAIRS, ModalityView, embed_images, load_bound, modality_classes,
-                             model_dir, paired_retrieval, prepare_bound, prompt_set_for)
+from m3bind.pipeline import (RETRIEVAL_PAIRS, ModalityView, embed_images, heldout_texts, load_bound,
+                             modality_classes, model_dir, paired_retrieval, prompt_set_for)
 
 SAMPLED_PROMPTS = 10  # prompts per class for the sampled (CheXpert 5x200 style) protocol
 
@@ -37,28 +37,20 @@ VARIANTS = {
 }
 
 
-class FinalView(ModalityView):
-    """A modality of the saved M3Bind, with its image model's temperature for presence prompts."""
-
-    def logit_scale(self):
-        return self.model.models[self.modality].logit_scale()
-
-
 def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
     """{variant: {modality: encoder view}} for the variants whose files exist."""
+    from m3bind.models.binding import BoundModality
     from m3bind.models.bound import M3Bind
 
     unbound = {}
     for index, m in enumerate(names):
-        from m3bind.models.binding import BoundModality
-
         unbound[m] = BoundModality(exp.load_phase_one(m), exp.cfg.shared_dim, seed=exp.cfg.seed + index)
     variants = {"unbound": unbound}
     if (exp.out_dir / "bind" / "model" / "bound.json").exists():
         variants["bound"] = load_bound(exp)
     if (model_dir(exp) / "m3bind.json").exists():
         final = M3Bind.from_pretrained(model_dir(exp))
-        variants["m3bind"] = {m: FinalView(final, m) for m in final.modalities}
+        variants["m3bind"] = {m: ModalityView(final, m) for m in final.modalities}
     for views in variants.values():
         for view in views.values():
             view.eval()
@@ -137,7 +129,6 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     import m3bind
     from m3bind.eval.report import write_report
     from m3bind.train.bind import cross_encoder_text_recall, text_agreement
-    from m3bind.pipeline import heldout_texts
 
     start = time.perf_counter()
     names = exp.cfg.bind.modalities or exp.modalities

@@ -316,6 +316,10 @@ class ModalityView:
     def encode_texts(self, texts):
         return self.model.encode_texts(texts)
 
+    def logit_scale(self):
+        """The modality model's temperature (used by the presence prompts)."""
+        return self.model.models[self.modality].logit_scale()
+
 
 def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *, resume: bool = False,
                progress=None, log=print) -> dict:
