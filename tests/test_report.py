@@ -40,7 +40,7 @@ def hand_classification(acc: float, auc: float | None) -> dict:
 def hand_retrieval(r1: float, r5: float, r10: float) -> dict:
     return {"recall": {"1": r1, "5": r5, "10": r10}, "recall_chance": {"1": 0.02, "5": 0.1, "10": 0.2},
             "concept_precision": {"1": r1 + 0.3, "5": r5 + 0.1, "10": r10 + 0.05}, "concept_chance": 0.25,
-            "queries": 50, "gallery": 50}
+            "concept_auc": r10 + 0.1, "queries": 50, "gallery": 50}
 
 
 @functools.cache
@@ -243,9 +243,9 @@ def test_markdown_retrieval_tables(written):
     _, out, _ = written
     md = (out / "report.md").read_text(encoding="utf-8")
     section = md.split("## Cross-modal retrieval", 1)[1].split("## Text -> image", 1)[0]
-    assert "| pair | variant | R@1 | R@5 | R@10 | concept P@1 | concept P@5 | concept P@10 | queries | gallery |" in section
-    assert "| xray->ecg | bound | 0.223 | 0.457 | 0.600 | 0.523 | 0.557 | 0.650 | 50 | 50 |" in section
-    assert "| xray->ecg | *chance* | 0.020 | 0.100 | 0.200 | 0.250 | 0.250 | 0.250 | 50 | 50 |" in section
+    assert "| pair | variant | R@1 | R@5 | R@10 | concept P@1 | concept P@5 | concept P@10 | concept AUC | queries | gallery |" in section
+    assert "| xray->ecg | bound | 0.223 | 0.457 | 0.600 | 0.523 | 0.557 | 0.650 | 0.700 | 50 | 50 |" in section
+    assert "| xray->ecg | *chance* | 0.020 | 0.100 | 0.200 | 0.250 | 0.250 | 0.250 | 0.500 | 50 | 50 |" in section
     real = real_outputs()["retrieval"]
     assert f"| ecg->xray | unbound | {real['recall'][1]:.3f} | {real['recall'][5]:.3f} |" in section
     assert "| ecg->xray | *chance* | 0.050 | 0.250 | 0.500 |" in section   # K / 20 gallery studies
@@ -376,4 +376,4 @@ def test_minimal_report_in_the_docs_is_valid(tmp_path):
     assert set(paths) == {"report.json", "report.md", "retrieval.png"}
     md = paths["report.md"].read_text(encoding="utf-8")
     assert "| m3bind | 0.410 | 0.360 | 0.390 | 0.700 | – | – | – | – | – |" in md
-    assert "| xray->ecg | *chance* | 0.020 | – | 50 | 50 |" in md
+    assert "| xray->ecg | *chance* | 0.020 | – | – | 50 | 50 |" in md

@@ -260,7 +260,10 @@ def _print_report_summary(report: dict) -> None:
             table.add_row(f"{pair} R@10 (chance {chance:.3f})", *cells(lambda v: report["retrieval"][v][pair]["recall"]["10"]))
             table.add_row(f"{pair} concept P@10 (chance {report['retrieval']['unbound'][pair]['concept_chance']:.3f})",
                           *cells(lambda v: report["retrieval"][v][pair]["concept_precision"]["10"]))
+            table.add_row(f"{pair} concept AUC (chance 0.500)",
+                          *cells(lambda v: report["retrieval"][v][pair].get("concept_auc")))
     console.print(table)
+
 
 def _print_bind_summary(summary: dict) -> None:
     table = Table(title="binding: before -> after")
@@ -277,6 +280,9 @@ def _print_bind_summary(summary: dict) -> None:
         table.add_row(f"{pair} concept P@5 (chance {after['concept_chance']:.3f})",
                       f"{before['concept_precision'].get(5, float('nan')):.3f}",
                       f"{after['concept_precision'].get(5, float('nan')):.3f}")
+        if after.get("concept_auc") is not None:
+            table.add_row(f"{pair} concept AUC (chance 0.500)", f"{before['concept_auc']:.3f}",
+                          f"{after['concept_auc']:.3f}")
     for m, after in summary["after"]["zero_shot"].items():
         table.add_row(f"{m} zero-shot acc", f"{summary['before']['zero_shot'][m]['accuracy']:.3f}",
                       f"{after['accuracy']:.3f}")

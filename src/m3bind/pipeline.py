@@ -166,21 +166,28 @@ def heldout_texts(exp: Experiment, modalities: Sequence[str], per_modality: int 
 
 
 @torch.no_grad()
-def paired_retrieval(exp: Experiment, bound: dict, pairs: Sequence[tuple[str, str]]) -> dict:
-    """Recall@K and concept precision@K for each (query, gallery) modality pair on the paired set."""
+@torch.no_grad()
+def paired_test_embeddings(exp: Experiment, encoders: dict) -> dict:
+    """{modality: (image embeddings, patient ids, concept sets)} on the paired test set, for each
+    modality that has an encoder (``encode_image`` callables) and a paired manifest."""
     from m3bind.data.manifest import parse_labels
-    from m3bind.eval.retrieval import retrieval_scores
 
     cache = {}
-    for m in {m for pair in pairs for m in pair}:
-        if m not in bound or m not in exp.cfg.paired_manifests:
+    for m, encode_image in encoders.items():
+        if m not in exp.cfg.paired_manifests:
             continue
         studies = exp.studies(m, "test", paired=True)
         table = exp.paired_manifest(m).split("test").table
         concepts = [frozenset(parse_labels(table.at[row - 1, "concepts"])) if "concepts" in table else frozenset()
                     for row in studies.rows]
-        bound[m].eval()
-        cache[m] = (embed_images(bound[m].encode_image, studies.images), studies.patient_ids, concepts)
+        cache[m] = (embed_images(encode_image, studies.images), studies.patient_ids, concepts)
+    return cache
+
+
+def pair_scores(exp: Experiment, cache: dict, pairs: Sequence[tuple[str, str]]) -> dict:
+    """Recall@K, concept precision@K and concept AUC for each (query, gallery) pair in ``cache``."""
+    from m3bind.eval.retrieval import retrieval_scores
+
     # A concept counts for a pair only if both modalities can show it (cardiomegaly for X-ray and
     # ECG, but not an effusion that only X-ray sees).
     visible = {m: frozenset().union(*concepts) for m, (_, _, concepts) in cache.items()}
@@ -192,6 +199,59 @@ def paired_retrieval(exp: Experiment, bound: dict, pairs: Sequence[tuple[str, st
             results[f"{query}->{gallery}"] = retrieval_scores(q[0], g[0], q[1], g[1], [c & shared for c in q[2]],
                                                               [c & shared for c in g[2]], exp.cfg.eval.recall_at)
     return results
+
+
+def paired_retrieval(exp: Experiment, bound: dict, pairs: Sequence[tuple[str, str]]) -> dict:
+    """Image-image retrieval on the paired test set in the shared space of ``bound``."""
+    for view in bound.values():
+        view.eval()
+    wanted = {m for pair in pairs for m in pair} & set(bound)
+    return pair_scores(exp, paired_test_embeddings(exp, {m: bound[m].encode_image for m in wanted}), pairs)
+
+
+@torch.no_grad()
+def unbound_retrieval(exp: Experiment, unbound: dict, pairs: Sequence[tuple[str, str]], draws: int = 10) -> dict:
+    """Retrieval between the phase-one models, averaged over ``draws`` random head draws.
+
+    Before binding the spaces are unrelated: comparing them needs some map into one space, and
+    with random orthogonal heads every score is a random variable whose mean is chance (flipping
+    one head's sign turns a concept AUC a into 1 - a). One draw can land far from it either way,
+    so the baseline is the mean over draws, with the spread of the concept AUC beside it.
+    """
+    from m3bind.models.heads import BindingHead
+
+    wanted = {m for pair in pairs for m in pair} & set(unbound)
+    for m in wanted:
+        unbound[m].eval()
+    native = paired_test_embeddings(exp, {m: unbound[m].model.encode_image for m in wanted})
+    runs = []
+    for draw in range(draws):
+        cache = {}
+        for index, (m, (emb, ids, concepts)) in enumerate(sorted(native.items())):
+            # draw 0 uses the unbound variant's own heads (seed + position in the config)
+            seed = exp.cfg.seed + list(unbound).index(m) + 1000 * draw
+            head = BindingHead(emb.shape[1], exp.cfg.shared_dim, torch.Generator().manual_seed(seed))
+            cache[m] = (head(emb), ids, concepts)
+        runs.append(pair_scores(exp, cache, pairs))
+    return {pair: _mean_scores([run[pair] for run in runs]) for pair in runs[0]}
+
+
+def _mean_scores(runs: list[dict]) -> dict:
+    """Average retrieval_scores outputs leaf by leaf; adds the draw count and concept-AUC spread."""
+    import numpy as np
+
+    def mean(values):
+        if isinstance(values[0], dict):
+            return {k: mean([v[k] for v in values]) for k in values[0]}
+        if values[0] is None or isinstance(values[0], int):
+            return values[0]
+        return float(np.mean(values))
+
+    out = mean(runs)
+    out["head_draws"] = len(runs)
+    aucs = [run["concept_auc"] for run in runs if run["concept_auc"] is not None]
+    out["concept_auc_std"] = float(np.std(aucs)) if aucs else None
+    return out
 
 
 @torch.no_grad()
@@ -214,7 +274,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     train = {m: exp.studies(m, "train") for m in names}
     texts = heldout_texts(exp, names)
     params = parameter_report(bound)
-    before = {"text_agreement": text_agreement(bound, texts), "retrieval": paired_retrieval(exp, bound, RETRIEVAL_PAIRS),
+    before = {"text_agreement": text_agreement(bound, texts), "retrieval": unbound_retrieval(exp, bound, RETRIEVAL_PAIRS),
               "zero_shot": bound_zero_shot(exp, bound)}
     log(f"before binding: text agreement {before['text_agreement']:.3f}")
     outcome = bind_models(bound, train, exp.cfg.bind, bind_dir(exp), heldout_texts=texts, seed=exp.cfg.seed,

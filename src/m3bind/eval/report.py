@@ -137,6 +137,10 @@ class RetrievalScores(_Leaf):
     recall_chance: dict[str, float | None]
     concept_precision: dict[str, float | None] = Field(default_factory=dict)
     concept_chance: float | None = None
+    concept_auc: float | None = None
+    concept_auc_per_concept: dict[str, float] = Field(default_factory=dict)
+    concept_auc_std: float | None = None   # spread over head draws (the unbound baseline)
+    head_draws: int | None = None
     queries: int
     gallery: int
 
@@ -454,23 +458,32 @@ def _few_shot_sizes(entries: list[tuple[str, FewShotResult]], shots: list[str]) 
     return lines
 
 
+def _auc_cell(scores: RetrievalScores) -> str:
+    if scores.concept_auc is not None and scores.concept_auc_std is not None:
+        return f"{fmt_number(scores.concept_auc)} ± {fmt_number(scores.concept_auc_std)}"
+    return fmt_number(scores.concept_auc)
+
+
 def _retrieval_table(results: Mapping[str, Mapping[str, RetrievalScores]], variants: Mapping[str, str],
                      key_header: str, label: Callable[[str], str] = str) -> list[str]:
-    """Rows = (pair or modality) x variant, then a chance row per pair; columns R@K, concept P@K."""
+    """Rows = (pair or modality) x variant, then a chance row per pair; columns R@K, concept P@K,
+    concept AUC."""
     keys = list(dict.fromkeys(key for variant in variants for key in results.get(variant, {})))
     all_scores = [s for by_key in results.values() for s in by_key.values()]
     ks = _k_values([s.recall for s in all_scores] + [s.concept_precision for s in all_scores])
     header = [key_header, "variant", *(f"R@{k}" for k in ks), *(f"concept P@{k}" for k in ks),
-              "queries", "gallery"]
+              "concept AUC", "queries", "gallery"]
     rows = []
     for key in keys:
         scored = [(v, results[v][key]) for v in variants if key in results.get(v, {})]
         for variant, s in scored:
             rows.append([label(key), variant, *(fmt_number(s.recall.get(k)) for k in ks),
-                         *(fmt_number(s.concept_precision.get(k)) for k in ks), str(s.queries), str(s.gallery)])
+                         *(fmt_number(s.concept_precision.get(k)) for k in ks), _auc_cell(s),
+                         str(s.queries), str(s.gallery)])
         first = scored[0][1]
         rows.append([label(key), "*chance*", *(fmt_number(first.recall_chance.get(k)) for k in ks),
-                     *(fmt_number(first.concept_chance) for _ in ks), str(first.queries), str(first.gallery)])
+                     *(fmt_number(first.concept_chance) for _ in ks),
+                     fmt_number(0.5 if first.concept_auc is not None else None), str(first.queries), str(first.gallery)])
     return md_table(header, rows)
 
 

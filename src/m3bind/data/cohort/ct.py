@@ -370,11 +370,7 @@ _STYLE = lang.ReportStyle(
 
 def write_report(findings: Mapping[str, float], rng: np.random.Generator) -> str:
     """A CT report ('Findings: ... Impression: ...') matching :func:`render` for the same seed."""
-    findings = checked_findings(findings, FINDINGS, "ct")
-    layout = chest_layout(rng)  # from the seed, as in render: sides and lobes agree with the volume
-    positives = [_describe(label, findings[label], layout, rng) for label in FINDINGS if label in findings]
-    absent = [label for label in FINDINGS if label not in findings]
-    return lang.compose_report(positives, absent, _STYLE, rng)
+    return lang.chest_report(findings, FINDINGS, "ct", _describe, _STYLE, rng)
 
 
 def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.Generator) -> tuple[str, str]:

@@ -6,7 +6,7 @@ final "Findings: ... Impression: ..." layout. All randomness comes from the call
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,3 +147,18 @@ def compose_report(positives: Sequence[tuple[str, str]], absent: Sequence[str], 
         impression = [pick(rng, style.normal_impressions)]
         body = body or list(impression)
     return assemble_report(body, impression, rng, header=pick(rng, style.headers))
+
+
+def chest_report(findings: Mapping[str, float], vocabulary: Sequence[str], modality: str,
+                 describe: Callable, style: ReportStyle, rng: np.random.Generator) -> str:
+    """The X-ray and CT report: ``describe(label, severity, layout, rng)`` gives each present
+    finding's (sentence, impression); the layout is drawn from the seed exactly as the renderer
+    draws it, so sides and lobes in the text agree with the image."""
+    from m3bind.data.cohort.conditions import chest_layout
+    from m3bind.data.cohort.render_support import checked_findings
+
+    findings = checked_findings(findings, vocabulary, modality)
+    layout = chest_layout(rng)
+    positives = [describe(label, findings[label], layout, rng) for label in vocabulary if label in findings]
+    absent = [label for label in vocabulary if label not in findings]
+    return compose_report(positives, absent, style, rng)

@@ -419,11 +419,7 @@ _STYLE = lang.ReportStyle(
 
 def write_report(findings: Mapping[str, float], rng: np.random.Generator) -> str:
     """A radiology report ('Findings: ... Impression: ...') matching :func:`render` for the same seed."""
-    findings = checked_findings(findings, FINDINGS, "xray")
-    layout = chest_layout(rng)  # from the seed, as in render: sides and zones agree with the image
-    positives = [_describe(label, findings[label], layout, rng) for label in FINDINGS if label in findings]
-    absent = [label for label in FINDINGS if label not in findings]
-    return lang.compose_report(positives, absent, _STYLE, rng)
+    return lang.chest_report(findings, FINDINGS, "xray", _describe, _STYLE, rng)
 
 
 def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.Generator) -> tuple[str, str]:

@@ -1,0 +1,83 @@
+"""Cross-modal retrieval metrics on hand-made similarity matrices."""
+import numpy as np
+import pytest
+import torch
+
+from m3bind.eval.retrieval import (concept_auc, concept_chance, concept_precision_at_k, recall_at_k,
+                                   retrieval_scores)
+
+CARDIO, EFFUSION = frozenset({"cardiomegaly"}), frozenset({"effusion"})
+NORMAL = frozenset()
+
+
+def test_recall_at_k_counts_the_own_patients_rank():
+    # query a ranks its own study 2nd, query b 3rd
+    ranking = np.array([[1, 0, 2], [0, 2, 1], [2, 1, 0]])
+    recall = recall_at_k(ranking, ["a", "b", "c"], ["a", "b", "c"], ks=(1, 2, 3))
+    assert recall == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
+
+
+def test_concept_precision_and_its_chance():
+    ranking = np.array([[0, 1, 2], [2, 1, 0]])
+    queries = [CARDIO, NORMAL]
+    gallery = [CARDIO, NORMAL, CARDIO]
+    precision = concept_precision_at_k(ranking, queries, gallery, ks=(1, 2))
+    # query 0: top1 cardio (hit), top2 + normal (miss) -> 1, 0.5; query 1: cardio, normal -> 0, 0.5
+    assert precision == {1: pytest.approx(0.5), 2: pytest.approx(0.5)}
+    assert concept_chance(queries, gallery) == pytest.approx((2 / 3 + 1 / 3) / 2)
+
+
+def test_concept_auc_matches_a_pairwise_count():
+    rng = np.random.default_rng(0)
+    sims = rng.normal(size=(4, 6))
+    queries = [CARDIO, CARDIO | EFFUSION, NORMAL, EFFUSION]
+    gallery = [CARDIO, NORMAL, EFFUSION, CARDIO | EFFUSION, NORMAL, CARDIO]
+    got = concept_auc(sims, queries, gallery)
+
+    def pairwise(concept):
+        pos = [j for j, g in enumerate(gallery) if concept in g]
+        neg = [j for j, g in enumerate(gallery) if concept not in g]
+        per_query = [np.mean([sims[i, p] > sims[i, n] for p in pos for n in neg])
+                     for i, q in enumerate(queries) if concept in q]
+        return np.mean(per_query)
+
+    assert set(got) == {"cardiomegaly", "effusion"}
+    for concept, value in got.items():
+        assert value == pytest.approx(pairwise(concept))
+
+
+def test_concept_auc_extremes_and_skipped_concepts():
+    gallery = [CARDIO, NORMAL, CARDIO, NORMAL]
+    similar = np.array([[0.9, 0.1, 0.8, 0.2]])
+    assert concept_auc(similar, [CARDIO], gallery) == {"cardiomegaly": 1.0}
+    assert concept_auc(-similar, [CARDIO], gallery) == {"cardiomegaly": 0.0}
+    # a concept no query shows, or that every gallery study shows, cannot be scored
+    assert concept_auc(similar, [NORMAL], gallery) == {}
+    assert concept_auc(similar, [CARDIO], [CARDIO] * 4) == {}
+
+
+def test_retrieval_scores_perfect_alignment():
+    emb = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    concepts = [CARDIO, NORMAL, EFFUSION, CARDIO, NORMAL]
+    ids = [f"p{i}" for i in range(5)]
+    scores = retrieval_scores(emb, emb, ids, ids, concepts, concepts, ks=(1, 5))
+    assert scores["recall"] == {1: 1.0, 5: 1.0}
+    assert scores["recall_chance"] == {1: 0.2, 5: 1.0}
+    assert scores["concept_precision"][1] == 1.0
+    # the query's own study always ranks first, so each cardiomegaly query's AUC is at least 0.5
+    assert scores["concept_auc"] >= 0.5 and set(scores["concept_auc_per_concept"]) == {"cardiomegaly", "effusion"}
+
+
+def test_unbound_scores_are_averaged_over_head_draws():
+    from m3bind.pipeline import _mean_scores
+
+    def run(r10, auc):
+        return {"recall": {10: r10}, "recall_chance": {10: 0.1}, "concept_precision": {10: r10 + 0.2},
+                "concept_chance": 0.3, "concept_auc": auc, "concept_auc_per_concept": {"cardiomegaly": auc},
+                "queries": 20, "gallery": 20}
+
+    mean = _mean_scores([run(0.1, 0.3), run(0.3, 0.7)])
+    assert mean["recall"] == {10: pytest.approx(0.2)} and mean["concept_precision"] == {10: pytest.approx(0.4)}
+    assert mean["concept_auc"] == pytest.approx(0.5) and mean["concept_auc_per_concept"]["cardiomegaly"] == pytest.approx(0.5)
+    assert mean["concept_auc_std"] == pytest.approx(0.2)
+    assert (mean["queries"], mean["gallery"], mean["head_draws"]) == (20, 20, 2)
