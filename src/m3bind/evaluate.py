@@ -26,8 +26,8 @@ from m3bind.eval.retrieval import retrieval_scores
 from m3bind.eval.zeroshot import class_prototypes, single_label_targets
 from m3bind.experiment import Experiment
 from m3bind.pipeline import (RETRIEVAL_PAIRS, ModalityView, embed_images, heldout_texts, load_bound,
-                             modality_classes, model_dir, paired_retrieval, prompt_set_for,
-                             unbound_retrieval)
+                             UNBOUND_HEAD_DRAWS, modality_classes, model_dir, paired_retrieval,
+                             prompt_set_for, unbound_retrieval)
 
 SAMPLED_PROMPTS = 10  # prompts per class for the sampled (CheXpert 5x200 style) protocol
 
@@ -157,8 +157,8 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
                            "study shows the same cross-modal concepts as the query (synthetic patients with the "
                            "same findings are interchangeable). Concept AUC asks whether studies showing the "
                            "query's concept rank above those that do not (chance 0.5). The unbound models live in "
-                           "unrelated spaces, so their retrieval is averaged over 10 random head draws (± the "
-                           "spread of the concept AUC).")
+                           f"unrelated spaces, so their retrieval is averaged over {UNBOUND_HEAD_DRAWS} random head "
+                           "draws (± the spread of the concept AUC).")
     report["notes"].append("Few-shot probes use frozen image embeddings; binding trains text-side LoRA and linear "
                            "heads, so the probes of the three variants differ only through the heads.")
     ablations = {path.parent.name: json.loads(path.read_text())

@@ -166,7 +166,6 @@ def heldout_texts(exp: Experiment, modalities: Sequence[str], per_modality: int 
 
 
 @torch.no_grad()
-@torch.no_grad()
 def paired_test_embeddings(exp: Experiment, encoders: dict) -> dict:
     """{modality: (image embeddings, patient ids, concept sets)} on the paired test set, for each
     modality that has an encoder (``encode_image`` callables) and a paired manifest."""
@@ -209,8 +208,13 @@ def paired_retrieval(exp: Experiment, bound: dict, pairs: Sequence[tuple[str, st
     return pair_scores(exp, paired_test_embeddings(exp, {m: bound[m].encode_image for m in wanted}), pairs)
 
 
+# Random head draws averaged for the unbound retrieval baseline (see unbound_retrieval).
+UNBOUND_HEAD_DRAWS = 10
+
+
 @torch.no_grad()
-def unbound_retrieval(exp: Experiment, unbound: dict, pairs: Sequence[tuple[str, str]], draws: int = 10) -> dict:
+def unbound_retrieval(exp: Experiment, unbound: dict, pairs: Sequence[tuple[str, str]],
+                      draws: int = UNBOUND_HEAD_DRAWS) -> dict:
     """Retrieval between the phase-one models, averaged over ``draws`` random head draws.
 
     Before binding the spaces are unrelated: comparing them needs some map into one space, and
@@ -227,7 +231,7 @@ def unbound_retrieval(exp: Experiment, unbound: dict, pairs: Sequence[tuple[str,
     runs = []
     for draw in range(draws):
         cache = {}
-        for index, (m, (emb, ids, concepts)) in enumerate(sorted(native.items())):
+        for m, (emb, ids, concepts) in native.items():
             # draw 0 uses the unbound variant's own heads (seed + position in the config)
             seed = exp.cfg.seed + list(unbound).index(m) + 1000 * draw
             head = BindingHead(emb.shape[1], exp.cfg.shared_dim, torch.Generator().manual_seed(seed))
