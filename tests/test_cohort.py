@@ -13,10 +13,10 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
-from m3bind.data.cohort import CohortSummary, ct, generate_cohort, write_preview, xray
-from m3bind.data.cohort.conditions import (CONCEPT_MAP, PAIRED_MODALITIES, Study, allocate, chest_layout,
-                                           nodule_diameter_mm, plan_cohort)
-from m3bind.data.cohort.writer import MANIFEST_COLUMNS, RENDERERS
+from m3bind.cohort import CohortSummary, ct, generate_cohort, write_preview, xray
+from m3bind.cohort.conditions import (CONCEPT_MAP, PAIRED_MODALITIES, Study, allocate, chest_layout,
+                                      nodule_diameter_mm, plan_cohort)
+from m3bind.cohort.writer import MANIFEST_COLUMNS, RENDERERS
 from m3bind.data.manifest import read_manifest
 from m3bind.data.readers import read_study
 from m3bind.errors import ConfigError, DataError

@@ -42,7 +42,7 @@ def progress_bar() -> Progress:
 
 
 def _generate_cohort(out: Path, patients: int, seed: int, workers: int):
-    from m3bind.data.cohort import generate_cohort
+    from m3bind.cohort import generate_cohort
 
     with progress_bar() as bar:
         task = bar.add_task(f"cohort ({patients} patients)", total=None)
@@ -81,7 +81,7 @@ def cohort(out: Path = typer.Option(Path("m3bind-demo/cohort"), help="Folder to 
     summary = _generate_cohort(out, patients, seed, workers)
     _print_cohort_summary(out, summary)
     if preview:
-        from m3bind.data.cohort import write_preview
+        from m3bind.cohort import write_preview
 
         png = write_preview(out, out / "preview.png")
         console.print(f"preview: {png}")
@@ -303,7 +303,7 @@ def demo(out: Path = typer.Option(Path("m3bind-demo"), help="Folder for the coho
     cohort_dir = out / "cohort"
     summary = _generate_cohort(cohort_dir, patients, seed, workers=2)
     _print_cohort_summary(cohort_dir, summary)
-    from m3bind.data.cohort import write_preview
+    from m3bind.cohort import write_preview
     from m3bind.experiment import Experiment, demo_config
     from m3bind.pipeline import run_bind, run_distill, run_pretrain
 

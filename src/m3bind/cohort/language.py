@@ -154,8 +154,8 @@ def chest_report(findings: Mapping[str, float], vocabulary: Sequence[str], modal
     """The X-ray and CT report: ``describe(label, severity, layout, rng)`` gives each present
     finding's (sentence, impression); the layout is drawn from the seed exactly as the renderer
     draws it, so sides and lobes in the text agree with the image."""
-    from m3bind.data.cohort.conditions import chest_layout
-    from m3bind.data.cohort.render_support import checked_findings
+    from m3bind.cohort.conditions import chest_layout
+    from m3bind.cohort.render_support import checked_findings
 
     findings = checked_findings(findings, vocabulary, modality)
     layout = chest_layout(rng)

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from m3bind.data.cohort.conditions import MODALITY_ORDER
+from m3bind.cohort.conditions import MODALITY_ORDER
 from m3bind.data.manifest import parse_labels
 from m3bind.data.readers import read_study
 from m3bind.errors import DataError

@@ -6,7 +6,7 @@ sheet of what was generated. One module per modality renders its studies
 (``xray``, ``ct``, ``retina``, ``pathology``, ``ecg``); ``conditions`` decides who the
 patients are and what they have.
 """
-from m3bind.data.cohort.preview import write_preview
-from m3bind.data.cohort.writer import CohortSummary, generate_cohort
+from m3bind.cohort.preview import write_preview
+from m3bind.cohort.writer import CohortSummary, generate_cohort
 
 __all__ = ["generate_cohort", "write_preview", "CohortSummary"]

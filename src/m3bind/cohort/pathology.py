@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from m3bind.data.cohort.language import pick, severity_band
-from m3bind.data.cohort.render_support import (checked_findings, independent_streams, layout_rng,
-                                               pixel_grid, smooth_noise)
+from m3bind.cohort.language import pick, severity_band
+from m3bind.cohort.render_support import (checked_findings, independent_streams, layout_rng,
+                                          pixel_grid, smooth_noise)
 
 FINDINGS: tuple[str, ...] = ("adenocarcinoma", "squamous cell carcinoma", "inflammation",
                              "necrosis", "fibrosis")

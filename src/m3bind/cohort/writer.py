@@ -28,9 +28,9 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from m3bind.data.cohort import ct, ecg, formats, pathology, retina, xray
-from m3bind.data.cohort.conditions import (CONCEPT_MAP, GROUP_FRACTIONS, MODALITY_ORDER, PAIRED_GROUP,
-                                           PAIRED_MODALITIES, SPLIT_FRACTIONS, Study, plan_cohort)
+from m3bind.cohort import ct, ecg, formats, pathology, retina, xray
+from m3bind.cohort.conditions import (CONCEPT_MAP, GROUP_FRACTIONS, MODALITY_ORDER, PAIRED_GROUP,
+                                      PAIRED_MODALITIES, SPLIT_FRACTIONS, Study, plan_cohort)
 from m3bind.data.manifest import write_manifest
 from m3bind.errors import ConfigError, DataError
 

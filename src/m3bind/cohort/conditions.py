@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from m3bind.data.cohort.render_support import layout_rng
+from m3bind.cohort.render_support import layout_rng
 
 # The position of a modality in this tuple enters its studies' seeds: never reorder it.
 MODALITY_ORDER: tuple[str, ...] = ("xray", "ct", "retina", "pathology", "ecg")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m3bind.data.cohort.language import pick, severity_band
-from m3bind.data.cohort.render_support import checked_findings, independent_streams, layout_rng
+from m3bind.cohort.language import pick, severity_band
+from m3bind.cohort.render_support import checked_findings, independent_streams, layout_rng
 
 FINDINGS: tuple[str, ...] = ("atrial fibrillation", "left ventricular hypertrophy",
                              "sinus bradycardia", "st elevation", "low qrs voltage")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import ndimage, signal
 
-from m3bind.data.cohort import ecg, pathology, retina
-from m3bind.data.cohort.render_support import layout_rng
+from m3bind.cohort import ecg, pathology, retina
+from m3bind.cohort.render_support import layout_rng
 
 MODULES = {"retina": retina, "pathology": pathology, "ecg": ecg}
 SEEDS = range(8)

@@ -9,7 +9,7 @@ scanner noise and the reconstruction kernel's blur are added.
 
 As for the X-ray, every random number is drawn up front in a fixed order, whatever the
 findings, so one generator state renders the same patient with and without a finding, and
-finding locations come from the seed (:func:`~m3bind.data.cohort.conditions.chest_layout`), so
+finding locations come from the seed (:func:`~m3bind.cohort.conditions.chest_layout`), so
 a paired patient's CT and X-ray show an effusion or a nodule on the same side.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from m3bind.data.cohort import language as lang
-from m3bind.data.cohort.conditions import ChestLayout, chest_layout, nodule_diameter_mm
-from m3bind.data.cohort.render_support import checked_findings
+from m3bind.cohort import language as lang
+from m3bind.cohort.conditions import ChestLayout, chest_layout, nodule_diameter_mm
+from m3bind.cohort.render_support import checked_findings
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural effusion", "lung nodule", "emphysema", "pericardial effusion")
 NATIVE_FORMAT = "nifti"

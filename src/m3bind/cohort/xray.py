@@ -9,7 +9,7 @@ bright). Display convention is the radiological one: the patient's right is on t
 All random numbers are drawn up front in a fixed order, whatever the findings are, so the same
 generator state renders the same patient with and without a finding (a counterfactual pair the
 tests use). Where findings sit (side, zone) comes from the generator's seed through
-:func:`~m3bind.data.cohort.conditions.chest_layout`, shared with the report and with the CT.
+:func:`~m3bind.cohort.conditions.chest_layout`, shared with the report and with the CT.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from m3bind.data.cohort import language as lang
-from m3bind.data.cohort.conditions import ChestLayout, chest_layout, nodule_diameter_mm
-from m3bind.data.cohort.render_support import checked_findings
+from m3bind.cohort import language as lang
+from m3bind.cohort.conditions import ChestLayout, chest_layout, nodule_diameter_mm
+from m3bind.cohort.render_support import checked_findings
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "pleural effusion", "lung nodule", "consolidation", "pneumothorax")
 NATIVE_FORMAT = "dicom"
