@@ -11,6 +11,7 @@ import copy
 import functools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,13 @@ import pytest
 import torch
 from PIL import Image
 
+from m3bind.eval import report_schema
 from m3bind.eval.fewshot import linear_probe
 from m3bind.eval.metrics import classification_metrics, multilabel_metrics
 from m3bind.eval.plots import reduce_to_2d
-from m3bind.eval.report import (ReportError, fmt_duration, fmt_number, fmt_percent, load_report, md_table,
-                                to_jsonable, validate_report, write_report)
+from m3bind.eval.report import write_report
+from m3bind.eval.report_markdown import FIGURE_TITLES, fmt_duration, fmt_number, fmt_percent, md_table, render_markdown
+from m3bind.eval.report_schema import ReportError, load_report, report_json_text, to_jsonable, validate_report
 from m3bind.eval.retrieval import retrieval_scores
 
 VARIANTS = {"unbound": "phase-one models (baselines)", "bound": "after stage-1 binding",
@@ -139,7 +142,8 @@ def test_every_file_is_written(written):
                           "embedding_map.png"}
     for name, path in paths.items():
         assert path == out / name and path.stat().st_size > 0
-    assert not list(out.glob("*.tmp"))
+    # Nothing else: no temporary file of the atomic writes is left behind (they are hidden files).
+    assert sorted(p.name for p in out.iterdir()) == sorted(paths)
 
 
 def test_report_json_round_trips_and_validates(written):
@@ -157,6 +161,44 @@ def test_report_json_round_trips_and_validates(written):
     assert data["text_space"]["bound"]["text_recall"] is None
     assert data["zero_shot"]["xray"]["bound"]["naive"]["recall_per_class"]["b"] is None
     assert "NaN" not in (out / "report.json").read_text(encoding="utf-8")
+
+
+def test_written_report_round_trips_through_the_schema(written):
+    """Loading report.json and writing it again gives the same bytes, and the same report.md."""
+    _, out, _ = written
+    loaded = load_report(out / "report.json")
+    assert report_json_text(loaded) == (out / "report.json").read_text(encoding="utf-8")
+    all_drawn = {name: None for name in FIGURE_TITLES}
+    assert render_markdown(loaded, all_drawn) == (out / "report.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r["few_shot"]["ecg"]["bound"]["shots"]["5"].pop("n_train"),
+     r"few_shot\.ecg\.bound\.shots\.5\.n_train: Field required"),
+    (lambda r: r.__setitem__("zero_shots", r.pop("zero_shot")),
+     r"(?s)zero_shot: Field required.*zero_shots: Extra inputs are not permitted"),
+    (lambda r: r["retrieval"]["m3bind"]["ecg->xray"].__setitem__("queries", "many"),
+     r"retrieval\.m3bind\.ecg->xray\.queries: Input should be a valid integer"),
+])
+def test_loading_a_malformed_report_json_names_the_file_and_the_problem(written, tmp_path, change, message):
+    _, out, _ = written
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    change(data)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ReportError, match="^" + re.escape(f"{path}: invalid report:\n")) as error:
+        load_report(path)
+    assert re.search(message, str(error.value)), str(error.value)
+
+
+def test_loading_a_truncated_or_missing_report_json_is_a_report_error(written, tmp_path):
+    _, out, _ = written
+    path = tmp_path / "report.json"
+    path.write_text((out / "report.json").read_text(encoding="utf-8")[:500], encoding="utf-8")
+    with pytest.raises(ReportError, match="^" + re.escape(f"{path}: not a JSON report")):
+        load_report(path)
+    with pytest.raises(ReportError, match=r"absent\.json: cannot read the report \(No such file"):
+        load_report(tmp_path / "absent.json")
 
 
 @pytest.mark.parametrize("section", ["zero_shot", "few_shot", "retrieval", "text_to_image", "text_space",
@@ -366,6 +408,17 @@ def test_to_jsonable_converts_what_json_cannot_hold():
         to_jsonable({"k": {1, 2}})
     with pytest.raises(ReportError, match="key"):
         to_jsonable({("xray", "ecg"): 1.0})
+
+
+def test_every_schema_field_is_documented():
+    """Each field of each report.json model is named in docs/report-schema.md (`sampled` once was not)."""
+    doc = (Path(__file__).parents[1] / "docs" / "report-schema.md").read_text(encoding="utf-8")
+    models = [report_schema.Report, report_schema.ZeroShotEntry, report_schema.ClassificationScores,
+              report_schema.PresenceScores, report_schema.FewShotResult, report_schema.ShotResult,
+              report_schema.RetrievalScores, report_schema.TextSpaceScores, report_schema.AblationRow]
+    undocumented = [f"{model.__name__}.{field}" for model in models for field in model.model_fields
+                    if f"`{field}`" not in doc and f'"{field}"' not in doc]
+    assert not undocumented
 
 
 def test_minimal_report_in_the_docs_is_valid(tmp_path):

@@ -1,7 +1,8 @@
 """PNG figures of an evaluation report: few-shot curves, retrieval bars and a 2D map of the shared space.
 
 One function per figure; each takes plain dicts in the shape ``report.json`` stores (see
-``docs/report-schema.md``), writes one PNG and returns its path.
+``docs/report-schema.md``), writes one PNG and returns its path. :func:`draw_report_figures` draws
+every figure of a report folder.
 
 Figures are drawn on a bare :class:`matplotlib.figure.Figure` (rendered by the Agg backend when
 saved) rather than through ``pyplot``: pyplot keeps a global registry of open figures and a global
@@ -13,6 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -135,6 +137,47 @@ def plot_retrieval_bars(results: Mapping[str, Mapping[str, Mapping]], path: Path
     axes[-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def draw_report_figures(data: Mapping[str, Any], out_dir: Path,
+                        embeddings: Mapping[str, Mapping] | None) -> tuple[dict[str, Path], dict[str, str | None]]:
+    """Draw every figure of a report folder that has data.
+
+    Args:
+        data: a validated report as report.json stores it.
+        out_dir: the report folder.
+        embeddings: shared-space samples for the 2D map (see :func:`plot_embedding_map`), or None.
+
+    Returns (file name -> path of each drawn figure, file name -> None when drawn or why it was
+    skipped).
+    """
+    variants = list(data["variants"])
+    few_shot = {m: {v: by_variant[v] for v in variants if v in by_variant}
+                for m, by_variant in data["few_shot"].items() if by_variant}
+    text_to_image = {v: {f"text->{m}": s for m, s in data["text_to_image"][v].items()}
+                     for v in variants if data["text_to_image"].get(v)}
+    retrieval = {v: data["retrieval"][v] for v in variants if data["retrieval"].get(v)}
+    jobs = {
+        "fewshot.png": (few_shot, "no few-shot results",
+                        lambda path: plot_fewshot_curves(few_shot, path)),
+        "retrieval.png": (retrieval, "no cross-modal retrieval results",
+                          lambda path: plot_retrieval_bars(retrieval, path)),
+        "text_to_image.png": (text_to_image, "no text -> image retrieval results",
+                              lambda path: plot_retrieval_bars(text_to_image, path, title="Text -> image retrieval")),
+        "embedding_map.png": (embeddings, "no embeddings were passed",
+                              lambda path: plot_embedding_map(embeddings, path)),
+    }
+    paths, status = {}, {}
+    for name, (has_data, why_not, draw) in jobs.items():
+        path = Path(out_dir) / name
+        if has_data:
+            paths[name] = draw(path)
+            status[name] = None
+        else:
+            # A figure left over from an earlier run in the same folder would contradict the report.
+            path.unlink(missing_ok=True)
+            status[name] = why_not
+    return paths, status
 
 
 def reduce_to_2d(emb: np.ndarray, tsne_max_n: int = TSNE_MAX_N, seed: int = 0) -> tuple[np.ndarray, str]:
