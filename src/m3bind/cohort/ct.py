@@ -346,7 +346,7 @@ _STYLE = lang.ReportStyle(
     headers=(None, "Non-contrast chest CT.", "TECHNIQUE: Axial images of the thorax without intravenous contrast.",
              "EXAMINATION: CT chest without contrast.", None),
     absent_nouns={
-        "cardiomegaly": ("cardiomegaly", "cardiac enlargement"),
+        "cardiomegaly": lang.CARDIOMEGALY_NOUNS,
         "pleural effusion": ("pleural effusion", "pleural fluid"),
         "lung nodule": ("pulmonary nodule", "lung nodule", "mass or nodule"),
         "emphysema": ("emphysema", "emphysematous change"),
@@ -374,28 +374,26 @@ def write_report(findings: Mapping[str, float], rng: np.random.Generator) -> str
 
 
 def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.Generator) -> tuple[str, str]:
-    """(findings sentence, impression phrase) for one present finding."""
+    """(findings sentence, impression phrase) for one present finding, not yet capitalised."""
     degree, size = lang.degree_word(severity, rng), lang.size_word(severity, rng)
     if label == "cardiomegaly":
         adverb = lang.degree_adverb(severity, rng)
         sentence = lang.pick(rng, (
-            f"{degree} cardiomegaly.",
-            f"The heart is {adverb} enlarged.",
+            *lang.cardiomegaly_sentences(degree, adverb),
             f"Cardiac size is {adverb} increased.",
             f"{degree} enlargement of the cardiac chambers.",
             f"{degree} cardiomegaly with left ventricular hypertrophy.",
         ))
-        impression = lang.pick(rng, (f"{degree} cardiomegaly.", f"{adverb} enlarged heart."))
+        impression = lang.cardiomegaly_impression(degree, adverb, rng)
     elif label == "pleural effusion":
         side = layout.effusion_side
-        noun = "pleural effusions" if side == "bilateral" else "pleural effusion"
         space = "both pleural spaces" if side == "bilateral" else f"the {side} pleural space"
         sentence = lang.pick(rng, (
-            f"{size} {side} {noun} with adjacent compressive atelectasis.",
+            f"{size} {side} {lang.effusion_noun(side)} with adjacent compressive atelectasis.",
             f"{size} amount of fluid layering in {space}.",
-            f"There is a {size} {side} {noun}." if side != "bilateral" else f"There are {size} bilateral {noun}.",
+            lang.effusion_statement(size, side),
         ))
-        impression = f"{size} {side} {noun}."
+        impression = lang.effusion_impression(size, side)
     elif label == "lung nodule":
         diameter = nodule_diameter_mm(severity)
         where = lang.lobe_phrase(layout.nodule_side, layout.nodule_zone, rng)
@@ -426,4 +424,4 @@ def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.G
         impression = f"{size} pericardial effusion."
     else:
         raise KeyError(f"unknown CT finding '{label}'; known: {', '.join(FINDINGS)}")
-    return lang.capitalize(sentence), lang.capitalize(impression)
+    return sentence, impression

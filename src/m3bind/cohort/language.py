@@ -1,8 +1,9 @@
-"""Small phrase helpers shared by the synthetic chest X-ray and CT reports.
+"""Phrases shared by the synthetic reports, and the chest report that X-ray and CT both write.
 
-Reports are assembled from template sentences. These helpers hold what both modalities share:
-severity words that follow the severity value, side/lobe words, negation templates and the
-final "Findings: ... Impression: ..." layout. All randomness comes from the caller's generator.
+Reports are assembled from template sentences. Every renderer takes its severity bands and
+random picks from here; the chest X-ray and CT reports also share severity words, side/lobe
+words, negation templates, the cardiomegaly and pleural effusion phrases and the final
+"Findings: ... Impression: ..." layout. All randomness comes from the caller's generator.
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from m3bind.cohort.conditions import chest_layout
+from m3bind.cohort.render_support import checked_findings
 
 # Severity bands: (0, 0.4) mild, [0.4, 0.7) moderate, [0.7, 1] severe.
 MILD_BELOW = 0.4
@@ -152,13 +156,44 @@ def compose_report(positives: Sequence[tuple[str, str]], absent: Sequence[str], 
 def chest_report(findings: Mapping[str, float], vocabulary: Sequence[str], modality: str,
                  describe: Callable, style: ReportStyle, rng: np.random.Generator) -> str:
     """The X-ray and CT report: ``describe(label, severity, layout, rng)`` gives each present
-    finding's (sentence, impression); the layout is drawn from the seed exactly as the renderer
-    draws it, so sides and lobes in the text agree with the image."""
-    from m3bind.cohort.conditions import chest_layout
-    from m3bind.cohort.render_support import checked_findings
-
+    finding's (sentence, impression), capitalised here; the layout is drawn from the seed exactly
+    as the renderer draws it, so sides and lobes in the text agree with the image."""
     findings = checked_findings(findings, vocabulary, modality)
     layout = chest_layout(rng)
-    positives = [describe(label, findings[label], layout, rng) for label in vocabulary if label in findings]
+    positives = []
+    for label in vocabulary:
+        if label in findings:
+            sentence, impression = describe(label, findings[label], layout, rng)
+            positives.append((capitalize(sentence), capitalize(impression)))
     absent = [label for label in vocabulary if label not in findings]
     return compose_report(positives, absent, style, rng)
+
+
+# --- phrases both chest modalities write -----------------------------------------------------
+
+CARDIOMEGALY_NOUNS = ("cardiomegaly", "cardiac enlargement")  # to negate it with
+
+
+def cardiomegaly_sentences(degree: str, adverb: str) -> tuple[str, ...]:
+    """Cardiomegaly sentences any chest study supports; each modality adds its own to pick from."""
+    return (f"{degree} cardiomegaly.", f"The heart is {adverb} enlarged.")
+
+
+def cardiomegaly_impression(degree: str, adverb: str, rng: np.random.Generator) -> str:
+    return pick(rng, (f"{degree} cardiomegaly.", f"{adverb} enlarged heart."))
+
+
+def effusion_noun(side: str) -> str:
+    """'pleural effusions' on both sides, else 'pleural effusion'."""
+    return "pleural effusions" if side == "bilateral" else "pleural effusion"
+
+
+def effusion_statement(size: str, side: str) -> str:
+    """'There is a small left pleural effusion.' / 'There are large bilateral pleural effusions.'"""
+    if side == "bilateral":
+        return f"There are {size} bilateral {effusion_noun(side)}."
+    return f"There is a {size} {side} {effusion_noun(side)}."
+
+
+def effusion_impression(size: str, side: str) -> str:
+    return f"{size} {side} {effusion_noun(side)}."

@@ -395,7 +395,7 @@ _STYLE = lang.ReportStyle(
     headers=(None, None, "EXAMINATION: Chest radiograph, PA view.", "Chest PA.",
              "TECHNIQUE: Single frontal view of the chest.", "COMPARISON: None."),
     absent_nouns={
-        "cardiomegaly": ("cardiomegaly", "cardiac enlargement"),
+        "cardiomegaly": lang.CARDIOMEGALY_NOUNS,
         "pleural effusion": ("pleural effusion", "effusion"),
         "lung nodule": ("lung nodule", "pulmonary nodule", "suspicious nodule"),
         "consolidation": ("focal consolidation", "consolidation", "airspace consolidation"),
@@ -423,32 +423,31 @@ def write_report(findings: Mapping[str, float], rng: np.random.Generator) -> str
 
 
 def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.Generator) -> tuple[str, str]:
-    """(findings sentence, impression phrase) for one present finding."""
+    """(findings sentence, impression phrase) for one present finding, not yet capitalised."""
     degree, size = lang.degree_word(severity, rng), lang.size_word(severity, rng)
     if label == "cardiomegaly":
         adverb = lang.degree_adverb(severity, rng)
         ctr = cardiomegaly_ctr(severity)
         sentence = lang.pick(rng, (
-            f"{degree} cardiomegaly.",
-            f"The heart is {adverb} enlarged.",
+            *lang.cardiomegaly_sentences(degree, adverb),
             f"The cardiac silhouette is {adverb} enlarged.",
             f"{degree} enlargement of the cardiac silhouette.",
             f"Cardiomegaly, cardiothoracic ratio approximately {ctr:.2f}.",
             f"{degree} cardiomegaly, which may reflect left ventricular hypertrophy.",
             f"{degree} cardiomegaly; correlate with ECG for left ventricular hypertrophy.",
         ))
-        impression = lang.pick(rng, (f"{degree} cardiomegaly.", f"{adverb} enlarged heart."))
+        impression = lang.cardiomegaly_impression(degree, adverb, rng)
     elif label == "pleural effusion":
         side = layout.effusion_side
-        noun = "pleural effusions" if side == "bilateral" else "pleural effusion"
+        noun = lang.effusion_noun(side)
         angle = "both costophrenic angles" if side == "bilateral" else f"the {side} costophrenic angle"
         sentence = lang.pick(rng, (
             f"{size} {side} {noun}.",
-            f"There is a {size} {side} {noun}." if side != "bilateral" else f"There are {size} bilateral {noun}.",
+            lang.effusion_statement(size, side),
             f"{size} {side} {noun} with blunting of the costophrenic angle.",
             f"Blunting of {angle} with a meniscus, consistent with {size} {side} fluid.",
         ))
-        impression = f"{size} {side} {noun}."
+        impression = lang.effusion_impression(size, side)
     elif label == "lung nodule":
         diameter = nodule_diameter_mm(severity)
         where = lang.lobe_phrase(layout.nodule_side, layout.nodule_zone, rng, radiograph=True)
@@ -481,4 +480,4 @@ def _describe(label: str, severity: float, layout: ChestLayout, rng: np.random.G
         impression = f"{size} {side} pneumothorax."
     else:
         raise KeyError(f"unknown X-ray finding '{label}'; known: {', '.join(FINDINGS)}")
-    return lang.capitalize(sentence), lang.capitalize(impression)
+    return sentence, impression
