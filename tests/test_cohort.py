@@ -19,7 +19,9 @@ from m3bind.cohort.conditions import (CONCEPT_MAP, PAIRED_MODALITIES, Study, all
 from m3bind.cohort.writer import MANIFEST_COLUMNS, RENDERERS
 from m3bind.data.manifest import read_manifest
 from m3bind.data.readers import read_study
+from m3bind.data.transforms import build_transform, default_preprocess
 from m3bind.errors import ConfigError, DataError
+from m3bind.modalities import BUILTIN_MODALITIES
 
 N_SMALL = 48
 VOCABULARIES = {name: module.FINDINGS for name, module in RENDERERS.items()}
@@ -235,6 +237,16 @@ def test_ct_nifti_keeps_spacing_and_orientation(cohort_a):
     study_read = read_study(path)
     assert study_read.meta["spacing"] == ct.SPACING_MM
     assert np.array_equal(study_read.array, expected)
+
+
+def test_every_built_in_modality_is_rendered_and_its_files_feed_the_demo_transform(cohort_a):
+    assert RENDERERS.keys() == BUILTIN_MODALITIES.keys()
+    tables = manifests(cohort_a)
+    for modality, info in BUILTIN_MODALITIES.items():
+        study = read_study(cohort_a.manifests[modality].parent / tables[modality].path.iloc[0])
+        assert study.meta["kind"] == info.kind, modality
+        spec = default_preprocess(modality, demo=True)
+        assert build_transform(modality, spec)(study).shape == spec.output_shape(), modality
 
 
 def test_generation_rejects_impossible_sizes(tmp_path):

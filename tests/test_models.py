@@ -258,7 +258,7 @@ def test_preprocessing_spec_round_trips_and_feeds_transform(models, modality, tm
 
 
 def test_user_modality_keeps_a_borrowed_preprocessing_class(tmp_path):
-    from m3bind.data.transforms import CTPreprocess
+    from m3bind.data.preprocess_specs import CTPreprocess
 
     # "mri" borrows the CT spec class: the class, not the modality name, must come back.
     config = BuiltinModelConfig(modality="mri", kind="volume3d", in_channels=1, width=4, depth=2, native_dim=16,

@@ -8,7 +8,7 @@ from PIL import Image
 from _format_writers import TWELVE_LEADS, synthetic_ecg, write_dicom, write_nifti, write_wfdb
 from m3bind.data.readers import SUPPORTED_EXTENSIONS, read_study, resample_signal
 from m3bind.errors import DataError
-from m3bind.modalities import SignalKind
+from m3bind.signal_kinds import SignalKind
 
 
 def _raises_data_error(path, *fragments, **kwargs) -> DataError:

@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from m3bind.data.preprocess_specs import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SPEC_TYPES, CTPreprocess,
+                                          ECGPreprocess, PathologyPreprocess, RetinaPreprocess,
+                                          XrayPreprocess)
 from m3bind.data.readers import Study, resample_signal
-from m3bind.data.transforms import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PREPROCESS_TYPES,
-                                    CTPreprocess, ECGPreprocess, PathologyPreprocess,
-                                    RetinaPreprocess, XrayPreprocess, build_transform,
-                                    default_preprocess)
+from m3bind.data.transforms import build_transform, default_preprocess
 from m3bind.errors import ConfigError, DataError
-from m3bind.modalities import MODALITY_NAMES, SignalKind
+from m3bind.modalities import BUILTIN_MODALITIES, MODALITY_NAMES
+from m3bind.signal_kinds import SignalKind
 
 
 def image_study(array, path="img.png") -> Study:
@@ -233,7 +234,11 @@ def test_ecg_bad_inputs():
 # --------------------------------------------------------------------------- settings and factory
 
 def test_default_preprocess_published_and_demo_values():
-    assert PREPROCESS_TYPES.keys() == set(MODALITY_NAMES)
+    # A modality's spec takes the modality's kind of signal, and its demo output has as many
+    # channels (leads) as the built-in encoder takes.
+    for name, info in BUILTIN_MODALITIES.items():
+        assert info.preprocess.kind is info.kind, name
+        assert default_preprocess(name, demo=True).output_shape()[0] == info.channels, name
     xray, ct = default_preprocess("xray"), default_preprocess("ct")
     assert (xray.size, xray.resize, xray.channels, xray.mean, xray.std) == (224, 256, 3, 0.5, 0.5)
     assert (ct.hu_min, ct.hu_max, ct.spacing, ct.shape) == (-1000, 1000, (1.5, 0.75, 0.75), (240, 480, 480))
@@ -253,7 +258,7 @@ def test_settings_models_forbid_unknown_keys_and_document_every_field():
         XrayPreprocess.model_validate({"sizee": 10})
     with pytest.raises(pydantic.ValidationError, match="hu_min"):
         CTPreprocess(hu_min=100, hu_max=0)
-    for model in (*PREPROCESS_TYPES.values(), RetinaPreprocess):
+    for model in SPEC_TYPES:
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name} has no description"
     # YAML gives lists; they become tuples.

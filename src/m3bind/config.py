@@ -39,7 +39,7 @@ class ModalityConfig(Section):
                                                    "relative to the config file.")
     preprocess: dict[str, Any] = Field(default_factory=dict,
                                        description="Overrides of the modality's preprocessing defaults "
-                                                   "(see m3bind.data.transforms).")
+                                                   "(see m3bind.data.preprocess_specs).")
     prompts: str | None = Field(None, description="Zero-shot prompt file (YAML) for this modality; "
                                                   "default: the built-in prompts for known modalities.")
 

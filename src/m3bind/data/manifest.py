@@ -1,10 +1,11 @@
 """Manifests: one table per dataset, one row per study (the project's data interface).
 
-Columns (DESIGN.md): ``path`` (relative to the manifest's folder), ``text``, ``labels``
-('|'-separated, may be empty), ``split`` (train/val/test), ``patient_id`` (optional),
-``modality`` (optional when the caller says which modality it expects). Extra columns are
-kept untouched. CSV, JSONL and Parquet are read; every validation error names the file, the
-data row (1-based, header excluded) and the column.
+Columns: ``path`` (relative to the manifest's folder), ``text``, ``labels`` ('|'-separated,
+may be empty), ``split`` (train/val/test), ``patient_id`` (optional; equal ids across two
+modalities' manifests make a cross-modal pair), ``modality`` (optional when the caller says
+which modality it expects). Extra columns are kept untouched. CSV, JSONL and Parquet are
+read; every validation error names the file, the data row (1-based, header excluded) and the
+column.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.pixels import apply_modality_lut
 
 from m3bind.errors import DataError
-from m3bind.modalities import SignalKind
+from m3bind.signal_kinds import SignalKind
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SUPPORTED_EXTENSIONS = (".dcm", ".nii", ".nii.gz", ".hea", ".dat", *IMAGE_EXTENSIONS, ".npy")

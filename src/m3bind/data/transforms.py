@@ -1,11 +1,9 @@
 """Per-modality preprocessing: a :class:`~m3bind.data.readers.Study` -> the tensor an encoder takes.
 
-Each modality has a pydantic settings model whose defaults reproduce the published model's
-evaluation preprocessing (MGCA, CT-CLIP, FLAIR, QuiltNet via open_clip, and 10 s at 500 Hz
-for the M3Bind authors' ECG-CLIP). Experiment configs embed these models
-as ``preprocess:`` sections; :func:`default_preprocess` gives the published settings or the
-small sizes of the built-in demo models, and :func:`build_transform` turns a settings model
-into a picklable callable for DataLoader workers.
+The settings are the pydantic specs of :mod:`m3bind.data.preprocess_specs`;
+:func:`default_preprocess` gives a built-in modality's published settings or the small sizes
+of the built-in demo models (both from :data:`m3bind.modalities.BUILTIN_MODALITIES`), and
+:func:`build_transform` turns a spec into a picklable callable for DataLoader workers.
 
 Outputs: X-ray ``(C, size, size)`` in [-1, 1]; CT ``(1, D, H, W)`` in [-1, 1]; retina
 ``(3, size, size)`` in [0, 1]; pathology ``(3, size, size)`` normalised with the OpenAI CLIP
@@ -13,21 +11,20 @@ mean/std; ECG ``(leads, fs * duration_s)``.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torchvision.transforms import InterpolationMode
 
+from m3bind.data.preprocess_specs import (SPEC_TYPES, CTPreprocess, ECGPreprocess, PathologyPreprocess,
+                                          PreprocessSpec, RetinaPreprocess, XrayPreprocess)
 from m3bind.data.readers import Study, lead_names_of, nonfinite_problem, resample_signal
 from m3bind.errors import ConfigError, DataError
-from m3bind.modalities import SignalKind
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from m3bind.modalities import BUILTIN_MODALITIES
+from m3bind.signal_kinds import SignalKind
 
 # A lead whose standard deviation is below this (1 nV when the signal is in mV) is flat.
 _FLAT_LEAD_STD = 1e-6
@@ -36,157 +33,15 @@ _FLAT_LEAD_STD = 1e-6
 _LUMA = (0.299, 0.587, 0.114)
 
 
-class XrayPreprocess(BaseModel):
-    """MGCA-style chest X-ray preprocessing (eval path: resize, zero-pad, center crop)."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: ClassVar[SignalKind] = SignalKind.IMAGE_2D
-
-    size: PositiveInt = Field(224, description="Side of the square output (center crop), pixels.")
-    resize: PositiveInt = Field(256, description="The longest image side is resized to this "
-                                "(aspect kept), then zero-padded to a square, before the crop.")
-    channels: Literal[1, 3] = Field(3, description="Output channels: 3 (grayscale repeated) for "
-                                    "MGCA's ViT, 1 for the built-in X-ray encoder.")
-    window: tuple[float, float] | None = Field(None, description="(low, high) intensity window "
-                                               "in the file's units mapped to 0..1; None scales "
-                                               "each image by its own min/max.")
-    mean: float = Field(0.5, description="Subtracted after scaling to 0..1 (MGCA: 0.5).")
-    std: PositiveFloat = Field(0.5, description="Divisor after the mean (MGCA: 0.5), giving [-1, 1].")
-
-    @model_validator(mode="after")
-    def _window_is_ordered(self) -> XrayPreprocess:
-        if self.window is not None and not self.window[0] < self.window[1]:
-            raise ValueError(f"window low must be below high, got {self.window}")
-        return self
-
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of the tensor the transform returns."""
-        return (self.channels, self.size, self.size)
-
-
-class CTPreprocess(BaseModel):
-    """CT-CLIP-style volume preprocessing: HU clip, resample to fixed spacing, scale, crop/pad."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: ClassVar[SignalKind] = SignalKind.VOLUME_3D
-
-    hu_min: float = Field(-1000.0, description="HU values below this are clipped to it.")
-    hu_max: float = Field(1000.0, description="HU values above this are clipped to it.")
-    scale: PositiveFloat = Field(1000.0, description="Clipped HU are divided by this "
-                                 "(CT-CLIP: 1000, so [-1000, 1000] HU -> [-1, 1]).")
-    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
-        (1.5, 0.75, 0.75), description="Target voxel spacing (z, y, x) in mm for trilinear "
-        "resampling; None keeps the voxel grid as read.")
-    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
-        (240, 480, 480), description="Output (D, H, W) after center crop / pad.")
-    pad_value: float = Field(-1.0, description="Value of padded voxels, after scaling "
-                             "(-1 is air, -1000 HU).")
-
-    @model_validator(mode="after")
-    def _hu_range_is_ordered(self) -> CTPreprocess:
-        if not self.hu_min < self.hu_max:
-            raise ValueError(f"hu_min must be below hu_max, got {self.hu_min} >= {self.hu_max}")
-        return self
-
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of the tensor the transform returns."""
-        return (1, *self.shape)
-
-
-class RetinaPreprocess(BaseModel):
-    """FLAIR-style fundus preprocessing: [0, 1] RGB, longest side to ``size``, pad right/bottom."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: ClassVar[SignalKind] = SignalKind.IMAGE_2D
-
-    size: PositiveInt = Field(512, description="Longest side after resizing and side of the "
-                              "square canvas, pixels.")
-    max_value: PositiveFloat = Field(255.0, description="Input value that maps to 1.0 "
-                                     "(255 for 8-bit photographs).")
-
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of the tensor the transform returns."""
-        return (3, self.size, self.size)
-
-
-class PathologyPreprocess(BaseModel):
-    """open_clip / QuiltNet eval preprocessing: bicubic shortest-side resize, crop, CLIP norm."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: ClassVar[SignalKind] = SignalKind.IMAGE_2D
-
-    size: PositiveInt = Field(224, description="Shortest side after resizing and side of the "
-                              "center crop, pixels.")
-    mean: tuple[float, float, float] = Field(OPENAI_CLIP_MEAN, description="Per-channel mean "
-                                             "subtracted after scaling to 0..1 (OpenAI CLIP).")
-    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
-        OPENAI_CLIP_STD, description="Per-channel divisor after the mean (OpenAI CLIP).")
-    max_value: PositiveFloat = Field(255.0, description="Input value that maps to 1.0.")
-
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of the tensor the transform returns."""
-        return (3, self.size, self.size)
-
-
-class ECGPreprocess(BaseModel):
-    """ECG preprocessing: resample to ``fs``, crop / zero-pad to ``duration_s``, optional z-score.
-
-    The default per-lead z-score removes each lead's baseline offset and the gain differences
-    between recorders, which otherwise dominate a per-sample encoder; the price is that
-    absolute amplitudes (e.g. voltage criteria for hypertrophy) are lost, so use "none" for
-    encoders trained on raw mV.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    kind: ClassVar[SignalKind] = SignalKind.SIGNAL_1D
-
-    leads: PositiveInt = Field(12, description="Number of leads every record must have.")
-    fs: PositiveFloat = Field(500.0, description="Target sampling rate in Hz (records are "
-                              "resampled to it).")
-    duration_s: PositiveFloat = Field(10.0, description="Output length in seconds: the first "
-                                      "fs * duration_s samples, zero-padded at the end if shorter.")
-    normalize: Literal["none", "per_lead_zscore"] = Field(
-        "per_lead_zscore", description="'per_lead_zscore' standardises each lead to mean 0, "
-        "std 1 over its real samples (padding stays 0); 'none' keeps mV.")
-
-    def n_samples(self) -> int:
-        """Output length in samples."""
-        return int(round(self.fs * self.duration_s))
-
-    def output_shape(self) -> tuple[int, ...]:
-        """Shape of the tensor the transform returns."""
-        return (self.leads, self.n_samples())
-
-
-PreprocessSpec = Union[XrayPreprocess, CTPreprocess, RetinaPreprocess, PathologyPreprocess,
-                       ECGPreprocess]
-
-PREPROCESS_TYPES: dict[str, type[BaseModel]] = {
-    "xray": XrayPreprocess,
-    "ct": CTPreprocess,
-    "retina": RetinaPreprocess,
-    "ecg": ECGPreprocess,
-    "pathology": PathologyPreprocess,
-}
-
-# Sizes of the small built-in models that the demo pre-trains on the synthetic cohort.
-_DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "xray": {"size": 64, "resize": 72, "channels": 1},
-    "ct": {"spacing": (5.0, 5.0, 5.0), "shape": (32, 64, 64)},
-    "retina": {"size": 64},
-    "pathology": {"size": 64},
-    "ecg": {"fs": 100.0},
-}
-
-
 def default_preprocess(modality: str, demo: bool = False) -> PreprocessSpec:
     """Preprocessing settings of a built-in modality: the published model's, or the demo's."""
-    if modality not in PREPROCESS_TYPES:
+    info = BUILTIN_MODALITIES.get(modality)
+    if info is None:
         raise ConfigError(f"no default preprocessing for modality '{modality}'; known: "
-                          f"{', '.join(PREPROCESS_TYPES)} (custom modalities must give a "
+                          f"{', '.join(BUILTIN_MODALITIES)} (custom modalities must give a "
                           "'preprocess' section)")
-    settings = _DEMO_SETTINGS[modality] if demo else {}
-    return PREPROCESS_TYPES[modality](**settings)
+    settings = info.demo_preprocess if demo else {}
+    return info.preprocess(**settings)
 
 
 class PreprocessTransform:
@@ -212,17 +67,17 @@ def build_transform(modality: str, spec: PreprocessSpec | dict[str, Any] | None 
     """The transform of ``modality`` with settings ``spec``.
 
     ``spec`` may be a settings model (any of the five, so a custom modality such as "mri" can
-    use :class:`CTPreprocess`), a dict validated by the built-in modality's model, or None for
-    the published defaults.
+    use :class:`~m3bind.data.preprocess_specs.CTPreprocess`), a dict validated by the built-in
+    modality's spec class, or None for the published defaults.
     """
     if spec is None:
         spec = default_preprocess(modality)
     elif isinstance(spec, dict):
-        if modality not in PREPROCESS_TYPES:
+        if modality not in BUILTIN_MODALITIES:
             raise ConfigError(f"modality '{modality}' is not built in; pass a preprocessing model "
-                              f"({', '.join(t.__name__ for t in PREPROCESS_TYPES.values())})")
-        spec = PREPROCESS_TYPES[modality].model_validate(spec)
-    elif not isinstance(spec, tuple(_APPLY)):
+                              f"({', '.join(t.__name__ for t in SPEC_TYPES)})")
+        spec = BUILTIN_MODALITIES[modality].preprocess.model_validate(spec)
+    elif not isinstance(spec, SPEC_TYPES):
         raise ConfigError(f"unsupported preprocessing settings {type(spec).__name__} for "
                           f"modality '{modality}'")
     return PreprocessTransform(modality, spec)

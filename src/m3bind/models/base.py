@@ -152,14 +152,14 @@ def preprocess_to_json(spec: BaseModel | None) -> dict[str, Any] | None:
 def preprocess_from_json(data: Mapping[str, Any] | None, source: Path) -> BaseModel | None:
     """Rebuild a preprocessing spec saved by :func:`preprocess_to_json`.
 
-    Only the spec classes of :data:`m3bind.data.transforms.PREPROCESS_TYPES` are accepted, so a
+    Only the spec classes of :data:`m3bind.data.preprocess_specs.SPEC_TYPES` are accepted, so a
     config file can never name an arbitrary class. ``source`` names the file in errors.
     """
     if data is None:
         return None
-    from m3bind.data.transforms import PREPROCESS_TYPES
+    from m3bind.data.preprocess_specs import SPEC_TYPES
 
-    known = {spec_class.__name__: spec_class for spec_class in PREPROCESS_TYPES.values()}
+    known = {spec_class.__name__: spec_class for spec_class in SPEC_TYPES}
     type_name = data.get("type") if isinstance(data, Mapping) else None
     if type_name not in known:
         raise CheckpointError(f"{source}: unknown preprocessing type {type_name!r}; known: {', '.join(known)}")

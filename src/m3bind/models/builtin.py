@@ -31,11 +31,12 @@ from torch import Tensor, nn
 from transformers import BertTokenizer, PreTrainedTokenizerFast
 
 from m3bind.errors import CheckpointError, ConfigError
-from m3bind.modalities import BUILTIN_MODALITIES, SignalKind
+from m3bind.modalities import BUILTIN_MODALITIES
 from m3bind.models.base import (ModalityModel, load_weights, preprocess_from_json, preprocess_to_json,
                                 save_weights)
 from m3bind.models.encoders import ConvEncoder, SignalEncoder
 from m3bind.models.text import BERT_LORA_TARGETS, SPECIAL_TOKENS, BertTextTower, small_bert_config, train_tokenizer
+from m3bind.signal_kinds import SignalKind
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "m3bind-builtin-clip"
@@ -105,8 +106,7 @@ def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:
                  vocab_size=8000, max_length=256))
     return BuiltinModelConfig(
         modality=modality, kind=info.kind, in_channels=info.channels, width=width, depth=depth,
-        # MGCA's embedding is 128-d; the other published models use wider spaces.
-        native_dim=128 if modality == "xray" else 256, **text)
+        native_dim=info.builtin_native_dim, **text)
 
 
 def _init_seed(modality: str, seed: int) -> int:

@@ -1,5 +1,6 @@
 """Binding heads: one linear map native -> shared D per modality, used for BOTH its image and
-its text embeddings (DESIGN.md 1).
+its text embeddings, so a model's own image-text alignment carries over into the shared space
+(published models have different native widths, e.g. MGCA 128).
 
 Initialised semi-orthogonal: when D >= native width the columns are orthonormal, so the head
 is an isometry and every within-modality cosine similarity is exactly what the original model

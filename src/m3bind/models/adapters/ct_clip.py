@@ -5,7 +5,7 @@ What the adapter reproduces (``CT_CLIP/ct_clip/ct_clip.py`` with the settings of
 
 * image: ``visual_transformer`` = CTViT (:mod:`.ctvit`) on ``(B, 1, 240, 480, 480)`` volumes
   (HU clipped to [-1000, 1000] and divided by 1000, 1.5 x 0.75 x 0.75 mm spacing,
-  :class:`~m3bind.data.transforms.CTPreprocess`) -> quantised tokens ``(B, 24, 24, 24, 512)``;
+  :class:`~m3bind.data.preprocess_specs.CTPreprocess`) -> quantised tokens ``(B, 24, 24, 24, 512)``;
   mean over the depth axis -> ``(B, 24, 24, 512)``; flattened (h, w, channel order) to 294,912
   values; ``to_visual_latent`` Linear (no bias) -> 512; L2 normalisation.
 * text: ``text_transformer`` = Hugging Face ``BertModel`` (CXR-BERT-specialized, with pooler
@@ -31,7 +31,7 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 from transformers import BertModel
 
-from m3bind.data.transforms import CTPreprocess
+from m3bind.data.preprocess_specs import CTPreprocess
 from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
 from m3bind.models.adapters.ctvit import CTViT, CTViTConfig

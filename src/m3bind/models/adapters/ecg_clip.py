@@ -35,7 +35,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 from torch import Tensor, nn
 from transformers import BertModel
 
-from m3bind.data.transforms import ECGPreprocess
+from m3bind.data.preprocess_specs import ECGPreprocess
 from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
 from m3bind.models.text import BERT_LORA_TARGETS

@@ -4,7 +4,7 @@ What the adapter reproduces (``flair/modeling/model.py``):
 
 * image: torchvision ResNet-50 with ``fc`` = Identity -> 2048-d average-pooled feature; input is
   RGB in [0, 1] without mean/std normalisation, longest side 512, zero-padded right/bottom
-  (:class:`~m3bind.data.transforms.RetinaPreprocess`).
+  (:class:`~m3bind.data.preprocess_specs.RetinaPreprocess`).
 * text: Hugging Face ``BertModel`` (Bio_ClinicalBERT, 12 layers, with pooler weights) called with
   ``output_hidden_states``; the text feature is the mean over ALL token positions, padding
   included (no mask), of hidden states 1, 2 and 12, then the mean of those three. The tokenizer
@@ -31,7 +31,7 @@ from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 from transformers import BertModel
 
-from m3bind.data.transforms import RetinaPreprocess
+from m3bind.data.preprocess_specs import RetinaPreprocess
 from m3bind.errors import CheckpointError
 from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions

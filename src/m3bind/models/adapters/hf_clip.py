@@ -10,7 +10,7 @@ weights, for instance, do not fit ``CLIPModel``; load QuiltNet with the ``open_c
 Embeddings are ``get_image_features`` / ``get_text_features`` (pooled output through the
 projection), L2-normalised; the logit scale is ``logit_scale.exp()``. Preprocessing follows
 ``preprocessor_config.json`` (shortest-side bicubic resize, center crop, mean/std), as
-:class:`~m3bind.data.transforms.PathologyPreprocess`.
+:class:`~m3bind.data.preprocess_specs.PathologyPreprocess`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPModel
 
-from m3bind.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PathologyPreprocess
+from m3bind.data.preprocess_specs import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PathologyPreprocess
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.adapters import hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from m3bind.data.transforms import XrayPreprocess
+from m3bind.data.preprocess_specs import XrayPreprocess
 from m3bind.errors import ConfigError
 from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions

@@ -12,7 +12,7 @@ projections are open_clip's. What m3bind changes around it:
   open_clip's own compatibility conversions are applied first (old text-tower layout, scalar vs
   1-d ``logit_scale``, stale ``position_ids``); positional embeddings are NOT resized to another
   image size, so weights and config must belong together;
-* preprocessing is :class:`~m3bind.data.transforms.PathologyPreprocess` with the config's size,
+* preprocessing is :class:`~m3bind.data.preprocess_specs.PathologyPreprocess` with the config's size,
   mean and std, i.e. open_clip's eval transform (bicubic shortest-side resize, center crop,
   normalise). Other resize modes or interpolations in ``preprocess_cfg`` are not reproduced and
   trigger a warning.
@@ -35,7 +35,7 @@ from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 from pydantic import Field
 from torch import Tensor, nn
 
-from m3bind.data.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PathologyPreprocess
+from m3bind.data.preprocess_specs import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PathologyPreprocess
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
