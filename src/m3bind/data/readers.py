@@ -13,15 +13,26 @@ follows one convention per signal kind, whatever the file format was:
   series are stacked in order of position along the slice normal; NIfTI volumes are
   reoriented to the closest LPS axes with nibabel and transposed to (z, y, x), so the same
   scan gives the same array from either format.
-* ECG: ``(leads, T)`` float32 in mV, with ``meta["fs"]``, ``lead_names``, ``units`` and
-  ``duration_s``.
+* ECG (WFDB records and DICOM 12-lead / general ECG waveforms): ``(leads, T)`` float32 in mV,
+  with ``meta["fs"]``, ``lead_names``, ``units`` and ``duration_s``. DICOM leads are put in
+  the standard order I, II, III, aVR, aVL, aVF, V1-V6 by their channel labels.
+
+A DICOM spacing stated as zero, negative or not a number counts as not stated (``None``);
+malformed slice positions or orientations fall back to InstanceNumber order.
 
 Every reader stores ``path``, ``source_format`` and ``kind`` (a :class:`SignalKind`, or
 ``None`` for a ``.npy`` array whose kind the caller did not state) in ``meta``. Every
-problem raises :class:`~m3bind.errors.DataError` naming the file and what is wrong.
+problem, including a study larger than the :class:`ReadLimits` allow, raises
+:class:`~m3bind.errors.DataError` naming the file and what is wrong; the limits are checked
+from the file's header, before anything of that size is decoded.
 """
 from __future__ import annotations
 
+import math
+import re
+import struct
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -35,7 +46,9 @@ import pydicom.misc
 import scipy.signal
 import wfdb
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from pydicom.pixels import apply_modality_lut
 
 from m3bind.errors import DataError
@@ -46,15 +59,43 @@ SUPPORTED_EXTENSIONS = (".dcm", ".nii", ".nii.gz", ".hea", ".dat", *IMAGE_EXTENS
 _SUPPORTED_TEXT = (", ".join(SUPPORTED_EXTENSIONS)
                    + ", a folder of DICOM slices, or a WFDB record name without extension")
 
-# Exceptions the libraries raise for unreadable, corrupt or truncated files. pydicom in
-# particular only fails when the pixels are decoded, with ValueError/AttributeError.
+# Exceptions the libraries raise for unreadable, corrupt or truncated files. pydicom parses
+# element values lazily, so a corrupt header only fails when a value is used, with any of these.
 _DICOM_ERRORS = (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, KeyError,
-                 AttributeError, TypeError, NotImplementedError, RuntimeError)
-_NIFTI_ERRORS = (ImageFileError, OSError, EOFError, ValueError)
-_WFDB_ERRORS = (OSError, EOFError, ValueError, IndexError, KeyError)
+                 IndexError, AttributeError, TypeError, NotImplementedError, RuntimeError,
+                 struct.error, OverflowError)
+_NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, TypeError,
+                 zlib.error)
+_WFDB_ERRORS = (OSError, EOFError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+                ZeroDivisionError, OverflowError)
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, EOFError, ValueError, SyntaxError, TypeError,
+                 KeyError, IndexError, struct.error, zlib.error)
 
 # Converts an ECG's physical units to mV (the convention of the arrays we return).
 _TO_MILLIVOLT = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+
+
+class ReadLimits(BaseModel):
+    """The largest study the readers decode; a bigger one is refused from its header.
+
+    The defaults are far above any real radiograph, fundus photograph, CT scan or diagnostic
+    ECG, yet keep a corrupt or hostile header from making a reader allocate tens of gigabytes.
+    Whole-slide pathology images are read tile by tile with :mod:`m3bind.data.wsi` instead.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_image_pixels: PositiveInt = Field(
+        100_000_000, description="Most pixels (H x W) of a 2D image (100 megapixels).")
+    max_volume_voxels: PositiveInt = Field(
+        2 ** 29, description="Most voxels (D x H x W) of a 3D volume (2048 slices of 512 x 512).")
+    max_frames: PositiveInt = Field(
+        10_000, description="Most frames of a multi-frame DICOM file or slices of a DICOM folder.")
+    max_signal_samples: PositiveInt = Field(
+        100_000_000, description="Most samples (leads x T) of an ECG.")
+
+
+DEFAULT_LIMITS = ReadLimits()
 
 
 @dataclass
@@ -66,21 +107,22 @@ class Study:
 
 
 def read_study(path: str | Path, expect: SignalKind | None = None, *,
-               expected_leads: int | None = None) -> Study:
+               expected_leads: int | None = None, limits: ReadLimits = DEFAULT_LIMITS) -> Study:
     """Read the study at ``path`` (a file, a folder of DICOM slices or a WFDB record name).
 
     ``expect`` states which kind of signal the caller needs; a file holding another kind or
     an array of the wrong dimensionality raises :class:`DataError`. ``expected_leads``
-    additionally checks the number of leads of a 1D signal.
+    additionally checks the number of leads of a 1D signal. ``limits`` bounds what is decoded.
     """
     path = Path(path)
     fmt = _detect_format(path)
-    study = _READERS[fmt](path)
+    study = _READERS[fmt](path, limits)
     study.meta["path"] = str(path)
-    study.meta["source_format"] = fmt
+    study.meta.setdefault("source_format", fmt)
     if study.array.size == 0:
         raise DataError(path, f"empty array (shape {study.array.shape})")
     _check_kind(path, study, expect)
+    _check_size(path, study, limits)
     is_signal = study.meta.get("kind") == SignalKind.SIGNAL_1D
     problem = nonfinite_problem(study.array, lead_names_of(study) if is_signal else None)
     if problem:
@@ -112,6 +154,13 @@ def resample_signal(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
 
 def _detect_format(path: Path) -> str:
     """Name of the reader for ``path``; raises DataError for missing or unsupported paths."""
+    try:
+        return _format_of(path)
+    except (OSError, ValueError) as exc:  # e.g. a name too long or holding a NUL byte
+        raise DataError(path, f"cannot access the path: {exc}") from exc
+
+
+def _format_of(path: Path) -> str:
     name = path.name.lower()
     if path.is_dir():
         return "dicom_series"
@@ -176,6 +225,25 @@ def _shape_fits(shape: tuple[int, ...], kind: SignalKind) -> bool:
     return len(shape) == 2
 
 
+def _check_size(path: Path, study: Study, limits: ReadLimits) -> None:
+    """Apply the limits of the study's kind to the decoded array (a .npy file is only bounded
+    by the largest limit before its kind is known)."""
+    shape, kind = study.array.shape, study.meta.get("kind")
+    if kind == SignalKind.IMAGE_2D:
+        _refuse_if_larger(path, "image", shape[0] * shape[1], limits.max_image_pixels, "pixels")
+    elif kind == SignalKind.VOLUME_3D:
+        _refuse_if_larger(path, "volume", shape[0], limits.max_frames, "slices")
+        _refuse_if_larger(path, "volume", math.prod(shape), limits.max_volume_voxels, "voxels")
+    elif kind == SignalKind.SIGNAL_1D:
+        _refuse_if_larger(path, "signal", math.prod(shape), limits.max_signal_samples, "samples")
+
+
+def _refuse_if_larger(path: Path, what: str, count: int, limit: int, unit: str) -> None:
+    if count > limit:
+        raise DataError(path, f"{what} too large: {count:,} {unit}, above the limit of "
+                              f"{limit:,} (ReadLimits)")
+
+
 def nonfinite_problem(array: np.ndarray, lead_names: Sequence[str] | None = None) -> str | None:
     """Describe the NaN/infinite values of ``array``, or return None when all values are finite.
 
@@ -206,11 +274,24 @@ def lead_names_of(study: Study) -> list[str]:
     return list(names) if names else [str(i + 1) for i in range(study.array.shape[0])]
 
 
+def _positive_finite(values: Sequence[Any] | None, n: int) -> tuple[float, ...] | None:
+    """``n`` header numbers as floats when all are positive and finite, else None (not stated)."""
+    if values is None:
+        return None
+    try:
+        numbers = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    if len(numbers) != n or not all(math.isfinite(v) and v > 0 for v in numbers):
+        return None
+    return numbers
+
+
 # --------------------------------------------------------------------------- DICOM
 
-def _dcmread(path: Path) -> pydicom.Dataset:
+def _dcmread(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except _DICOM_ERRORS as exc:
         raise DataError(path, f"unreadable DICOM file: {exc}") from exc
 
@@ -269,11 +350,13 @@ def _invert_monochrome1(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 
 
 def _pixel_spacing(ds: pydicom.Dataset, frame: int | None = None) -> tuple[float, float] | None:
-    """(row spacing, column spacing) in mm; projection X-rays often only have ImagerPixelSpacing."""
-    spacing = _group_value(ds, frame, "PixelMeasuresSequence", "PixelSpacing")
-    if spacing is None:
-        spacing = ds.get("ImagerPixelSpacing")
-    return None if spacing is None else (float(spacing[0]), float(spacing[1]))
+    """(row spacing, column spacing) in mm; projection X-rays often only have ImagerPixelSpacing.
+
+    Some archives write PixelSpacing 0\\0 for "unknown" (the NEMA chest radiograph RG1 does),
+    so an invalid PixelSpacing falls back to ImagerPixelSpacing too.
+    """
+    spacing = _positive_finite(_group_value(ds, frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+    return spacing or _positive_finite(ds.get("ImagerPixelSpacing"), 2)
 
 
 def _dicom_meta(ds: pydicom.Dataset) -> dict[str, Any]:
@@ -292,12 +375,42 @@ def _frame_to_units(stored: np.ndarray, ds: pydicom.Dataset, frame: int | None) 
     return _to_modality_units(stored, ds, frame)
 
 
-def _read_dicom_file(path: Path) -> Study:
-    """One DICOM file: a 2D image, or a volume when it has several frames."""
+def _n_frames(ds: pydicom.Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _check_dicom_pixel_count(path: Path, ds: pydicom.Dataset, limits: ReadLimits,
+                             n_slices: int = 1) -> None:
+    """Refuse from the header a DICOM image whose decoded pixels would exceed the limits."""
+    frames = _n_frames(ds) * n_slices
+    pixels = int(ds.Rows) * int(ds.Columns)
+    if frames > 1:
+        _refuse_if_larger(path, "volume", frames, limits.max_frames, "frames")
+        _refuse_if_larger(path, "volume", frames * pixels, limits.max_volume_voxels, "voxels")
+    else:
+        _refuse_if_larger(path, "image", pixels, limits.max_image_pixels, "pixels")
+
+
+def _read_dicom_file(path: Path, limits: ReadLimits) -> Study:
+    """One DICOM file: a 2D image, a volume when it has several frames, or an ECG waveform."""
     ds = _dcmread(path)
+    try:
+        if _is_ecg_waveform(ds):
+            return _read_dicom_ecg(path, ds, limits)
+        return _dicom_image_study(path, ds, limits)
+    except _DICOM_ERRORS as exc:
+        raise DataError(path, f"corrupt DICOM file: {exc}") from exc
+
+
+def _dicom_image_study(path: Path, ds: pydicom.Dataset, limits: ReadLimits) -> Study:
+    if "WaveformSequence" in ds and "PixelData" not in ds:
+        raise DataError(path, f"DICOM waveform of SOP class '{_sop_class_name(ds)}' is not an "
+                              "ECG; only 12-lead and general ECG waveforms are read")
+    if "PixelData" in ds:
+        _check_dicom_pixel_count(path, ds, limits)
     stored = _stored_pixels(path, ds)
     meta = _dicom_meta(ds)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _n_frames(ds)
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples == 3:
         if n_frames > 1:
@@ -310,61 +423,108 @@ def _read_dicom_file(path: Path) -> Study:
         meta.update(kind=SignalKind.IMAGE_2D, pixel_spacing=_pixel_spacing(ds),
                     inverted=meta["photometric"] == "MONOCHROME1")
         return Study(_frame_to_units(stored, ds, None), meta)
-    frames = [_frame_to_units(stored[i], ds, i) for i in range(n_frames)]
+    if stored.ndim != 3 or stored.shape[0] != n_frames:
+        raise DataError(path, f"decoded pixels of shape {stored.shape} do not hold "
+                              f"{n_frames} frames")
     positions = [_group_value(ds, i, "PlanePositionSequence", "ImagePositionPatient")
                  for i in range(n_frames)]
     orientation = _group_value(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient")
     fallback_dz = _fallback_slice_spacing(ds, 0)
     order, dz = _slice_order_and_spacing(path, positions, orientation, list(range(n_frames)),
                                          fallback_dz)
-    volume = np.stack([frames[i] for i in order])
+    volume = np.empty(stored.shape, dtype=np.float32)
+    for out_index, frame in enumerate(order):
+        volume[out_index] = _frame_to_units(stored[frame], ds, frame)
     meta.update(kind=SignalKind.VOLUME_3D, spacing=_volume_spacing(dz, _pixel_spacing(ds, 0)))
     return Study(volume, meta)
 
 
-def _read_dicom_series(folder: Path) -> Study:
-    """A folder of single-frame DICOM slices of one series, stacked into a (D, H, W) volume."""
+def _read_dicom_series(folder: Path, limits: ReadLimits) -> Study:
+    """A folder of single-frame DICOM slices of one series, stacked into a (D, H, W) volume.
+
+    Headers are read first (without pixels) to check the series and its size, then the
+    slices are decoded one at a time into the volume, so memory holds one slice beyond it.
+    """
+    try:
+        files = _dicom_files_in(folder)
+    except OSError as exc:
+        raise DataError(folder, f"cannot list the folder: {exc}") from exc
+    if not files:
+        raise DataError(folder, "folder holds no DICOM files")
+    _refuse_if_larger(folder, "DICOM series", len(files), limits.max_frames, "slice files")
+    headers = [_dcmread(f, stop_before_pixels=True) for f in files]
+    try:
+        return _stack_series(folder, files, headers, limits)
+    except _DICOM_ERRORS as exc:
+        raise DataError(folder, f"corrupt DICOM series: {exc}") from exc
+
+
+def _dicom_files_in(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
     if not files:  # DICOM exports often use bare names such as IM0001
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                        and p.name != "DICOMDIR" and pydicom.misc.is_dicom(p))
-    if not files:
-        raise DataError(folder, "folder holds no DICOM files")
-    datasets = [_dcmread(f) for f in files]
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    return files
+
+
+def _stack_series(folder: Path, files: list[Path], headers: list[pydicom.Dataset],
+                  limits: ReadLimits) -> Study:
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
     if len(series) > 1:
         raise DataError(folder, f"folder mixes {len(series)} DICOM series; put each series "
                                 "in its own folder")
-    slices = []
-    for f, ds in zip(files, datasets):
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+    for f, ds in zip(files, headers):
+        if _n_frames(ds) > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
             raise DataError(f, "a slice folder must hold single-frame grayscale DICOM files")
-        slices.append(_frame_to_units(_stored_pixels(f, ds), ds, None))
-    shapes = {s.shape for s in slices}
-    if len(shapes) > 1:
-        first = slices[0].shape
-        odd_file, odd_shape = next((f, s.shape) for f, s in zip(files, slices) if s.shape != first)
-        raise DataError(folder, f"DICOM slices have different shapes: {files[0].name} is "
-                                f"{first}, {odd_file.name} is {odd_shape}")
-    positions = [ds.get("ImagePositionPatient") for ds in datasets]
-    orientation = datasets[0].get("ImageOrientationPatient")
-    instance_numbers = [int(ds.get("InstanceNumber", i) or i) for i, ds in enumerate(datasets)]
+    first = (int(headers[0].Rows), int(headers[0].Columns))
+    for f, ds in zip(files, headers):
+        shape = (int(ds.Rows), int(ds.Columns))
+        if shape != first:
+            raise DataError(folder, f"DICOM slices have different shapes: {files[0].name} is "
+                                    f"{first}, {f.name} is {shape}")
+    _check_dicom_pixel_count(folder, headers[0], limits, n_slices=len(files))
+    positions = [ds.get("ImagePositionPatient") for ds in headers]
+    orientation = headers[0].get("ImageOrientationPatient")
+    instance_numbers = [_int_or(ds.get("InstanceNumber"), i) for i, ds in enumerate(headers)]
     order, dz = _slice_order_and_spacing(folder, positions, orientation, instance_numbers,
-                                         _fallback_slice_spacing(datasets[0], None),
+                                         _fallback_slice_spacing(headers[0], None),
                                          names=[f.name for f in files])
-    meta = _dicom_meta(datasets[0])
+    volume = np.empty((len(files), *first), dtype=np.float32)
+    for out_index, i in enumerate(order):
+        ds = _dcmread(files[i])
+        stored = _stored_pixels(files[i], ds)
+        if stored.shape != first:
+            raise DataError(files[i], f"decoded pixels of shape {stored.shape} do not match "
+                                      f"the header's {first}")
+        volume[out_index] = _frame_to_units(stored, ds, None)
+    meta = _dicom_meta(headers[0])
     meta.update(kind=SignalKind.VOLUME_3D, n_files=len(files),
-                spacing=_volume_spacing(dz, _pixel_spacing(datasets[0])))
-    return Study(np.stack([slices[i] for i in order]), meta)
+                spacing=_volume_spacing(dz, _pixel_spacing(headers[0])))
+    return Study(volume, meta)
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
 
 
 def _fallback_slice_spacing(ds: pydicom.Dataset, frame: int | None) -> float | None:
     """Slice spacing from the header, for when slice positions are missing."""
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-        value = _group_value(ds, frame, "PixelMeasuresSequence", keyword)
+        value = _positive_finite([_group_value(ds, frame, "PixelMeasuresSequence", keyword)], 1)
         if value:
-            return float(value)
+            return value[0]
     return None
+
+
+def _finite_vector(value: Any, n: int) -> np.ndarray | None:
+    try:
+        vector = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return vector if vector.shape == (n,) and np.isfinite(vector).all() else None
 
 
 def _slice_order_and_spacing(path: Path, positions: Sequence[Any], orientation: Any,
@@ -375,13 +535,16 @@ def _slice_order_and_spacing(path: Path, positions: Sequence[Any], orientation: 
     With ImagePositionPatient and ImageOrientationPatient on every slice, each position is
     projected on the normal (row direction x column direction), slices are sorted by that
     coordinate and the spacing is the mean step, (last - first) / (n - 1), which keeps the
-    scan's physical extent. Otherwise slices go by InstanceNumber with the header's spacing.
+    scan's physical extent. Otherwise (or when those values are malformed) slices go by
+    InstanceNumber with the header's spacing.
     """
-    if orientation is None or any(p is None for p in positions):
+    orientation = None if orientation is None else _finite_vector(orientation, 6)
+    points = [None if p is None else _finite_vector(p, 3) for p in positions]
+    normal = None if orientation is None else np.cross(orientation[:3], orientation[3:6])
+    if normal is None or np.linalg.norm(normal) < 1e-6 or any(p is None for p in points):
         order = sorted(range(len(instance_numbers)), key=lambda i: instance_numbers[i])
         return order, fallback_dz
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float))
-    coords = np.array([np.dot(np.asarray(p, float), normal) for p in positions])
+    coords = np.array([np.dot(p, normal) for p in points])
     order = [int(i) for i in np.argsort(coords, kind="stable")]
     if len(order) == 1:
         return order, fallback_dz
@@ -402,16 +565,115 @@ def _volume_spacing(dz: float | None, pixel_spacing: tuple[float, float] | None
     return (dz, pixel_spacing[0], pixel_spacing[1])
 
 
+# --------------------------------------------------------------------------- DICOM ECG
+
+_ECG_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG",
+    "1.2.840.10008.5.1.4.1.1.9.1.2": "general ECG",
+}
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+_CANONICAL_LEAD = {lead.upper(): lead for lead in STANDARD_LEADS}
+# "Lead I (Einthoven)", "Lead aVR", "V1", or the MDC code value "MDC_ECG_LEAD_AVR".
+_LEAD_LABEL = re.compile(r"^(?:MDC_ECG_LEAD_|lead\s*)?(III|II|I|aVR|aVL|aVF|V[1-6])(?![0-9a-z])",
+                         re.IGNORECASE)
+
+
+def _is_ecg_waveform(ds: pydicom.Dataset) -> bool:
+    return str(ds.get("SOPClassUID", "")) in _ECG_SOP_CLASSES and "WaveformSequence" in ds
+
+
+def _sop_class_name(ds: pydicom.Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    return getattr(uid, "name", None) or str(uid or "unknown")
+
+
+def _read_dicom_ecg(path: Path, ds: pydicom.Dataset, limits: ReadLimits) -> Study:
+    """A DICOM ECG as (leads, T) in mV, leads in the standard 12-lead order when all are there.
+
+    The recorded rhythm (the first multiplex group whose WaveformOriginality is ORIGINAL) is
+    read; derived groups such as the cart's median beats are not. pydicom applies each
+    channel's sensitivity, correction factor and baseline; the sensitivity units (UCUM, e.g.
+    "uV") then give the factor to mV. A file with all twelve standard leads returns exactly
+    those twelve, in order; otherwise every channel is kept, standard leads first.
+    """
+    groups = ds.WaveformSequence
+    if not groups:
+        raise DataError(path, "DICOM ECG has an empty WaveformSequence")
+    index = next((i for i, g in enumerate(groups)
+                  if str(g.get("WaveformOriginality", "")).upper() == "ORIGINAL"), 0)
+    group = groups[index]
+    n_channels = int(group.NumberOfWaveformChannels)
+    n_samples = int(group.NumberOfWaveformSamples)
+    _refuse_if_larger(path, "signal", n_channels * n_samples, limits.max_signal_samples, "samples")
+    fs = float(group.SamplingFrequency)
+    if not (math.isfinite(fs) and fs > 0):
+        raise DataError(path, f"DICOM ECG sampling frequency {fs} Hz is not a positive number")
+    channels = list(group.get("ChannelDefinitionSequence") or [])
+    if len(channels) != n_channels:
+        raise DataError(path, f"DICOM ECG defines {len(channels)} channels but holds "
+                              f"{n_channels}")
+    signal = ds.waveform_array(index).T.astype(np.float32)  # (samples, channels) -> (leads, T)
+    names, units = [], []
+    for lead, channel in enumerate(channels):
+        names.append(_channel_lead_name(channel, lead))
+        unit = _channel_unit(channel)
+        factor = _TO_MILLIVOLT.get(unit.lower())
+        if factor is not None:  # leave unknown units as they are; meta says which they are
+            signal[lead] *= factor
+            unit = "mV"
+        units.append(unit)
+    order = _standard_lead_order(names)
+    kept = set(order)
+    meta = _dicom_meta(ds)
+    meta.update(kind=SignalKind.SIGNAL_1D, fs=fs, lead_names=[names[i] for i in order],
+                units=[units[i] for i in order], duration_s=n_samples / fs,
+                source_format="dicom_ecg", multiplex_group=str(group.get("MultiplexGroupLabel", "")),
+                dropped_channels=[names[i] for i in range(n_channels) if i not in kept])
+    return Study(np.ascontiguousarray(signal[order]), meta)
+
+
+def _channel_lead_name(channel: pydicom.Dataset, index: int) -> str:
+    """The standard lead name a channel's source code or label gives, else that label as is."""
+    source = (channel.get("ChannelSourceSequence") or [None])[0]
+    labels = [str(source.get(k, "")) for k in ("CodeMeaning", "CodeValue")] if source else []
+    labels.append(str(channel.get("ChannelLabel", "")))
+    for label in labels:
+        match = _LEAD_LABEL.match(label.strip())
+        if match:
+            return _CANONICAL_LEAD[match.group(1).upper()]
+    return next((label.strip() for label in labels if label.strip()), f"channel {index + 1}")
+
+
+def _channel_unit(channel: pydicom.Dataset) -> str:
+    if "ChannelSensitivity" not in channel:
+        return "raw"  # pydicom leaves the stored integers unscaled
+    units = channel.get("ChannelSensitivityUnitsSequence")
+    return str(units[0].get("CodeValue", "unknown")) if units else "unknown"
+
+
+def _standard_lead_order(names: list[str]) -> list[int]:
+    """Channel indices: the twelve standard leads in order, or all, standard ones first."""
+    first_index: dict[str, int] = {}
+    for i, name in enumerate(names):
+        first_index.setdefault(name, i)
+    if all(lead in first_index for lead in STANDARD_LEADS):
+        return [first_index[lead] for lead in STANDARD_LEADS]
+    standard = [first_index[lead] for lead in STANDARD_LEADS if lead in first_index]
+    return standard + [i for i in range(len(names)) if i not in standard]
+
+
 # --------------------------------------------------------------------------- NIfTI
 
 _LPS = nib.orientations.axcodes2ornt(("L", "P", "S"))
 
 
-def _read_nifti(path: Path) -> Study:
+def _read_nifti(path: Path, limits: ReadLimits) -> Study:
     """A NIfTI volume, reoriented to LPS and transposed to (z, y, x); nibabel applies scl_slope/inter."""
     try:
+        image = nib.load(path)
+        _check_nifti_size(path, image, limits)
         # A 4D file holding one volume, (x, y, z, 1), is common: drop trailing singleton axes.
-        image = nib.squeeze_image(nib.load(path))
+        image = nib.squeeze_image(image)
         if len(image.shape) != 3:
             raise DataError(path, f"NIfTI holds a {len(image.shape)}D array of shape "
                                   f"{image.shape}; a 3D volume (x, y, z) is needed")
@@ -420,18 +682,33 @@ def _read_nifti(path: Path) -> Study:
         data = image.get_fdata(dtype=np.float32)
     except _NIFTI_ERRORS as exc:
         raise DataError(path, f"unreadable NIfTI file: {exc}") from exc
+    # nibabel itself replaces zero or NaN pixdims by 1 (with a warning).
     zooms = [float(z) for z in image.header.get_zooms()[:3]]
     meta = {"kind": SignalKind.VOLUME_3D, "spacing": (zooms[2], zooms[1], zooms[0]),
             "orientation": "LPS"}
     return Study(np.ascontiguousarray(data.transpose(2, 1, 0)), meta)
 
 
+def _check_nifti_size(path: Path, image: Any, limits: ReadLimits) -> None:
+    """Refuse from the header a volume above the limits, or an uncompressed file too short for it."""
+    shape = tuple(int(n) for n in image.shape)
+    _refuse_if_larger(path, "volume", math.prod(shape), limits.max_volume_voxels, "voxels")
+    if path.name.lower().endswith(".nii"):
+        needed = (int(image.dataobj.offset)
+                  + math.prod(shape) * image.header.get_data_dtype().itemsize)
+        size = path.stat().st_size
+        if size < needed:
+            raise DataError(path, f"truncated NIfTI file: {size:,} bytes, its header needs "
+                                  f"{needed:,}")
+
+
 # --------------------------------------------------------------------------- WFDB
 
-def _read_wfdb(path: Path) -> Study:
+def _read_wfdb(path: Path, limits: ReadLimits) -> Study:
     """A WFDB record (header + signal files) as (leads, T) in mV."""
     record_name = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
     try:
+        _check_wfdb_header(path, wfdb.rdheader(str(record_name)), limits)
         record = wfdb.rdrecord(str(record_name))
     except _WFDB_ERRORS as exc:
         raise DataError(path, f"unreadable WFDB record: {exc}") from exc
@@ -440,14 +717,33 @@ def _read_wfdb(path: Path) -> Study:
     signal = record.p_signal.T.astype(np.float32)
     units = list(record.units or ["mV"] * signal.shape[0])
     for lead, unit in enumerate(units):
-        factor = _TO_MILLIVOLT.get(unit.strip().lower())
+        factor = _TO_MILLIVOLT.get(str(unit).strip().lower())
         if factor is not None:  # leave unknown units as they are; meta says which they are
             signal[lead] *= factor
             units[lead] = "mV"
     fs = float(record.fs)
-    meta = {"kind": SignalKind.SIGNAL_1D, "fs": fs, "lead_names": list(record.sig_name),
+    meta = {"kind": SignalKind.SIGNAL_1D, "fs": fs, "lead_names": list(record.sig_name or []),
             "units": units, "duration_s": signal.shape[1] / fs}
     return Study(signal, meta)
+
+
+def _check_wfdb_header(path: Path, header: Any, limits: ReadLimits) -> None:
+    """Check a WFDB header before its signal is read: a usable rate and a bounded size.
+
+    (wfdb's header grammar itself refuses signal file names with a folder in them.)
+    """
+    fs = float(header.fs) if header.fs is not None else float("nan")
+    if not (math.isfinite(fs) and fs > 0):
+        raise DataError(path, f"WFDB sampling frequency {header.fs} is not a positive number")
+    if not header.n_sig:
+        raise DataError(path, "WFDB header declares no signals")
+    if header.sig_len:
+        n_samples = int(header.n_sig) * int(header.sig_len)
+    else:  # the length then comes from the file sizes, at least one byte per sample
+        n_samples = sum(p.stat().st_size for p in {path.with_name(str(n)) for n in
+                                                   (getattr(header, "file_name", None) or [])}
+                        if p.is_file())
+    _refuse_if_larger(path, "signal", n_samples, limits.max_signal_samples, "samples")
 
 
 # --------------------------------------------------------------------------- images
@@ -455,39 +751,75 @@ def _read_wfdb(path: Path) -> Study:
 _GRAY_MODES = {"L", "I", "F"}  # plus the "I;16*" family, matched by prefix
 
 
-def _read_image(path: Path) -> Study:
-    """PNG/JPEG/TIFF with Pillow: grayscale -> (H, W) in file units, colour -> (H, W, 3) 0..255."""
+def _read_image(path: Path, limits: ReadLimits) -> Study:
+    """PNG/JPEG/TIFF with Pillow: grayscale -> (H, W) in file units, colour -> (H, W, 3) 0..255.
+
+    The size in the header is checked against ``limits`` before any pixel is decoded. Pillow's
+    own decompression-bomb check runs first, in ``Image.open``: above twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (179 megapixels by default) it refuses the file whatever
+    the limits say; its warning below that is silenced, as the limits here decide.
+    """
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image_file = Image.open(path)
+        with image_file as image:
+            width, height = image.size
+            _refuse_if_larger(path, "image", width * height, limits.max_image_pixels, "pixels")
             n_frames = getattr(image, "n_frames", 1)
             if n_frames > 1:
                 raise DataError(path, f"multi-page image ({n_frames} pages) is not supported; "
-                                      "save one image per file")
+                                      "save one image per file (whole-slide images: "
+                                      "m3bind.data.wsi)")
             image.load()
             image_format = image.format
             image = ImageOps.exif_transpose(image)  # camera photos (fundus) may be rotated via EXIF
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        mode = image.mode
+        if mode in ("1", "LA"):
+            image = image.convert("L")
+        elif not (mode in _GRAY_MODES or mode.startswith("I;16")):
+            image = image.convert("RGB")  # RGBA, P, PA, CMYK, YCbCr, ...
+        array = np.asarray(image).astype(np.float32)
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, f"image too large for Pillow's decompression-bomb guard "
+                              f"(PIL.Image.MAX_IMAGE_PIXELS): {exc}") from exc
+    except _IMAGE_ERRORS as exc:
         raise DataError(path, f"unreadable image file: {exc}") from exc
-    mode = image.mode
-    if mode in ("1", "LA"):
-        image = image.convert("L")
-    elif not (mode in _GRAY_MODES or mode.startswith("I;16")):
-        image = image.convert("RGB")  # RGBA, P, PA, CMYK, YCbCr, ...
-    array = np.asarray(image).astype(np.float32)
     return Study(array, {"kind": SignalKind.IMAGE_2D, "mode": mode,
                          "image_format": image_format})
 
 
 # --------------------------------------------------------------------------- NumPy
 
-def _read_npy(path: Path) -> Study:
-    """A ``.npy`` array taken as it is (pickled object arrays are refused)."""
+def _read_npy(path: Path, limits: ReadLimits) -> Study:
+    """A ``.npy`` array taken as it is (pickled object arrays and .npz archives are refused).
+
+    The header is parsed first, so a header promising more elements than any limit allows,
+    or than the file holds, is refused before memory is allocated for it.
+    """
     try:
-        array = np.load(path, allow_pickle=False)
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise DataError(path, f"unsupported .npy format version {version}")
+            if dtype.hasobject or dtype.kind not in "biuf":
+                raise DataError(path, f"unsupported array dtype {dtype}; expected numbers")
+            n_values = math.prod(shape)
+            largest = max(limits.max_image_pixels * 3, limits.max_volume_voxels,
+                          limits.max_signal_samples)
+            _refuse_if_larger(path, "array", n_values, largest, "values")
+            data_bytes = path.stat().st_size - f.tell()
+            if data_bytes < n_values * dtype.itemsize:
+                raise DataError(path, f"truncated .npy file: {data_bytes:,} data bytes for an "
+                                      f"array of shape {shape} and dtype {dtype}")
+            f.seek(0)
+            array = np.lib.format.read_array(f, allow_pickle=False)
     except (OSError, EOFError, ValueError) as exc:
         raise DataError(path, f"unreadable .npy file: {exc}") from exc
-    if array.dtype.kind not in "biuf":
-        raise DataError(path, f"unsupported array dtype {array.dtype}; expected numbers")
     return Study(array.astype(np.float32), {"kind": None})
 
 
