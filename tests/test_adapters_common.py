@@ -12,9 +12,11 @@ from m3bind.config import load_config
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.experiment import Experiment
 from m3bind.models.adapters import adapter_class, adapter_names, load_adapter, load_saved_adapter
-from m3bind.models.adapters.checkpoint_io import extract_state_dict, load_state_strict, read_checkpoint
+from m3bind.models.adapters.checkpoint_io import extract_state_dict, read_checkpoint
 from m3bind.models.adapters.flair import FLAIROptions
 from m3bind.models.binding import BoundModality, merge_lora
+from m3bind.models.builtin import BuiltinCLIP
+from m3bind.models.weights import load_state_strict
 from test_adapters_fixtures import VOCAB, close, write_bert_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,11 +34,14 @@ class _Marker:
 
 
 def test_registry_names_and_unknown_type():
-    assert adapter_names() == ADAPTERS
-    assert {adapter_class(name).model_type for name in ADAPTERS} == set(ADAPTERS)
+    assert adapter_names() == [*ADAPTERS, "builtin"]
+    assert {adapter_class(name).model_type for name in adapter_names()} == set(adapter_names())
+    assert adapter_class("builtin") is BuiltinCLIP
     with pytest.raises(ConfigError) as error:
         load_adapter("medclip", "/nowhere", {})
-    assert all(name in str(error.value) for name in ADAPTERS)
+    assert all(name in str(error.value) for name in adapter_names())
+    with pytest.raises(ConfigError, match="model type 'builtin' has no original checkpoint format"):
+        load_adapter("builtin", "/nowhere", {})
 
 
 def test_missing_path_and_bad_options_are_clear(tmp_path):
@@ -179,7 +184,7 @@ def test_saved_folder_of_another_type_or_incomplete_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="saved model type is 'ecg_clip', not 'flair'"):
         load_saved_adapter("flair", tmp_path / "saved")
     (tmp_path / "saved" / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: weights file not found"):
         load_saved_adapter("ecg_clip", tmp_path / "saved")
     description = json.loads((tmp_path / "saved" / "adapter.json").read_text())
     assert description["options"]["text_model"] == "text_model"  # points into the saved folder

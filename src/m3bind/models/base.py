@@ -33,11 +33,9 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from m3bind.errors import CheckpointError, ConfigError
+from m3bind.errors import ConfigError
 
 
 class ModalityModel(nn.Module, abc.ABC):
@@ -137,71 +135,3 @@ class ModalityModel(nn.Module, abc.ABC):
         """Rebuild a model written by :meth:`save_pretrained`."""
         raise NotImplementedError(f"{cls.__name__} does not implement from_pretrained")
 
-
-def preprocess_to_json(spec: BaseModel | None) -> dict[str, Any] | None:
-    """The JSON-ready form of a preprocessing spec: its class name and its settings (``None`` stays ``None``).
-
-    The class name is kept because a custom modality (say "mri") may use another modality's
-    spec class (``CTPreprocess``), so the modality name alone cannot tell which class to rebuild.
-    """
-    if spec is None:
-        return None
-    return {"type": type(spec).__name__, "settings": spec.model_dump(mode="json")}
-
-
-def preprocess_from_json(data: Mapping[str, Any] | None, source: Path) -> BaseModel | None:
-    """Rebuild a preprocessing spec saved by :func:`preprocess_to_json`.
-
-    Only the spec classes of :data:`m3bind.data.preprocess_specs.SPEC_TYPES` are accepted, so a
-    config file can never name an arbitrary class. ``source`` names the file in errors.
-    """
-    if data is None:
-        return None
-    from m3bind.data.preprocess_specs import SPEC_TYPES
-
-    known = {spec_class.__name__: spec_class for spec_class in SPEC_TYPES}
-    type_name = data.get("type") if isinstance(data, Mapping) else None
-    if type_name not in known:
-        raise CheckpointError(f"{source}: unknown preprocessing type {type_name!r}; known: {', '.join(known)}")
-    try:
-        return known[type_name].model_validate(data.get("settings", {}))
-    except ValueError as error:  # pydantic.ValidationError is a ValueError
-        raise CheckpointError(f"{source}: preprocessing settings do not validate: {error}") from error
-
-
-def save_weights(module: nn.Module, path: str | Path) -> None:
-    """Write ``module``'s state dict to a safetensors file.
-
-    Every tensor is copied first: safetensors refuses tensors that share memory (tied
-    weights, views), and separate copies load back into tied parameters just as well.
-    """
-    weights = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in module.state_dict().items()}
-    save_file(weights, str(path), metadata={"format": "pt"})
-
-
-def load_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a safetensors file into ``module``, refusing anything that does not fit exactly.
-
-    Raises :class:`CheckpointError` naming the file and every missing key, unexpected key
-    and shape mismatch (all of them at once, so one run shows the whole problem).
-    """
-    try:
-        state = load_file(str(path))
-    except (OSError, SafetensorError) as error:
-        raise CheckpointError(f"{path}: cannot read weights: {error}") from error
-    expected = module.state_dict()
-    problems = []
-    missing = sorted(expected.keys() - state.keys())
-    if missing:
-        problems.append("missing keys: " + ", ".join(missing))
-    unexpected = sorted(state.keys() - expected.keys())
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
-    mismatched = [f"{name} (file {tuple(state[name].shape)}, model {tuple(expected[name].shape)})"
-                  for name in sorted(expected.keys() & state.keys())
-                  if state[name].shape != expected[name].shape]
-    if mismatched:
-        problems.append("shape mismatches: " + ", ".join(mismatched))
-    if problems:
-        raise CheckpointError(f"{path}: " + "; ".join(problems))
-    module.load_state_dict(state, strict=True)

@@ -10,33 +10,24 @@ Saved layout (``save_pretrained``):
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from m3bind.errors import CheckpointError, DataError
+from m3bind.models.adapters import adapter_names, load_saved_adapter
 from m3bind.models.base import ModalityModel
+from m3bind.models.descriptions import M3BindDescription, ModalityEntry, read_description, write_description
 from m3bind.models.heads import BindingHead
 from m3bind.models.student import StudentTextEncoder
+from m3bind.models.weights import check_state, read_weights, save_weights
 
-FORMAT_VERSION = 1
-
-
-def _load_modality_model(kind: str, directory: Path) -> ModalityModel:
-    if kind == "builtin":
-        from m3bind.models.builtin import BuiltinCLIP
-
-        return BuiltinCLIP.from_pretrained(directory)
-    # Adapters of published checkpoints save themselves in their own folder format.
-    from m3bind.models.adapters import load_saved_adapter
-
-    return load_saved_adapter(kind, directory)
+DESCRIPTION_FILE = "m3bind.json"
+HEADS_FILE = "heads.safetensors"
 
 
 class M3Bind(nn.Module):
@@ -124,37 +115,39 @@ class M3Bind(nn.Module):
         (directory / "modalities").mkdir(parents=True, exist_ok=True)
         for modality, model in self.models.items():
             model.save_pretrained(directory / "modalities" / modality)
-        save_file({f"{m}.weight": h.proj.weight.detach().cpu().contiguous() for m, h in self.heads.items()},
-                  directory / "heads.safetensors")
+        save_weights({f"{m}.weight": h.proj.weight for m, h in self.heads.items()}, directory / HEADS_FILE)
         self.student.save_pretrained(directory / "student")
-        (directory / "m3bind.json").write_text(json.dumps({
-            "format": FORMAT_VERSION, "shared_dim": self.shared_dim,
-            "modalities": {m: {"type": model.model_type, "native_dim": model.native_dim} for m, model in self.models.items()},
-        }, indent=2))
+        write_description(directory / DESCRIPTION_FILE, M3BindDescription(
+            shared_dim=self.shared_dim,
+            modalities={m: ModalityEntry(type=model.model_type, native_dim=model.native_dim)
+                        for m, model in self.models.items()}))
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "M3Bind":
+        """Rebuild a model written by :meth:`save_pretrained`, in eval mode.
+
+        Raises :class:`CheckpointError` naming the file when ``m3bind.json`` is missing, invalid
+        or names an unknown model type, or when a saved model, head or the student does not fit.
+        """
         directory = Path(directory)
-        meta_path = directory / "m3bind.json"
-        if not meta_path.exists():
-            raise CheckpointError(f"{directory}: not a saved M3Bind model (no m3bind.json)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"{meta_path}: format {meta.get('format')} is not supported (expected {FORMAT_VERSION})")
-        models = {m: _load_modality_model(spec["type"], directory / "modalities" / m)
-                  for m, spec in meta["modalities"].items()}
-        weights = load_file(directory / "heads.safetensors")
-        heads = {}
-        for m, model in models.items():
-            key = f"{m}.weight"
-            if key not in weights:
-                raise CheckpointError(f"{directory / 'heads.safetensors'}: missing '{key}'")
-            head = BindingHead(model.native_dim, meta["shared_dim"])
-            if weights[key].shape != head.proj.weight.shape:
-                raise CheckpointError(f"{directory / 'heads.safetensors'}: '{key}' has shape "
-                                      f"{tuple(weights[key].shape)}, expected {tuple(head.proj.weight.shape)}")
-            with torch.no_grad():
-                head.proj.weight.copy_(weights[key])
-            heads[m] = head
-        return cls(models, heads, StudentTextEncoder.from_pretrained(directory / "student"))
+        description_path = directory / DESCRIPTION_FILE
+        description = read_description(description_path, M3BindDescription)
+        unknown = {m: entry.type for m, entry in description.modalities.items() if entry.type not in adapter_names()}
+        if unknown:
+            raise CheckpointError(f"{description_path}: unknown model types {unknown}; known: "
+                                  f"{', '.join(adapter_names())}")
+        models = {m: load_saved_adapter(entry.type, directory / "modalities" / m)
+                  for m, entry in description.modalities.items()}
+        heads = {m: BindingHead(model.native_dim, description.shared_dim) for m, model in models.items()}
+        expected = {f"{m}.weight": head.proj.weight for m, head in heads.items()}
+        weights = read_weights(directory / HEADS_FILE)
+        check_state(expected, weights, directory / HEADS_FILE, target="the binding heads")
+        with torch.no_grad():
+            for key, weight in expected.items():
+                weight.copy_(weights[key])
+        student = StudentTextEncoder.from_pretrained(directory / "student")
+        if student.head.out_features != description.shared_dim:
+            raise CheckpointError(f"{directory / 'student'}: the student answers in {student.head.out_features} "
+                                  f"dimensions, {description_path} says shared_dim {description.shared_dim}")
+        return cls(models, heads, student)

@@ -17,28 +17,28 @@ A saved model is a folder::
 """
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from torch import Tensor, nn
 from transformers import BertTokenizer, PreTrainedTokenizerFast
 
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.modalities import BUILTIN_MODALITIES
-from m3bind.models.base import (ModalityModel, load_weights, preprocess_from_json, preprocess_to_json,
-                                save_weights)
+from m3bind.models.base import ModalityModel
+from m3bind.models.descriptions import (Description, PreprocessDescription, build_preprocess, describe_preprocess,
+                                        read_description, write_description)
 from m3bind.models.encoders import ConvEncoder, SignalEncoder
 from m3bind.models.text import BERT_LORA_TARGETS, SPECIAL_TOKENS, BertTextTower, small_bert_config, train_tokenizer
+from m3bind.models.weights import load_state_strict, read_weights, save_weights
 from m3bind.signal_kinds import SignalKind
 
-FORMAT_VERSION = 1
 MODEL_TYPE = "m3bind-builtin-clip"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -80,6 +80,19 @@ class BuiltinModelConfig(BaseModel):
         if self.kind is SignalKind.SIGNAL_1D and (self.width % self.image_heads or self.width % 2):
             raise ValueError(f"width {self.width} must be even and divisible by image_heads {self.image_heads}")
         return self
+
+
+class BuiltinDescription(Description):
+    """``config.json`` of a saved built-in model (beside its weights and tokenizer)."""
+
+    version_field: ClassVar[str | None] = "format_version"
+    folder_kind: ClassVar[str] = "a built-in m3bind model folder"
+    trailing_newline: ClassVar[bool] = True
+
+    format_version: int = 1
+    model_type: Literal["m3bind-builtin-clip"] = MODEL_TYPE
+    model: BuiltinModelConfig
+    preprocess: PreprocessDescription | None = None
 
 
 def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:
@@ -198,13 +211,8 @@ class BuiltinCLIP(ModalityModel):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_weights(self, directory / WEIGHTS_FILE)
-        description = {
-            "format_version": FORMAT_VERSION,
-            "model_type": MODEL_TYPE,
-            "model": self.config.model_dump(mode="json"),
-            "preprocess": preprocess_to_json(self.preprocess),
-        }
-        (directory / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        write_description(directory / CONFIG_FILE,
+                          BuiltinDescription(model=self.config, preprocess=describe_preprocess(self.preprocess)))
         self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
 
     @classmethod
@@ -215,35 +223,13 @@ class BuiltinCLIP(ModalityModel):
         not validate, or the weights do not fit (naming the keys and the file).
         """
         directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR):
-            if not (directory / name).exists():
-                raise CheckpointError(f"{directory}: missing '{name}'; not a built-in m3bind model folder")
-        description = _read_description(directory / CONFIG_FILE)
-        try:
-            config = BuiltinModelConfig.model_validate(description["model"])
-        except ValidationError as error:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config: {error}") from error
+        description = read_description(directory / CONFIG_FILE, BuiltinDescription)
+        if not (directory / TOKENIZER_DIR).is_dir():
+            raise CheckpointError(f"{directory / TOKENIZER_DIR}: tokenizer folder not found")
         tokenizer = BertTokenizer.from_pretrained(str(directory / TOKENIZER_DIR), local_files_only=True)
-        preprocess = preprocess_from_json(description.get("preprocess"), directory / CONFIG_FILE)
-        model = cls(config, tokenizer, preprocess)
-        load_weights(model, directory / WEIGHTS_FILE)
+        model = cls(description.model, tokenizer, build_preprocess(description.preprocess, directory / CONFIG_FILE))
+        load_state_strict(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
         return model.eval()
-
-
-def _read_description(path: Path) -> dict[str, Any]:
-    """Parse and sanity-check ``config.json`` of a saved built-in model."""
-    try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: cannot read: {error}") from error
-    if not isinstance(description, dict) or description.get("model_type") != MODEL_TYPE:
-        raise CheckpointError(f"{path}: model_type is not '{MODEL_TYPE}'")
-    if description.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {description.get('format_version')!r} is not supported "
-                              f"(this m3bind reads version {FORMAT_VERSION})")
-    if "model" not in description:
-        raise CheckpointError(f"{path}: no 'model' section")
-    return description
 
 
 def build_builtin_model(modality: str, texts_for_tokenizer: Iterable[str], config: BuiltinModelConfig | None = None,

@@ -12,17 +12,20 @@ the shared dimension D. Choices:
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from m3bind.config import StudentConfig
-from m3bind.errors import CheckpointError, ConfigError
+from m3bind.errors import ConfigError
+from m3bind.models.descriptions import StudentDescription, read_description, write_description
+from m3bind.models.weights import check_state, read_weights, save_weights
+
+DESCRIPTION_FILE = "student.json"
+HEAD_FILE = "head.safetensors"
 
 
 def minilm_path() -> Path:
@@ -72,33 +75,27 @@ class StudentTextEncoder(nn.Module):
         (directory / "backbone").mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(directory / "backbone", safe_serialization=True)
         self.tokenizer.save_pretrained(directory / "backbone")
-        save_file({"weight": self.head.weight.detach().cpu().contiguous()}, directory / "head.safetensors")
-        has_pooler = getattr(self.backbone, "pooler", None) is not None
-        (directory / "student.json").write_text(json.dumps({"pooling": self.pooling, "max_length": self.max_length,
-                                                            "shared_dim": self.head.out_features,
-                                                            "pooler": has_pooler}, indent=2))
+        save_weights({"weight": self.head.weight}, directory / HEAD_FILE)
+        write_description(directory / DESCRIPTION_FILE, StudentDescription(
+            pooling=self.pooling, max_length=self.max_length, shared_dim=self.head.out_features,
+            pooler=getattr(self.backbone, "pooler", None) is not None))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "StudentTextEncoder":
         from transformers import AutoModel, AutoTokenizer
 
         directory = Path(directory)
-        meta_path = directory / "student.json"
-        if not meta_path.exists():
-            raise CheckpointError(f"{directory}: not a saved student (no student.json)")
-        meta = json.loads(meta_path.read_text())
+        description = read_description(directory / DESCRIPTION_FILE, StudentDescription)
         # A backbone saved without its (unused) pooler must be rebuilt without it, or
         # transformers would initialise one at random and report it missing.
-        extra = {} if meta.get("pooler", True) else {"add_pooling_layer": False}
+        extra = {} if description.pooler else {"add_pooling_layer": False}
         backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True, **extra)
         tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True)
-        student = cls(backbone, tokenizer, meta["shared_dim"], meta["pooling"], meta["max_length"])
-        head = load_file(directory / "head.safetensors")["weight"]
-        if head.shape != student.head.weight.shape:
-            raise CheckpointError(f"{directory / 'head.safetensors'}: head shape {tuple(head.shape)} does not fit "
-                                  f"{tuple(student.head.weight.shape)}")
+        student = cls(backbone, tokenizer, description.shared_dim, description.pooling, description.max_length)
+        weights = read_weights(directory / HEAD_FILE)
+        check_state({"weight": student.head.weight}, weights, directory / HEAD_FILE, target="the student head")
         with torch.no_grad():
-            student.head.weight.copy_(head)
+            student.head.weight.copy_(weights["weight"])
         return student
 
 

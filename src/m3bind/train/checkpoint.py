@@ -8,6 +8,9 @@ A checkpoint folder ``step_000100/`` holds
 It is written to a temporary folder and renamed into place, so a run killed mid-write never
 leaves a half checkpoint; ``latest`` (a one-line text file, also replaced atomically) names
 the newest complete one. Nothing is ever unpickled.
+
+Resuming is strict: the model tensors must be exactly the ones the run saves (same names, same
+shapes), so a checkpoint that lacks a tensor can never leave fresh weights in a resumed run.
 """
 from __future__ import annotations
 
@@ -15,19 +18,53 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from m3bind.errors import CheckpointError
+from m3bind.fileio import atomic_write_text
+from m3bind.models.descriptions import Description, is_plain_name, read_description
+from m3bind.models.weights import check_state, read_weights, save_weights
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+OPTIMIZER_SETTINGS_FILE = "optimizer.json"
+STATE_FILE = "state.json"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class RngStates(BaseModel):
+    """The torch, numpy and Python RNG states as :func:`capture_rng` writes them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    torch: list[int]
+    numpy: list[Any]
+    python: list[Any]
+
+
+class CheckpointState(Description):
+    """``state.json``: the step, the scheduler's state, the RNG states and run metadata."""
+
+    folder_kind: ClassVar[str] = "a training checkpoint"
+
+    step: NonNegativeInt
+    scheduler: dict[str, Any] | None
+    rng: RngStates
+    meta: dict[str, Any]
+
+
+class OptimizerSettings(Description):
+    """``optimizer.json``: the optimizer's param groups and its non-tensor per-parameter state."""
+
+    folder_kind: ClassVar[str] = "a training checkpoint"
+
+    param_groups: list[dict[str, Any]]
+    scalars: dict[str, Any]
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -100,17 +137,17 @@ class CheckpointManager:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_tensors.items()}, tmp / "model.safetensors")
+        save_weights(model_tensors, tmp / MODEL_FILE)
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-        save_file(opt_tensors, tmp / "optimizer.safetensors")
-        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        save_weights(opt_tensors, tmp / OPTIMIZER_FILE)
+        atomic_write_text(tmp / OPTIMIZER_SETTINGS_FILE, json.dumps(opt_meta))
         state = {"step": step, "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "rng": capture_rng(), "meta": meta or {}}
-        (tmp / "state.json").write_text(json.dumps(state))
+        atomic_write_text(tmp / STATE_FILE, json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write_text(self.directory / "latest", final.name + "\n")
+        atomic_write_text(self.directory / "latest", final.name + "\n")
         self._prune()
         return final
 
@@ -120,32 +157,44 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> Path | None:
+        """The newest complete checkpoint that ``latest`` names, or ``None`` when there is none yet."""
         pointer = self.directory / "latest"
         if not pointer.exists():
             return None
-        path = self.directory / pointer.read_text().strip()
+        name = pointer.read_text().strip()
+        if not is_plain_name(name):
+            raise CheckpointError(f"{pointer}: {name!r} is not the name of a checkpoint folder in {self.directory}")
+        path = self.directory / name
         return path if path.exists() else None
 
-    def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-             strict_keys: set[str] | None = None) -> dict:
-        """Restore model tensors, optimizer, scheduler and RNG; returns the saved state dict."""
+    def load(self, path: Path, model_tensors: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             scheduler) -> dict:
+        """Restore model tensors, optimizer, scheduler and RNG; returns the saved state as a dict.
+
+        ``model_tensors`` are the run's live tensors under the names it saves them (what the
+        run's ``checkpoint_state()`` returns); the saved values are copied into them. The
+        checkpoint must hold exactly those names with the same shapes: :class:`CheckpointError`
+        names the file and every missing, unexpected and misshaped tensor otherwise, and any
+        unreadable or truncated file.
+        """
+        tensors = read_weights(path / MODEL_FILE)
+        check_state(model_tensors, tensors, path / MODEL_FILE, target="the tensors this run trains")
+        opt_tensors = read_weights(path / OPTIMIZER_FILE)
+        opt_settings = read_description(path / OPTIMIZER_SETTINGS_FILE, OptimizerSettings)
+        state = read_description(path / STATE_FILE, CheckpointState)
+        with torch.no_grad():
+            for name, target in model_tensors.items():
+                target.copy_(tensors[name])
         try:
-            tensors = load_file(path / "model.safetensors")
-            state = json.loads((path / "state.json").read_text())
-            opt_tensors = load_file(path / "optimizer.safetensors")
-            opt_meta = json.loads((path / "optimizer.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from exc
-        if strict_keys is not None and set(tensors) != strict_keys:
-            missing = sorted(strict_keys - set(tensors))
-            unexpected = sorted(set(tensors) - strict_keys)
-            raise CheckpointError(f"{path}: checkpoint does not fit this run; missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-        if unexpected:
-            raise CheckpointError(f"{path}: unexpected keys {unexpected[:5]}")
-        optimizer_from_tensors(optimizer, opt_tensors, opt_meta)
-        if scheduler is not None and state["scheduler"] is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        return state
+            optimizer_from_tensors(optimizer, opt_tensors, opt_settings.model_dump())
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"{path / OPTIMIZER_SETTINGS_FILE}: does not fit this run's optimizer "
+                                  f"({type(error).__name__}: {error})") from error
+        try:
+            if scheduler is not None and state.scheduler is not None:
+                scheduler.load_state_dict(state.scheduler)
+            restore_rng(state.rng.model_dump())
+        except (KeyError, ValueError, TypeError) as error:
+            raise CheckpointError(f"{path / STATE_FILE}: cannot restore the scheduler and random states "
+                                  f"({type(error).__name__}: {error})") from error
+        return state.model_dump()

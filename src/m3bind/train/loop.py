@@ -122,7 +122,10 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
              stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
     """Train ``model`` for ``settings.total_steps`` optimizer steps.
 
-    ``checkpoint_state``: which tensors go into checkpoints (default: the trainable ones).
+    ``checkpoint_state``: which tensors go into checkpoints (default: the trainable ones). They
+    must be the model's live tensors (parameters, buffers, or ``state_dict()`` views of them):
+    a resume copies the saved values into exactly these, and refuses a checkpoint that lacks
+    any of them or holds others.
     ``on_checkpoint(step)``: extra metrics computed at checkpoint time (e.g. text agreement).
     ``stop_after``: stop (with a checkpoint) after this many steps, simulating a killed run in tests.
     """
@@ -139,7 +142,7 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
     start = 0
     result = LoopResult(steps_done=0)
     if resume and (latest := checkpoints.latest()) is not None:
-        state = checkpoints.load(latest, model, optimizer, scheduler)
+        state = checkpoints.load(latest, checkpoint_state(), optimizer, scheduler)
         start = result.resumed_from = state["step"]
         logger.truncate_after(start)
     task = progress.add_task(settings.description, total=settings.total_steps, completed=start) if progress else None

@@ -1,4 +1,4 @@
-"""Adapters for published medical CLIP checkpoints, loaded from local files with one config line.
+"""The registry of modality models: adapters for published medical CLIP checkpoints, and ``builtin``.
 
 ``modalities.<m>.model: {type: <name>, path: <local file or folder>, options: {...}}`` picks
 one of the adapters below (see ``docs/checkpoints.md`` for the exact lines and what each
@@ -13,7 +13,13 @@ mgca          MGCA Lightning ``.ckpt`` (ViT-B/16 or ResNet-50), chest X-ray
 flair         FLAIR ``flair_resnet.pth`` or its Hugging Face folder, retina
 ct_clip       CT-CLIP ``CT-CLIP_v2.pt`` (CTViT + CXR-BERT), chest CT
 ecg_clip      ECG-CLIP as defined in the M3Bind authors' code, 12-lead ECG
+builtin       m3bind's own small CLIP model (:mod:`m3bind.models.builtin`); only a folder it saved
 ============  ==============================================================================
+
+Every registered class rebuilds a folder its ``save_pretrained`` wrote with
+``from_pretrained(directory)`` (:func:`load_saved_adapter`); ``M3Bind.from_pretrained`` relies
+on that for each modality. Only the adapters also read an original checkpoint
+(:func:`load_adapter`).
 
 Adapter modules are imported on first use, so importing this package does not pull in
 open_clip or timm.
@@ -36,19 +42,19 @@ _ADAPTERS: dict[str, str] = {
     "flair": "m3bind.models.adapters.flair:FLAIRAdapter",
     "ct_clip": "m3bind.models.adapters.ct_clip:CTCLIPAdapter",
     "ecg_clip": "m3bind.models.adapters.ecg_clip:ECGCLIPAdapter",
+    "builtin": "m3bind.models.builtin:BuiltinCLIP",
 }
 
 
 def adapter_names() -> list[str]:
-    """The adapter names a config's ``model.type`` may use (besides ``builtin``)."""
+    """The model types a config's ``model.type`` and a saved ``m3bind.json`` may name."""
     return list(_ADAPTERS)
 
 
 def adapter_class(name: str):
     """The adapter class registered under ``name``; :class:`ConfigError` listing the known names otherwise."""
     if name not in _ADAPTERS:
-        raise ConfigError(f"unknown model type '{name}'; known adapters: {', '.join(_ADAPTERS)} "
-                          "(or 'builtin' for m3bind's own models)")
+        raise ConfigError(f"unknown model type '{name}'; known types: {', '.join(_ADAPTERS)}")
     module_name, class_name = _ADAPTERS[name].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -64,7 +70,12 @@ def load_adapter(type: str, path: Path | str | None, options: Mapping[str, Any] 
     Raises :class:`ConfigError` for an unknown type or invalid options, and
     :class:`CheckpointError` naming the path when a file is missing or does not fit.
     """
+    from m3bind.models.adapters.base_adapter import AdapterModel
+
     cls = adapter_class(type)
+    if not issubclass(cls, AdapterModel):
+        raise ConfigError(f"model type '{type}' has no original checkpoint format; a folder it saved is "
+                          "rebuilt with load_saved_adapter")
     if path is None:
         raise ConfigError(f"model type '{type}' needs model.path: the local checkpoint file or folder "
                           "(see docs/checkpoints.md)")
@@ -77,8 +88,8 @@ def load_adapter(type: str, path: Path | str | None, options: Mapping[str, Any] 
 
 
 def load_saved_adapter(type: str, directory: Path | str) -> ModalityModel:
-    """Rebuild an adapter model that ``save_pretrained`` wrote into ``directory``."""
-    return adapter_class(type).from_saved(Path(directory))
+    """Rebuild a model of the registered ``type`` that its ``save_pretrained`` wrote into ``directory``, in eval mode."""
+    return adapter_class(type).from_pretrained(Path(directory))
 
 
 __all__ = ["adapter_class", "adapter_names", "load_adapter", "load_saved_adapter"]

@@ -6,7 +6,7 @@ It is created in one of two ways:
 * :meth:`AdapterModel.from_checkpoint`: from the owners' original files (a Lightning
   ``.ckpt``, a ``.pt`` state dict, an open_clip or Hugging Face folder), as a config line
   ``model: {type: mgca, path: ..., options: {...}}`` asks;
-* :meth:`AdapterModel.from_saved`: from a folder written by :meth:`AdapterModel.save_pretrained`
+* :meth:`AdapterModel.from_pretrained`: from a folder written by :meth:`AdapterModel.save_pretrained`
   (used by ``M3Bind.from_pretrained`` after binding merged LoRA into the weights)::
 
       adapter.json        {"format_version", "type", "options", "preprocess"}
@@ -14,7 +14,8 @@ It is created in one of two ways:
       tokenizer/ ...      tokenizer and text-model config files, when the adapter has any
 
 The options saved in ``adapter.json`` describe the architecture completely; paths in them
-point into the saved folder, so the folder rebuilds without the original files.
+are plain names of files or folders inside the saved folder (anything else is refused on
+reading), so the folder rebuilds without the original files.
 
 Relative paths in options (tokenizer or text-model folders) are resolved against a base
 folder: for original checkpoints the folder that contains ``path`` (unless the caller gives
@@ -23,7 +24,6 @@ another), for saved adapters the saved folder itself.
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,10 +31,11 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from m3bind.errors import CheckpointError, ConfigError
-from m3bind.models.base import (ModalityModel, load_weights, preprocess_from_json, preprocess_to_json,
-                                save_weights)
+from m3bind.models.base import ModalityModel
+from m3bind.models.descriptions import (AdapterDescription, build_preprocess, describe_preprocess, is_plain_name,
+                                        read_description, write_description)
+from m3bind.models.weights import load_state_strict, read_weights, save_weights
 
-FORMAT_VERSION = 1
 ADAPTER_FILE = "adapter.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -103,54 +104,46 @@ class AdapterModel(ModalityModel):
         """Write ``adapter.json``, ``model.safetensors`` and any tokenizer files into ``directory``.
 
         Merge (or remove) peft LoRA layers first; their weights are not part of the layout
-        and :meth:`from_saved` rejects them as unexpected keys.
+        and :meth:`from_pretrained` rejects them as unexpected keys. Path options that
+        :meth:`save_assets` did not fill are left out: they point outside the folder, and a
+        saved folder must rebuild from its own files.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        options = self.options.model_copy(update=self.save_assets(directory))
+        unsaved_paths = {name: None for name in self.options.path_fields}
+        options = self.options.model_copy(update={**unsaved_paths, **self.save_assets(directory)})
         save_weights(self, directory / WEIGHTS_FILE)
-        description = {
-            "format_version": FORMAT_VERSION,
-            "type": self.model_type,
-            "options": options.model_dump(mode="json"),
-            "preprocess": preprocess_to_json(self.preprocess),
-        }
-        (directory / ADAPTER_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def from_saved(cls, directory: str | Path) -> AdapterModel:
-        """Rebuild a model written by :meth:`save_pretrained`, in eval mode."""
-        directory = Path(directory)
-        description = read_adapter_description(directory)
-        if description["type"] != cls.model_type:
-            raise CheckpointError(f"{directory / ADAPTER_FILE}: saved model type is '{description['type']}', "
-                                  f"not '{cls.model_type}'")
-        options = cls.parse_options(description.get("options"), directory)
-        model = cls.build(options)
-        load_weights(model, directory / WEIGHTS_FILE)
-        model.preprocess = preprocess_from_json(description.get("preprocess"), directory / ADAPTER_FILE)
-        return model.eval()
+        write_description(directory / ADAPTER_FILE, AdapterDescription(
+            type=self.model_type, options=options.model_dump(mode="json"),
+            preprocess=describe_preprocess(self.preprocess)))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AdapterModel:
-        """Same as :meth:`from_saved` (the name the :class:`ModalityModel` interface uses)."""
-        return cls.from_saved(directory)
+        """Rebuild a model written by :meth:`save_pretrained`, in eval mode.
 
+        Raises :class:`CheckpointError` naming the file when ``adapter.json`` is missing or does
+        not validate, was saved by another adapter, or the weights do not fit.
+        """
+        directory = Path(directory)
+        path = directory / ADAPTER_FILE
+        description = read_description(path, AdapterDescription)
+        if description.type != cls.model_type:
+            raise CheckpointError(f"{path}: saved model type is '{description.type}', not '{cls.model_type}'")
+        model = cls.build(cls._saved_options(description.options, path).with_resolved_paths(directory))
+        load_state_strict(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
+        model.preprocess = build_preprocess(description.preprocess, path)
+        return model.eval()
 
-def read_adapter_description(directory: Path) -> dict[str, Any]:
-    """Parse and check ``adapter.json`` of a saved adapter folder."""
-    path = directory / ADAPTER_FILE
-    if not path.exists():
-        raise CheckpointError(f"{directory}: no {ADAPTER_FILE}; not a saved m3bind adapter folder")
-    if not (directory / WEIGHTS_FILE).exists():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE}; the saved adapter is incomplete")
-    try:
-        description = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: cannot read: {error}") from error
-    if not isinstance(description, dict) or "type" not in description:
-        raise CheckpointError(f"{path}: no 'type' entry")
-    if description.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {description.get('format_version')!r} is not supported "
-                              f"(this m3bind reads version {FORMAT_VERSION})")
-    return description
+    @classmethod
+    def _saved_options(cls, raw: Mapping[str, Any], source: Path) -> AdapterOptions:
+        """The options of a saved ``adapter.json``; their paths must name files inside the folder."""
+        try:
+            options = cls.options_class.model_validate(dict(raw))
+        except ValidationError as error:
+            raise CheckpointError(f"{source}: invalid options for model type '{cls.model_type}': {error}") from None
+        for name in options.path_fields:
+            value = getattr(options, name)
+            if value is not None and not is_plain_name(value):
+                raise CheckpointError(f"{source}: options.{name} {value!r} is not a plain file or folder name "
+                                      "inside the saved folder")
+        return options

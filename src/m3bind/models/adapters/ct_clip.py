@@ -36,6 +36,7 @@ from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
 from m3bind.models.adapters.ctvit import CTViT, CTViTConfig
 from m3bind.models.text import BERT_LORA_TARGETS
+from m3bind.models.weights import load_state_strict
 
 CT_CLIP_UNUSED_KEYS: tuple[str, ...] = (
     "to_text_latent_extra.*",                     # CLOOB extra projections (extra_latent_projection=False)
@@ -102,7 +103,7 @@ class CTCLIPAdapter(AdapterModel):
     def from_checkpoint(cls, path: Path, options: CTCLIPOptions) -> CTCLIPAdapter:
         model = cls.build(options)  # first, so that option problems show before a long read
         state = checkpoint_io.extract_state_dict(checkpoint_io.read_checkpoint(path), path)
-        checkpoint_io.load_state_strict(model.network, state, path, ignore=CT_CLIP_UNUSED_KEYS)
+        load_state_strict(model.network, state, path, ignore=CT_CLIP_UNUSED_KEYS)
         return model.eval()
 
     # --- ModalityModel ------------------------------------------------------------------

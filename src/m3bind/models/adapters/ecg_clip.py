@@ -39,6 +39,7 @@ from m3bind.data.preprocess_specs import ECGPreprocess
 from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
 from m3bind.models.text import BERT_LORA_TARGETS
+from m3bind.models.weights import load_state_strict
 
 ECG_UNUSED_KEYS: tuple[str, ...] = (checkpoint_io.POSITION_IDS_PATTERN,)
 
@@ -180,7 +181,7 @@ class ECGCLIPAdapter(AdapterModel):
     def from_checkpoint(cls, path: Path, options: ECGCLIPOptions) -> ECGCLIPAdapter:
         model = cls.build(options)  # first, so that option problems show before a long read
         state = checkpoint_io.extract_state_dict(checkpoint_io.read_checkpoint(path), path)
-        checkpoint_io.load_state_strict(model.network, state, path, ignore=ECG_UNUSED_KEYS)
+        load_state_strict(model.network, state, path, ignore=ECG_UNUSED_KEYS)
         return model.eval()
 
     # --- ModalityModel ------------------------------------------------------------------

@@ -37,6 +37,7 @@ from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
 from m3bind.models.adapters.resnet import RESNET_LORA_TARGETS, resnet50_trunk
 from m3bind.models.text import BERT_LORA_TARGETS
+from m3bind.models.weights import load_state_strict
 
 # FLAIR clamps its log logit scale to [0, log(100)] before exponentiating.
 MAX_LOG_LOGIT_SCALE = 4.6052
@@ -130,7 +131,7 @@ class FLAIRAdapter(AdapterModel):
         weights = _weights_file(path)
         model = cls.build(options)  # first, so that option problems show before a long read
         state = checkpoint_io.extract_state_dict(checkpoint_io.read_checkpoint(weights), weights)
-        checkpoint_io.load_state_strict(model.network, state, weights, ignore=FLAIR_UNUSED_KEYS)
+        load_state_strict(model.network, state, weights, ignore=FLAIR_UNUSED_KEYS)
         return model.eval()
 
     # --- ModalityModel ------------------------------------------------------------------

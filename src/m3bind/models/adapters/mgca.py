@@ -45,6 +45,7 @@ from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
 from m3bind.models.adapters.med_bert import MedBertConfig, MedBertModel, sequential_positions
 from m3bind.models.adapters.resnet import RESNET_LORA_TARGETS, resnet50_trunk
 from m3bind.models.text import BERT_LORA_TARGETS
+from m3bind.models.weights import load_state_strict
 
 MGCA_TEMPERATURE = 0.07
 TOKENIZER_HINT = "a local copy of emilyalsentzer/Bio_ClinicalBERT (vocab.txt)"
@@ -211,7 +212,7 @@ class MGCAAdapter(AdapterModel):
         options = _agree_with_hyperparameters(options, checkpoint, path)
         state = checkpoint_io.extract_state_dict(checkpoint, path)
         model = cls.build(options)
-        checkpoint_io.load_state_strict(model.network, state, path, ignore=MGCA_UNUSED_KEYS)
+        load_state_strict(model.network, state, path, ignore=MGCA_UNUSED_KEYS)
         return model.eval()
 
     # --- ModalityModel ------------------------------------------------------------------

@@ -40,6 +40,7 @@ from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.adapters import checkpoint_io, hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
 from m3bind.models.adapters.lora_targets import attention_lora_targets
+from m3bind.models.weights import load_state_strict
 
 CONFIG_FILE = "open_clip_config.json"
 # Weight files tried in a model folder, in open_clip's order of preference.
@@ -107,7 +108,7 @@ class OpenCLIPAdapter(AdapterModel):
             options = options.model_copy(update={"config": _read_config(folder / CONFIG_FILE)})
         model = cls.build(options)
         state = checkpoint_io.extract_state_dict(checkpoint_io.read_checkpoint(weights), weights)
-        checkpoint_io.load_state_strict(model.network, _open_clip_compatible(model.network, state), weights)
+        load_state_strict(model.network, _open_clip_compatible(model.network, state), weights)
         return model.eval()
 
     # --- ModalityModel ------------------------------------------------------------------
