@@ -1,0 +1,140 @@
+"""Streaming studies of many manifests through a bound model, one batch at a time.
+
+:func:`plan_studies` turns manifests into the list of studies to embed (absolute path,
+modality, manifest row), keeping only one shard's share when asked. :func:`embed_studies`
+reads and preprocesses them in DataLoader workers and yields embedded batches, one modality at
+a time (a batch must have one shape and one encoder). Memory is bounded by the batches in
+flight (``workers * 2`` prefetched plus the one being embedded), whatever the archive's size.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from m3bind.data.datasets import OnError, load_item
+from m3bind.data.manifest import Manifest
+from m3bind.errors import DataError
+from m3bind.models.bound import M3Bind
+from m3bind.search.layout import ShardRecord
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    manifest: int        # position in the list of manifests
+    row: int             # 0-based data row of that manifest
+    path: str            # absolute path, the study's key in the index
+    modality: str
+
+
+@dataclass(frozen=True)
+class SkippedStudy:
+    path: str
+    problem: str        # names the file, the problem and the manifest row
+
+
+@dataclass
+class EmbeddedBatch:
+    modality: str
+    studies: list[PlannedStudy]
+    vectors: np.ndarray                       # (len(studies), shared_dim) float32
+    skipped: list[SkippedStudy] = field(default_factory=list)
+
+
+def shard_of(path: str, count: int) -> int:
+    """The shard a study belongs to: a stable hash of its absolute path, modulo ``count``.
+
+    Hashing the path (rather than counting rows) gives the same answer in every process and on
+    every machine that sees the archive at the same path, and puts a study listed in two
+    manifests into one shard only.
+    """
+    digest = hashlib.sha256(path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") % count
+
+
+def plan_studies(manifests: Sequence[Manifest], modalities: Sequence[str], *, shard: ShardRecord | None = None,
+                 on_error: OnError = "raise") -> tuple[list[PlannedStudy], list[SkippedStudy]]:
+    """Every study of ``manifests`` (each path once), or the ``shard``'s share of them.
+
+    A row whose modality the model does not have is a DataError naming the manifest and row,
+    or a skipped study with ``on_error="skip"``.
+    """
+    planned: list[PlannedStudy] = []
+    skipped: list[SkippedStudy] = []
+    seen: set[str] = set()
+    for position, manifest in enumerate(manifests):
+        table = manifest.table
+        for row in range(len(manifest)):
+            path = os.path.abspath(manifest.absolute_path(row))
+            if path in seen or (shard is not None and shard_of(path, shard.count) != shard.index):
+                continue
+            seen.add(path)
+            modality = str(table.at[row, "modality"])
+            if modality not in modalities:
+                problem = (f"modality '{modality}' is not one of the model's ({', '.join(modalities)})"
+                           if modality else "no modality (add a 'modality' column or give the manifest's modality)")
+                error = DataError(manifest.source, problem, row=row + 1, column="modality")
+                if on_error == "raise":
+                    raise error
+                skipped.append(SkippedStudy(path, str(error)))
+                continue
+            planned.append(PlannedStudy(position, row, path, modality))
+    return planned, skipped
+
+
+class _StudyFiles(Dataset):
+    """Item i: (i, preprocessed tensor, None), or (i, None, problem) for a study that cannot be used.
+
+    Problems travel back as text: a DataError does not survive pickling between processes.
+    """
+
+    def __init__(self, manifests: Sequence[Manifest], studies: Sequence[PlannedStudy], transform: Callable):
+        self.manifests = manifests
+        self.studies = studies
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        study = self.studies[i]
+        manifest = self.manifests[study.manifest]
+        try:
+            return i, load_item(manifest, study.row, self.transform), None
+        except DataError as error:
+            # error.path may be more precise than the study's (one slice of a DICOM folder).
+            return i, None, f"{error.path or study.path}: {error.problem} ({manifest.source}, row {study.row + 1})"
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
+    good = [(i, tensor) for i, tensor, _ in items if tensor is not None]
+    failed = [(i, problem) for i, tensor, problem in items if tensor is None]
+    images = torch.stack([tensor for _, tensor in good]) if good else None
+    return [i for i, _ in good], images, failed
+
+
+@torch.no_grad()
+def embed_studies(model: M3Bind, manifests: Sequence[Manifest], studies: Sequence[PlannedStudy], *,
+                  batch_size: int = 32, workers: int = 2, on_error: OnError = "raise") -> Iterator[EmbeddedBatch]:
+    """Embedded batches of ``studies``, grouped by modality, in the order of the plan within a modality.
+
+    With ``on_error="raise"`` the first unusable file raises a DataError naming it and its
+    manifest row; the batches yielded before it are complete.
+    """
+    for modality in dict.fromkeys(study.modality for study in studies):
+        group = [study for study in studies if study.modality == modality]
+        dataset = _StudyFiles(manifests, group, model.models[modality].transform())
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                            prefetch_factor=2 if workers else None)
+        for positions, images, failed in loader:
+            if failed and on_error == "raise":
+                raise DataError(None, failed[0][1])
+            vectors = (model.encode_images(modality, images, batch_size=len(images)).numpy()
+                       if images is not None else np.empty((0, model.shared_dim), np.float32))
+            yield EmbeddedBatch(modality, [group[p] for p in positions], vectors,
+                                [SkippedStudy(group[p].path, problem) for p, problem in failed])

@@ -1,0 +1,54 @@
+"""Searching an index by text, by a study file, or by a study already in the index.
+
+The query is embedded by the model that made the index (anything else is refused before any
+work is done) and compared with every indexed study by cosine similarity.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from m3bind.data.readers import read_study
+from m3bind.errors import ConfigError, DataError
+from m3bind.search.index import Filters, Hit, SearchIndex
+from m3bind.search.model_identity import SearchModel, check_same_model
+
+
+def search_text(index: SearchIndex, model: SearchModel, text: str, k: int = 10, *,
+                modalities: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+                patient: str | None = None) -> list[Hit]:
+    """The ``k`` indexed studies closest to ``text`` (a finding, a report sentence), best first."""
+    check_same_model(index.description.model.fingerprint, model.fingerprint, model.folder)
+    if not text.strip():
+        raise ConfigError("the query text is empty")
+    query = model.encoder.encode_texts([text]).numpy()[0]
+    return index.search(query, k, Filters(modalities, labels, patient))
+
+
+def search_study(index: SearchIndex, model: SearchModel, path: str | Path, modality: str, k: int = 10, *,
+                 modalities: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+                 patient: str | None = None) -> list[Hit]:
+    """The ``k`` indexed studies closest to the study at ``path`` (of ``modality``), best first."""
+    check_same_model(index.description.model.fingerprint, model.fingerprint, model.folder)
+    query = embed_study(model, path, modality)
+    return index.search(query, k, Filters(modalities, labels, patient))
+
+
+def search_similar(index: SearchIndex, study_id: int, k: int = 10, *, modalities: Sequence[str] | None = None,
+                   labels: Sequence[str] | None = None, patient: str | None = None) -> list[Hit]:
+    """The ``k`` studies closest to indexed study ``study_id`` (itself left out), from its stored embedding."""
+    query = index.store.vectors([study_id])[0]
+    return index.search(query, k, Filters(modalities, labels, patient), exclude={study_id})
+
+
+def embed_study(model: SearchModel, path: str | Path, modality: str) -> np.ndarray:
+    """The shared-space embedding of one study file (read and preprocessed for ``modality``)."""
+    if modality not in model.encoder.modalities:
+        raise ConfigError(f"the model has no '{modality}' encoder; it has {', '.join(model.encoder.modalities)}")
+    tensor = model.encoder.models[modality].transform()(read_study(path))
+    if not torch.isfinite(tensor).all():
+        raise DataError(path, "non-finite values after preprocessing")
+    return model.encoder.encode_images(modality, tensor.unsqueeze(0)).numpy()[0]
