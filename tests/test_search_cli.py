@@ -48,8 +48,9 @@ def test_search_json_is_the_library_answer(app, world, built):
         expected = search_text(index, model, "pleural effusion", 5, modalities=["ct", "xray"])
         study = world.root / "studies" / "retina" / "P1_retina.png"
         by_study = _json(runner.invoke(app, ["search", str(built), "--model", str(world.model), "--study", str(study),
-                                             "--modality", "retina", "--patient", "P2", "--json"]))
-        expected_by_study = search_study(index, model, study, "retina", 10, patient="P2")
+                                             "--modality", "retina", "--patient", "P2", "-k", "1", "--per-modality",
+                                             "--json"]))
+        expected_by_study = search_study(index, model, study, "retina", 1, patient="P2", per_modality=True)
     finally:
         index.close()
     assert hits == [hit.to_json() for hit in expected] and len(hits) == 5

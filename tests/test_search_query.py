@@ -60,6 +60,16 @@ def test_filters_restrict_by_modality_labels_and_patient(index, model):
         search_text(index, model, "effusion", modalities=["mri"])
 
 
+def test_per_modality_gives_the_best_of_each_modality(index, model):
+    hits = search_text(index, model, "effusion", k=2, per_modality=True)
+    assert len(hits) == 10 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    for modality in ("xray", "ct", "retina", "ecg", "pathology"):
+        best = search_text(index, model, "effusion", k=2, modalities=[modality])
+        assert [h.study.id for h in hits if h.study.modality == modality] == [h.study.id for h in best]
+    two = search_text(index, model, "effusion", k=5, per_modality=True, modalities=["ct", "ecg"], patient="P1")
+    assert sorted((h.study.modality, h.study.patient_id) for h in two) == [("ct", "P1"), ("ecg", "P1")]
+
+
 def test_a_study_finds_itself_first_and_similar_leaves_itself_out(world, index, model):
     path = world.root / "studies" / "ct" / "P2_ct.nii.gz"
     hits = search_study(index, model, path, "ct", k=3)

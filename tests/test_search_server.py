@@ -85,6 +85,9 @@ def test_text_search_answers_like_the_library(client, library):
     expected = search_text(*library, "pleural effusion", 7, modalities=["ct", "xray", "ecg"])
     assert _without_thumbnails(hits) == [hit.to_json() for hit in expected] and len(hits) == 7
     assert hits[0]["thumbnail"] == f"/api/studies/{hits[0]['id']}/thumbnail.png"
+    each = client.post("/api/search/text", json={"text": "effusion", "k": 2, "per_modality": True}).json()["hits"]
+    assert _without_thumbnails(each) == [h.to_json() for h in search_text(*library, "effusion", 2, per_modality=True)]
+    assert len(each) == 10
     patient = client.post("/api/search/text", json={"text": "x", "patient": "P2", "labels": ["emphysema"]}).json()
     assert [(h["patient_id"], h["modality"]) for h in patient["hits"]] == [("P2", "ct")]
 
@@ -92,9 +95,10 @@ def test_text_search_answers_like_the_library(client, library):
 def test_upload_of_one_file_answers_like_the_library(client, library, world):
     path = world.root / "studies" / "xray" / "P3_xray.dcm"
     answer = client.post("/api/search/study", files={"file": ("chest.dcm", path.read_bytes())},
-                         data={"modality": "xray", "k": "4", "modalities": ["xray", "retina"]})
+                         data={"modality": "xray", "k": "2", "modalities": ["xray", "retina"], "per_modality": "true"})
     assert answer.status_code == 200, answer.text
-    expected = search_study(*library, path, "xray", 4, modalities=["xray", "retina"])
+    expected = search_study(*library, path, "xray", 2, modalities=["xray", "retina"], per_modality=True)
+    assert len(expected) == 4
     assert _without_thumbnails(answer.json()["hits"]) == [hit.to_json() for hit in expected]
     assert answer.json()["hits"][0]["path"] == str(path.resolve())      # it finds itself
     assert list(client.uploads.iterdir()) == []                          # the upload is gone
@@ -134,9 +138,10 @@ def test_upload_of_a_zipped_wfdb_record_and_dicom_slice_folder(client, library, 
 
 def test_similar_and_metadata_and_ids_outside_the_index(client, library):
     some_id = _ids_by(library, "retina")[0]
-    similar = client.post("/api/search/similar", json={"id": some_id, "k": 5})
+    similar = client.post("/api/search/similar", json={"id": some_id, "k": 5, "per_modality": True})
     assert similar.status_code == 200
-    expected = search_similar(library[0], some_id, 5)
+    expected = search_similar(library[0], some_id, 5, per_modality=True)
+    assert len(expected) == 14                      # all 3 of each modality but the study itself
     assert _without_thumbnails(similar.json()["hits"]) == [hit.to_json() for hit in expected]
     study = client.get(f"/api/studies/{some_id}").json()
     assert {k: v for k, v in study.items() if k != "thumbnail"} == library[0].study(some_id).to_json()

@@ -127,6 +127,7 @@ def register(app: typer.Typer, console: Console) -> None:
                                                             help="Only results of this modality (repeatable)."),
         label: Optional[list[str]] = typer.Option(None, "--label", help="Only results with this label (repeatable: all)."),
         patient: Optional[str] = typer.Option(None, "--patient", help="Only results of this patient id."),
+        per_modality: bool = typer.Option(False, "--per-modality", help="k results of each modality, not k in all."),
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Search an index by text or by a study of any modality."""
@@ -141,7 +142,8 @@ def register(app: typer.Typer, console: Console) -> None:
         opened = SearchIndex.open(index)
         try:
             loaded = SearchModel.load(model, expected_fingerprint=opened.description.model.fingerprint)
-            filters = dict(modalities=modality_filter or None, labels=label or None, patient=patient)
+            filters = dict(modalities=modality_filter or None, labels=label or None, patient=patient,
+                           per_modality=per_modality)
             hits = (search_text(opened, loaded, text, k, **filters) if text is not None
                     else search_study(opened, loaded, study, modality, k, **filters))
         finally:

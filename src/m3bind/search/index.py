@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +80,14 @@ class SearchIndex:
     def study(self, study_id: int) -> StudyRecord | None:
         return self.store.record(study_id)
 
-    def search(self, query: np.ndarray, k: int, filters: Filters | None = None,
-               exclude: Collection[int] = ()) -> list[Hit]:
-        """The ``k`` studies most similar to the unit vector ``query``, best first."""
+    def search(self, query: np.ndarray, k: int, filters: Filters | None = None, exclude: Collection[int] = (),
+               per_modality: bool = False) -> list[Hit]:
+        """The ``k`` studies most similar to the unit vector ``query``, best first.
+
+        ``per_modality``: the ``k`` best of each modality (of the filter, or all), merged by
+        score. Bound spaces keep a modality gap (a text sits closer to one modality's studies
+        than to another's), so a single top-k can be all of one modality.
+        """
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
         filters = filters or Filters()
@@ -92,6 +97,13 @@ class SearchIndex:
         query = np.asarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.vectors.dim:
             raise ConfigError(f"query has {query.shape[1]} dimensions, the index {self.vectors.dim}")
+        if not per_modality:
+            return self._search(query, k, filters, exclude)
+        hits = [hit for modality in (filters.modalities or self.modalities)
+                for hit in self._search(query, k, replace(filters, modalities=[modality]), exclude)]
+        return sorted(hits, key=lambda hit: -hit.score)
+
+    def _search(self, query: np.ndarray, k: int, filters: Filters, exclude: Collection[int]) -> list[Hit]:
         allowed = self.store.filter_ids(filters.modalities, filters.labels, filters.patient) if filters.active else None
         wanted = k + len(exclude)
         if len(self.vectors) == 0 or (allowed is not None and len(allowed) == 0):

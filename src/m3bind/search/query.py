@@ -19,29 +19,34 @@ from m3bind.search.model_identity import SearchModel, check_same_model
 
 def search_text(index: SearchIndex, model: SearchModel, text: str, k: int = 10, *,
                 modalities: Sequence[str] | None = None, labels: Sequence[str] | None = None,
-                patient: str | None = None) -> list[Hit]:
-    """The ``k`` indexed studies closest to ``text`` (a finding, a report sentence), best first."""
+                patient: str | None = None, per_modality: bool = False) -> list[Hit]:
+    """The ``k`` indexed studies closest to ``text`` (a finding, a report sentence), best first.
+
+    Filters and ``per_modality`` are those of :meth:`SearchIndex.search`.
+    """
     check_same_model(index.description.model.fingerprint, model.fingerprint, model.folder)
     if not text.strip():
         raise ConfigError("the query text is empty")
     query = model.encoder.encode_texts([text]).numpy()[0]
-    return index.search(query, k, Filters(modalities, labels, patient))
+    return index.search(query, k, Filters(modalities, labels, patient), per_modality=per_modality)
 
 
 def search_study(index: SearchIndex, model: SearchModel, path: str | Path, modality: str, k: int = 10, *,
                  modalities: Sequence[str] | None = None, labels: Sequence[str] | None = None,
-                 patient: str | None = None) -> list[Hit]:
+                 patient: str | None = None, per_modality: bool = False) -> list[Hit]:
     """The ``k`` indexed studies closest to the study at ``path`` (of ``modality``), best first."""
     check_same_model(index.description.model.fingerprint, model.fingerprint, model.folder)
     query = embed_study(model, path, modality)
-    return index.search(query, k, Filters(modalities, labels, patient))
+    return index.search(query, k, Filters(modalities, labels, patient), per_modality=per_modality)
 
 
 def search_similar(index: SearchIndex, study_id: int, k: int = 10, *, modalities: Sequence[str] | None = None,
-                   labels: Sequence[str] | None = None, patient: str | None = None) -> list[Hit]:
+                   labels: Sequence[str] | None = None, patient: str | None = None,
+                   per_modality: bool = False) -> list[Hit]:
     """The ``k`` studies closest to indexed study ``study_id`` (itself left out), from its stored embedding."""
     query = index.store.vectors([study_id])[0]
-    return index.search(query, k, Filters(modalities, labels, patient), exclude={study_id})
+    return index.search(query, k, Filters(modalities, labels, patient), exclude={study_id},
+                        per_modality=per_modality)
 
 
 def embed_study(model: SearchModel, path: str | Path, modality: str) -> np.ndarray:

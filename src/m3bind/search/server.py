@@ -46,6 +46,7 @@ class _Filters(BaseModel):
     modalities: list[str] | None = Field(None, description="Only studies of these modalities.")
     labels: list[str] | None = Field(None, description="Only studies with every one of these labels.")
     patient: str | None = Field(None, description="Only studies of this patient id.")
+    per_modality: bool = Field(False, description="k results of each modality instead of k in all.")
 
 
 class TextQuery(_Filters):
@@ -160,7 +161,8 @@ def _api(index: SearchIndex, model: SearchModel, settings: ServeSettings) -> API
         check_k(query.k)
         limiter: WorkLimiter = request.app.state.limiter
         hits = await limiter.run(lambda: search_text(index, model, query.text, query.k, modalities=query.modalities,
-                                                     labels=query.labels, patient=query.patient), limiter.deadline())
+                                                     labels=query.labels, patient=query.patient,
+                                                     per_modality=query.per_modality), limiter.deadline())
         return answer(hits)
 
     @protected.post("/search/study", response_model=SearchAnswer, tags=["search"])
@@ -168,7 +170,8 @@ def _api(index: SearchIndex, model: SearchModel, settings: ServeSettings) -> API
                                                                              "a DICOM slice folder or WFDB record."),
                        modality: str = Form(description="The uploaded study's modality."),
                        k: int = Form(10), modalities: list[str] | None = Form(None),
-                       labels: list[str] | None = Form(None), patient: str | None = Form(None)) -> SearchAnswer:
+                       labels: list[str] | None = Form(None), patient: str | None = Form(None),
+                       per_modality: bool = Form(False)) -> SearchAnswer:
         """Studies of any modality like an uploaded study."""
         check_k(k)
         suffix = upload_suffix(file.filename)
@@ -181,7 +184,7 @@ def _api(index: SearchIndex, model: SearchModel, settings: ServeSettings) -> API
                     study = unpack_study(saved, Path(folder) / "study", settings.max_unpacked_bytes) \
                         if suffix == ".zip" else saved
                     return search_study(index, model, study, modality, k, modalities=modalities, labels=labels,
-                                        patient=patient)
+                                        patient=patient, per_modality=per_modality)
                 except DataError as error:
                     # Name the file the user sent, not our temporary copy of it.
                     raise type(error)(file.filename, error.problem) from error
@@ -195,8 +198,8 @@ def _api(index: SearchIndex, model: SearchModel, settings: ServeSettings) -> API
         _study_or_404(index, query.id)
         limiter: WorkLimiter = request.app.state.limiter
         hits = await limiter.run(lambda: search_similar(index, query.id, query.k, modalities=query.modalities,
-                                                        labels=query.labels, patient=query.patient),
-                                 limiter.deadline())
+                                                        labels=query.labels, patient=query.patient,
+                                                        per_modality=query.per_modality), limiter.deadline())
         return answer(hits)
 
     @protected.get("/studies/{study_id}", response_model=Study, tags=["studies"])

@@ -36,13 +36,18 @@ function checkedModalities() {
   return checked.length === boxes.length ? null : checked;
 }
 
+// A bound space keeps a modality gap: one top-k over all modalities can be all of one of them.
+function perModality() {
+  return $("per-modality").checked;
+}
+
 function resultsWanted() {
   return Math.max(1, parseInt($("k").value, 10) || 10);
 }
 
 async function searchText(text) {
   show(`Searching for “${text}”…`);
-  const body = { text, k: resultsWanted(), modalities: checkedModalities() };
+  const body = { text, k: resultsWanted(), modalities: checkedModalities(), per_modality: perModality() };
   const response = await api("/api/search/text", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
@@ -61,6 +66,7 @@ async function searchFile(file) {
   form.append("file", file);
   form.append("modality", modality);
   form.append("k", String(resultsWanted()));
+  form.append("per_modality", String(perModality()));
   for (const m of checkedModalities() || []) form.append("modalities", m);
   const response = await api("/api/search/study", { method: "POST", body: form });
   render(await response.json(), `Studies like ${file.name} (${modality})`);
@@ -68,7 +74,7 @@ async function searchFile(file) {
 
 async function searchSimilar(hit) {
   show(`Searching with study ${hit.id}…`);
-  const body = { id: hit.id, k: resultsWanted(), modalities: checkedModalities() };
+  const body = { id: hit.id, k: resultsWanted(), modalities: checkedModalities(), per_modality: perModality() };
   const response = await api("/api/search/similar", {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
