@@ -17,7 +17,7 @@ import torch
 
 from m3bind.experiment import Experiment
 from m3bind.models.student import build_student
-from m3bind.pipeline import load_bound
+from m3bind.stages.artifacts import load_bound
 from m3bind.train.bind import balance_for
 from m3bind.train.distill import distill_student
 
@@ -28,7 +28,7 @@ def seconds_per_step(exp: Experiment, cache: bool, steps: int) -> tuple[float, f
     train = {m: exp.studies(m, "train") for m in names}
     corpus = [t for m in names for t in train[m].texts]
     student = build_student(exp.cfg.distill.student, corpus, exp.cfg.shared_dim, seed=0)
-    cfg = exp.cfg.distill.model_copy(update={"phase_a_steps": 0, "phase_b_steps": steps,
+    cfg = exp.cfg.distill.model_copy(update={"kd_steps": 0, "contrastive_steps": steps,
                                              "cache_embeddings": cache, "checkpoint_every": 10 ** 6})
     probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
     start = time.perf_counter()

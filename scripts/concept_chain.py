@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from m3bind.experiment import Experiment
-from m3bind.pipeline import embed_images, load_bound, prepare_bound
+from m3bind.eval.protocol import embed_images
+from m3bind.stages.artifacts import load_bound, prepare_bound
 
 CHAINS = [(("ecg", "left ventricular hypertrophy"), ("xray", "cardiomegaly")),
           (("ct", "cardiomegaly"), ("xray", "cardiomegaly")),

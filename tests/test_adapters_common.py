@@ -225,12 +225,12 @@ def test_paper_config_validates_and_fails_clearly_without_checkpoints(tmp_path):
     assert {m: spec.model.type for m, spec in config.modalities.items()} == {
         "xray": "mgca", "ct": "ct_clip", "retina": "flair", "ecg": "ecg_clip", "pathology": "open_clip"}
     assert (config.bind.steps, config.bind.lambda_text, config.bind.lr) == (15000, 10.0, 2e-5)
-    assert (config.distill.phase_a_steps, config.distill.phase_b_steps) == (1200, 1200)
+    assert (config.distill.kd_steps, config.distill.contrastive_steps) == (1200, 1200)
     assert config.distill.student.type == "hf"
     experiment = Experiment.from_file(path)
     for modality, spec in config.modalities.items():
         checkpoint = (path.parent / spec.model.path).resolve()
         assert not checkpoint.exists()  # nothing is shipped
         with pytest.raises(CheckpointError) as error:
-            experiment.load_phase_one(modality)
+            experiment.load_unbound(modality)
         assert Path(spec.model.path).name in str(error.value) and "not found" in str(error.value)

@@ -1,4 +1,4 @@
-"""Stage 1 binding: AMB quantities, the loss terms by hand, LoRA/heads, a few real steps."""
+"""Binding: AMB quantities, the loss terms by hand, LoRA/heads, a few real steps."""
 import math
 
 import pytest
@@ -9,7 +9,9 @@ from m3bind.data.datasets import LoadedStudies
 from m3bind.models.binding import BoundModality, merge_lora, parameter_report
 from m3bind.models.builtin import BuiltinModelConfig, build_builtin_model, builtin_config
 from m3bind.train.balance import modality_balance
-from m3bind.train.bind import bind_models, sample_texts, text_agreement, text_alignment_loss
+from m3bind.train.bind import bind_models, text_agreement
+from m3bind.train.losses import text_alignment_loss
+from m3bind.train.sampling import sample_batch, sample_texts, step_generator
 from m3bind.train.losses import clip_loss
 
 
@@ -170,9 +172,6 @@ def test_label_aware_binding_uses_soft_targets(tmp_path):
     cfg = BindConfig(steps=1, lr=1e-9, image_batch_size=6, text_batch_size=4, label_aware=True)
     result = bind_models(bound, train, cfg, tmp_path, heldout_texts=["x"], tensorboard=False)
     # Recompute the first step's xray term by hand with the same batch.
-    from m3bind.train.loop import step_generator
-    from m3bind.train.pretrain import sample_batch
-
     index = sample_batch(12, 6, step_generator(0, 0, 1))
     module = bound["xray"]
     module.eval()

@@ -2,7 +2,7 @@
 
 Asserts what the method is for: binding lifts cross-modal retrieval between image modalities
 above chance and above the unbound models (concept AUC on the paired test set), and keeps each
-modality's zero-shot performance close to its phase-one model.
+modality's zero-shot performance close to its pretrained model.
 """
 import json
 
@@ -44,7 +44,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert mean_concept_auc("bound") > 0.6
     assert mean_concept_auc("bound") > mean_concept_auc("unbound") + BOUND_AUC_LIFT
 
-    # Zero-shot retention: bound models stay close to their phase-one models on average.
+    # Zero-shot retention: bound models stay close to their pretrained models on average.
     zs = report["zero_shot"]
     drops = [zs[m]["unbound"]["naive"]["accuracy"] - zs[m]["bound"]["naive"]["accuracy"] for m in zs]
     assert sum(drops) / len(drops) < 0.05

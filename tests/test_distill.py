@@ -10,7 +10,8 @@ import torch
 from m3bind.config import DistillConfig, StudentConfig
 from m3bind.models.bound import M3Bind
 from m3bind.models.student import build_student
-from m3bind.train.distill import distill_student, kd_loss, text_to_image_infonce
+from m3bind.train.distill import distill_student
+from m3bind.train.losses import kd_loss, text_to_image_infonce
 
 from test_bind import CORPUS, _bound, _studies
 
@@ -38,7 +39,7 @@ def _setup(cache, update_heads=False, steps_a=1, steps_b=1):
     train = {m: _studies(m) for m in bound}
     corpus = [t for m in bound for t in train[m].texts]
     student = build_student(StudentConfig(), corpus, shared_dim=32, seed=0)
-    cfg = DistillConfig(phase_a_steps=steps_a, phase_b_steps=steps_b, batch_size=6, lr=1e-3,
+    cfg = DistillConfig(kd_steps=steps_a, contrastive_steps=steps_b, batch_size=6, lr=1e-3,
                         cache_embeddings=cache, update_heads=update_heads)
     return bound, train, student, cfg
 
@@ -74,7 +75,7 @@ def test_update_heads_moves_image_embeddings_only_when_asked(tmp_path):
 
 
 def _exported(tmp_path):
-    from m3bind.pipeline import export_model
+    from m3bind.stages.artifacts import export_model
 
     bound, train, student, _ = _setup(True)
     model = export_model(bound, student)
@@ -101,7 +102,7 @@ def test_save_load_gives_identical_embeddings(tmp_path):
 def test_from_pretrained_needs_no_training_modules(tmp_path):
     _exported(tmp_path)
     code = ("import sys; from m3bind.api import M3Bind; m = M3Bind.from_pretrained(sys.argv[1]); "
-            "m.encode_texts(['x']); bad = [k for k in sys.modules if k.startswith(('m3bind.train', 'm3bind.pipeline', 'm3bind.experiment'))]; "
+            "m.encode_texts(['x']); bad = [k for k in sys.modules if k.startswith(('m3bind.train', 'm3bind.stages', 'm3bind.experiment'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -145,3 +146,33 @@ def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path):
         assert torch.equal(reloaded.encode_images(m, train[m].images), base.encode_images(m, train[m].images))
     assert torch.equal(reloaded.encode_texts(texts), base.encode_texts(texts))
     assert reloaded.encode_images("pathology", studies.images[:2]).shape == (2, base.shared_dim)
+
+
+def test_teachers_are_a_frozen_snapshot_in_both_cache_modes_when_heads_train(tmp_path):
+    # With update_heads the contrastive steps move the binding heads; teachers recomputed every
+    # step (cache off) must still answer with the heads as binding left them, so both modes
+    # agree step by step (they diverged when recomputed teachers used the training heads).
+    histories = []
+    for cache in (True, False):
+        bound, train, student, cfg = _setup(cache, update_heads=True, steps_a=0, steps_b=4)
+        cfg = cfg.model_copy(update={"lr": 5e-2})
+        result = distill_student(student, bound, train, cfg, tmp_path / str(cache),
+                                 probabilities={"xray": 0.5, "ecg": 0.5}, tensorboard=False)
+        histories.append(result.history)
+    assert histories[0][-1]["kd"] != pytest.approx(histories[0][0]["kd"], rel=1e-3)  # training moved
+    for cached, recomputed in zip(*histories):
+        assert cached["kd"] == pytest.approx(recomputed["kd"], rel=1e-4)
+
+
+def test_m3bind_view_embeds_like_the_model_api(tmp_path):
+    from m3bind.models.base import EncoderView
+
+    model, train = _exported(tmp_path)
+    for m in ("xray", "ecg"):
+        view = model.view(m).eval()
+        assert isinstance(view, EncoderView)
+        with torch.no_grad():
+            assert torch.allclose(view.encode_image(train[m].images[:5]), model.encode_images(m, train[m].images[:5]),
+                                  atol=1e-6)
+            assert torch.equal(view.encode_texts(["a b", "c"]), model.encode_texts(["a b", "c"]))
+        assert float(view.logit_scale()) == float(model.models[m].logit_scale())

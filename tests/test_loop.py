@@ -6,7 +6,8 @@ import torch
 
 from m3bind.errors import TrainingError
 from m3bind.train.checkpoint import CheckpointManager
-from m3bind.train.loop import LoopSettings, run_loop, step_generator, warmup_cosine
+from m3bind.train.loop import LoopSettings, run_loop, warmup_cosine
+from m3bind.train.sampling import step_generator
 
 
 def _problem(seed=0):

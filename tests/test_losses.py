@@ -1,4 +1,4 @@
-"""clip_loss and the text-alignment distances against hand computations."""
+"""The loss terms of train/losses.py (paper eqs. 1, 2, 6) against hand computations."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m3bind.train.losses import clip_loss, mean_squared_distance, pairwise_mse
+from m3bind.train.losses import binding_loss, clip_loss, clip_objective, embedding_mse, soft_clip_loss
 
 
 def _numpy_cross_entropy_rows(logits: np.ndarray) -> float:
@@ -82,46 +82,6 @@ def test_clip_loss_rejects_mismatched_shapes():
         clip_loss(torch.zeros(3, 4), torch.zeros(2, 4), 1.0)
 
 
-def test_mean_squared_distance_hand_values_and_relation_to_mse_loss():
-    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
-    # row 0: 1 + 1 = 2, row 1: 0 -> mean 1.0 (summed over dims, not averaged)
-    assert mean_squared_distance(a, b).item() == pytest.approx(1.0)
-
-    generator = torch.Generator().manual_seed(2)
-    x, y = torch.randn(6, 16, generator=generator), torch.randn(6, 16, generator=generator)
-    assert mean_squared_distance(x, y).item() == pytest.approx(16 * F.mse_loss(x, y).item(), rel=1e-6)
-
-
-def test_pairwise_mse_matrix_hand_values():
-    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
-    c = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    matrix = pairwise_mse([a, b, c])
-    # d(a,b) = (2 + 0)/2 = 1, d(a,c) = (0 + 2)/2 = 1, d(b,c) = (2 + 2)/2 = 2
-    expected = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 2.0], [1.0, 2.0, 0.0]])
-    assert torch.allclose(matrix, expected)
-    # The weighted binding term over ordered pairs j != k: 2 * (1*2*1 + 1*3*1 + 2*3*2) = 34
-    weights = torch.tensor([1.0, 2.0, 3.0])
-    assert (weights[:, None] * weights[None, :] * matrix).sum().item() == pytest.approx(34.0)
-
-
-def test_pairwise_mse_gradient_pulls_sets_together():
-    generator = torch.Generator().manual_seed(3)
-    a = torch.randn(4, 8, generator=generator, requires_grad=True)
-    b = torch.randn(4, 8, generator=generator)
-    pairwise_mse([a, b]).sum().backward()
-    # d/da of 2 * mean_i ||a_i - b_i||^2 (the pair counted in both orders) = 4 (a - b) / B
-    assert torch.allclose(a.grad, 4 * (a.detach() - b) / 4, atol=1e-6)
-
-
-def test_pairwise_mse_rejects_bad_input():
-    with pytest.raises(ValueError, match="at least two"):
-        pairwise_mse([torch.zeros(2, 3)])
-    with pytest.raises(ValueError, match="one shape"):
-        pairwise_mse([torch.zeros(2, 3), torch.zeros(2, 4)])
-
-
 def test_soft_clip_loss_reduces_to_clip_loss_and_matches_hand_computation():
     import numpy as np
 
@@ -141,3 +101,37 @@ def test_soft_clip_loss_reduces_to_clip_loss_and_matches_hand_computation():
         return -((tg / tg.sum(1, keepdims=True)) * logp).sum(1).mean()
     expected = 0.5 * (direction(logits, t) + direction(logits.T, t.T))
     assert soft_clip_loss(image, text, 5.0, targets).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_embedding_mse_is_mean_over_texts_and_dimensions():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # squared differences 1, 1, 0, 0 over 2 texts x 2 dimensions -> 0.5 (eq. 2 at F.mse_loss scale)
+    assert embedding_mse(a, b).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same shape"):
+        embedding_mse(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_clip_objective_is_plain_clip_without_labels_and_soft_with_them():
+    g = torch.Generator().manual_seed(1)
+    image = F.normalize(torch.randn(4, 3, generator=g), dim=-1)
+    text = F.normalize(torch.randn(4, 3, generator=g), dim=-1)
+    assert clip_objective(image, text, 5.0).item() == pytest.approx(clip_loss(image, text, 5.0).item())
+    labels = [["a"], [], ["a"], []]
+    soft = soft_clip_loss(image, text, 5.0, torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]]))
+    assert clip_objective(image, text, 5.0, labels).item() == pytest.approx(soft.item())
+    assert clip_objective(image, text, 5.0, labels).item() != pytest.approx(clip_loss(image, text, 5.0).item())
+
+
+def test_binding_loss_eq6_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    clip = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}
+    weights = {"a": 0.5, "b": 2.0}
+    parts = binding_loss(clip, weights, {"a": a, "b": b}, lambda_text=10.0)
+    # clip: 0.5 * 2 + 2 * 3 = 7; alignment: w_a w_b MSE(a, b) = 1.0 * 0.5; total 7 + 10 * 0.5
+    assert parts["clip"].item() == pytest.approx(7.0)
+    assert parts["text_mse"].item() == pytest.approx(0.5)
+    assert parts["loss"].item() == pytest.approx(12.0)
+    single = binding_loss({"a": torch.tensor(2.0)}, weights, {"a": a}, lambda_text=10.0)
+    assert single["text_mse"].item() == 0.0 and single["loss"].item() == pytest.approx(1.0)

@@ -13,10 +13,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from m3bind.errors import M3BindError
+from m3bind.output import progress_display, quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="m3bind: bind medical CLIP models of many modalities into one embedding space through text.")
@@ -36,24 +36,27 @@ def friendly_errors(command):
     return wrapper
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+def log_line(message: str) -> None:
+    """A stage's progress message: one line, never wrapped (logs are read with grep)."""
+    console.print(message, soft_wrap=True)
 
 
-def _generate_cohort(out: Path, patients: int, seed: int, workers: int):
-    from m3bind.cohort import generate_cohort
-
-    with progress_bar() as bar:
-        task = bar.add_task(f"cohort ({patients} patients)", total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        return generate_cohort(out, n_patients=patients, seed=seed, workers=workers, progress=on_progress)
+def progress_bar():
+    """Progress for a long command (live bars in a terminal, plain lines elsewhere)."""
+    quiet_libraries()
+    return progress_display(console)
 
 
-def _print_cohort_summary(out: Path, summary) -> None:
+def cohort_progress(bar, patients: int):
+    """The cohort writer's ``progress(done, total)`` callback, shown on ``bar``."""
+    task = bar.add_task(f"cohort ({patients} patients)", total=None)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+    return on_progress
+
+
+def _print_cohort_summary(out: Path) -> None:
     import json
 
     info = json.loads((out / "cohort.json").read_text())
@@ -77,9 +80,12 @@ def cohort(out: Path = typer.Option(Path("m3bind-demo/cohort"), help="Folder to 
            ) -> None:
     """Generate the built-in synthetic five-modality cohort (X-ray DICOM, CT NIfTI, retina PNG,
     pathology JPEG, ECG WFDB) with reports, manifests and a paired cross-modal test set."""
+    from m3bind.cohort import generate_cohort
+
     start = time.perf_counter()
-    summary = _generate_cohort(out, patients, seed, workers)
-    _print_cohort_summary(out, summary)
+    with progress_bar() as bar:
+        generate_cohort(out, n_patients=patients, seed=seed, workers=workers, progress=cohort_progress(bar, patients))
+    _print_cohort_summary(out)
     if preview:
         from m3bind.cohort import write_preview
 
@@ -121,12 +127,12 @@ def pretrain(config: Path = typer.Argument(..., help="Experiment config (YAML)."
                                                           help="Only these modalities (repeatable)."),
              resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoints."),
              ) -> None:
-    """Phase one: train each built-in modality model on its own image-text pairs."""
-    from m3bind.pipeline import run_pretrain
+    """Pretrain each built-in modality model on its own image-text pairs (published models skip this)."""
+    from m3bind.stages import run_pretrain
 
     exp = _experiment(config)
     with progress_bar() as bar:
-        run_pretrain(exp, modality or None, resume=resume, progress=bar, log=console.print)
+        run_pretrain(exp, modality or None, resume=resume, progress=bar, log=log_line)
 
 
 @app.command()
@@ -134,12 +140,12 @@ def pretrain(config: Path = typer.Argument(..., help="Experiment config (YAML)."
 def bind(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
          resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
          ) -> None:
-    """Stage 1: LoRA binding with per-modality CLIP losses, cross-encoder text alignment and AMB."""
-    from m3bind.pipeline import run_bind
+    """Bind: LoRA + heads, per-modality CLIP losses, cross-encoder text alignment, AMB."""
+    from m3bind.stages import run_bind
 
     exp = _experiment(config)
     with progress_bar() as bar:
-        summary = run_bind(exp, resume=resume, progress=bar, log=console.print)
+        summary = run_bind(exp, resume=resume, progress=bar, log=log_line)
     _print_bind_summary(summary)
 
 
@@ -149,12 +155,12 @@ def bind(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
 def distill(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
             resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
             ) -> None:
-    """Stage 2 (SESKD): distil the bound text encoders into one student; writes the final model."""
-    from m3bind.pipeline import run_distill
+    """Distill (SESKD): the bound text encoders into one student; writes the final model."""
+    from m3bind.stages import run_distill
 
     exp = _experiment(config)
     with progress_bar() as bar:
-        run_distill(exp, resume=resume, progress=bar, log=console.print)
+        run_distill(exp, resume=resume, progress=bar, log=log_line)
 
 
 @app.command("run")
@@ -162,18 +168,16 @@ def distill(config: Path = typer.Argument(..., help="Experiment config (YAML).")
 def run_all(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
             resume: bool = typer.Option(False, "--resume", help="Continue every stage from its checkpoints."),
             ) -> None:
-    """All stages: phase one (built-in models), binding, distillation."""
-    from m3bind.pipeline import run_bind, run_distill, run_pretrain
+    """Every stage: pretrain (built-in models), bind, distill, evaluate."""
+    from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
 
     exp = _experiment(config)
     with progress_bar() as bar:
-        run_pretrain(exp, resume=resume, progress=bar, log=console.print)
-        summary = run_bind(exp, resume=resume, progress=bar, log=console.print)
-        run_distill(exp, resume=resume, progress=bar, log=console.print)
+        run_pretrain(exp, resume=resume, progress=bar, log=log_line)
+        summary = run_bind(exp, resume=resume, progress=bar, log=log_line)
+        run_distill(exp, resume=resume, progress=bar, log=log_line)
     _print_bind_summary(summary)
-    from m3bind.evaluate import run_eval
-
-    _print_report_summary(run_eval(exp, command=f"m3bind run {config}", log=console.print))
+    _print_report_summary(run_eval(exp, command=f"m3bind run {config}", log=log_line))
 
 
 @app.command()
@@ -185,11 +189,11 @@ def extend(config: Path = typer.Argument(..., help="Experiment config naming the
            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
            ) -> None:
     """Bind a new modality into an existing bound model (its LoRA + head only; the rest stays unchanged)."""
-    from m3bind.pipeline import run_extend
+    from m3bind.stages import run_extend
 
     exp = _experiment(config)
     with progress_bar() as bar:
-        run_extend(exp, model, modality, out, resume=resume, progress=bar, log=console.print)
+        run_extend(exp, model, modality, out, resume=resume, progress=bar, log=log_line)
 
 
 @app.command("eval")
@@ -198,29 +202,27 @@ def eval_command(config: Path = typer.Argument(..., help="Experiment config (YAM
                  few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot", help="Run linear probes."),
                  ) -> None:
     """Zero-shot, few-shot and cross-modal retrieval for the unbound, bound and final models; writes the report."""
-    from m3bind.evaluate import run_eval
+    from m3bind.stages import run_eval
 
+    quiet_libraries()
     exp = _experiment(config)
-    report = run_eval(exp, command=f"m3bind eval {config}", log=console.print, few_shot=few_shot)
+    report = run_eval(exp, command=f"m3bind eval {config}", log=log_line, few_shot=few_shot)
     _print_report_summary(report)
 
 
 
 @app.command()
 @friendly_errors
-def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) with phase one done."),
+def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) with pretrain done."),
            study: str = typer.Option("amb_seskd", "--study", help="'subsets' (paper Table 4) or 'amb_seskd' (Table 5)."),
            ) -> None:
     """Ablations: modality subsets, or AMB and SESKD on/off; adds an ablation table to the report."""
-    import json
-
-    from m3bind.ablations import run_ablation
+    from m3bind.stages import run_ablation
+    from m3bind.stages.ablate import ablation_path
 
     exp = _experiment(config)
     with progress_bar() as bar:
-        rows = run_ablation(exp, study, progress=bar, log=console.print)
-    out = exp.out_dir / "ablations" / study / "ablation.json"
-    out.write_text(json.dumps(rows, indent=2))
+        rows = run_ablation(exp, study, progress=bar, log=log_line)
     table = Table(title=f"ablation: {study}")
     table.add_column("setting")
     pairs = sorted({p for r in rows for p in r["retrieval"]})[:3]
@@ -233,11 +235,13 @@ def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) wit
                  if p in row["retrieval"] else "–" for p in pairs]
         accs = list(row["zero_shot"].values())
         table.add_row(setting, *cells, f"{sum(accs) / len(accs):.3f}")
+    table.caption = f"zero-shot accuracy with {rows[0]['zero_shot_prompts']} prompts" if rows else None
     console.print(table)
-    console.print(f"written to {out}")
+    console.print(f"written to {ablation_path(exp, study)}")
+
 
 def _print_report_summary(report: dict) -> None:
-    table = Table(title="summary (test splits)")
+    table = Table(title="summary (test splits; zero-shot with expert prompts)")
     table.add_column("metric")
     for variant in report["variants"]:
         table.add_column(variant, justify="right")
@@ -253,15 +257,15 @@ def _print_report_summary(report: dict) -> None:
         return values
 
     for m in report["modalities"]:
-        table.add_row(f"{m} zero-shot acc", *cells(lambda v: report["zero_shot"][m][v]["naive"]["accuracy"]))
-    for pair in ("xray->ecg", "xray->ct", "ct->ecg"):
-        if pair in report["retrieval"].get("unbound", {}):
-            chance = report["retrieval"]["unbound"][pair]["recall_chance"]["10"]
-            table.add_row(f"{pair} R@10 (chance {chance:.3f})", *cells(lambda v: report["retrieval"][v][pair]["recall"]["10"]))
-            table.add_row(f"{pair} concept P@10 (chance {report['retrieval']['unbound'][pair]['concept_chance']:.3f})",
-                          *cells(lambda v: report["retrieval"][v][pair]["concept_precision"]["10"]))
-            table.add_row(f"{pair} concept AUC (chance 0.500)",
-                          *cells(lambda v: report["retrieval"][v][pair].get("concept_auc")))
+        table.add_row(f"{m} zero-shot acc", *cells(lambda v: report["zero_shot"][m][v]["expert"]["accuracy"]))
+    for pair, unbound in report["retrieval"].get("unbound", {}).items():
+        k = max(unbound["recall"], key=int)
+        table.add_row(f"{pair} R@{k} (chance {unbound['recall_chance'][k]:.3f})",
+                      *cells(lambda v: report["retrieval"][v][pair]["recall"][k]))
+        table.add_row(f"{pair} concept P@{k} (chance {unbound['concept_chance']:.3f})",
+                      *cells(lambda v: report["retrieval"][v][pair]["concept_precision"][k]))
+        table.add_row(f"{pair} concept AUC (chance 0.500)",
+                      *cells(lambda v: report["retrieval"][v][pair].get("concept_auc")))
     console.print(table)
 
 
@@ -297,30 +301,16 @@ def demo(out: Path = typer.Option(Path("m3bind-demo"), help="Folder for the coho
          quick: bool = typer.Option(False, "--quick", help="A small, fast run (CI's integration test)."),
          ) -> None:
     """Run the whole method on the built-in synthetic cohort and write the report."""
-    if quick:
-        patients = min(patients, 400)
+    from m3bind.stages.demo import demo_patients, run_demo
+
     start = time.perf_counter()
-    cohort_dir = out / "cohort"
-    summary = _generate_cohort(cohort_dir, patients, seed, workers=2)
-    _print_cohort_summary(cohort_dir, summary)
-    from m3bind.cohort import write_preview
-    from m3bind.experiment import Experiment, demo_config
-    from m3bind.pipeline import run_bind, run_distill, run_pretrain
-
-    console.print(f"preview: {write_preview(cohort_dir, cohort_dir / 'preview.png')}")
-    exp = Experiment(demo_config(cohort_dir, out, quick=quick))
-    console.print(f"config: {exp.save_config()}")
     with progress_bar() as bar:
-        run_pretrain(exp, progress=bar, log=console.print)
-        run_bind(exp, progress=bar, log=console.print)
-        run_distill(exp, progress=bar, log=console.print)
-    from m3bind.evaluate import run_eval
-
-    report = run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=console.print)
+        report = run_demo(out, patients, seed, quick, cohort_progress=cohort_progress(bar, demo_patients(patients, quick)),
+                          progress=bar, log=log_line)
+    _print_cohort_summary(out / "cohort")
     _print_report_summary(report)
-    console.print(f"report: {exp.out_dir / 'report' / 'report.md'}")
+    console.print(f"report: {out / 'report' / 'report.md'}")
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {out}")
-
 
 if __name__ == "__main__":
     app()

@@ -24,7 +24,7 @@ class Section(BaseModel):
 
 
 class ModelSpec(Section):
-    type: str = Field("builtin", description="Which model: 'builtin' (small m3bind CLIP trained in phase one) "
+    type: str = Field("builtin", description="Which model: 'builtin' (small m3bind CLIP trained by `m3bind pretrain`) "
                                             "or an adapter name (see docs/checkpoints.md).")
     path: str | None = Field(None, description="Local checkpoint file or folder. For 'builtin': a saved "
                                                "m3bind model folder to start from instead of pretraining.")
@@ -45,7 +45,7 @@ class ModalityConfig(Section):
 
 
 class PretrainConfig(Section):
-    steps: int = Field(300, ge=1, description="Optimizer steps per modality in phase one.")
+    steps: int = Field(300, ge=1, description="Optimizer steps per modality in pretraining.")
     batch_size: int = Field(32, ge=2, description="Image-text pairs per step.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -56,7 +56,7 @@ class PretrainConfig(Section):
     label_aware: bool = Field(True, description="Studies with the same findings count as matching pairs "
                                                 "(FLAIR's soft-target CLIP loss) instead of as negatives.")
     text_mlm_steps: int = Field(0, ge=0, description="Masked-language-model steps for each built-in text tower "
-                                                     "on the reports of all modalities before phase one (a "
+                                                     "on the reports of all modalities before pretraining (a "
                                                      "stand-in for clinical-language pretraining; 0 = off).")
 
 
@@ -66,7 +66,7 @@ class LoraConfig(Section):
     dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (authors' code: 0.1).")
     text: bool = Field(True, description="Put LoRA on the text towers (paper: yes).")
     image: bool = Field(False, description="Also put LoRA on the image towers (authors' code: yes; "
-                                           "default off so image embeddings stay the phase-one ones).")
+                                           "default off so image embeddings stay the pretrained ones).")
 
 
 class BalanceConfig(Section):
@@ -107,12 +107,12 @@ class StudentConfig(Section):
 
 class DistillConfig(Section):
     student: StudentConfig = Field(default_factory=StudentConfig, description="The student text encoder.")
-    phase_a_steps: int = Field(200, ge=0, description="Steps of L_KD only (paper: 1,200).")
-    phase_b_steps: int = Field(200, ge=0, description="Steps of L_KD + L_Contrastive (paper: 1,200).")
+    kd_steps: int = Field(200, ge=0, description="Distill steps with L_KD only (paper: 1,200).")
+    contrastive_steps: int = Field(200, ge=0, description="Steps of L_KD + L_Contrastive (paper: 1,200).")
     lr: float = Field(5e-4, gt=0, description="Learning rate for the student.")
-    batch_size: int = Field(64, ge=2, description="Texts (phase A) / image-text pairs per modality (phase B).")
+    batch_size: int = Field(64, ge=2, description="Texts (KD steps) / image-text pairs per modality (contrastive steps).")
     cache_embeddings: bool = Field(True, description="Compute frozen teacher/image embeddings once and reuse them.")
-    update_heads: bool = Field(False, description="Phase B also trains the binding heads so image embeddings "
+    update_heads: bool = Field(False, description="The contrastive steps also train the binding heads so image embeddings "
                                                   "move toward the student's text space.")
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
 
@@ -121,6 +121,9 @@ class EvalConfig(Section):
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], description="Few-shot shots per class.")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Seeds for few-shot sampling.")
     recall_at: list[int] = Field(default_factory=lambda: [1, 5, 10], description="K values for Recall@K.")
+    retrieval_pairs: list[tuple[str, str]] | None = Field(
+        None, description="(query, gallery) modality pairs for cross-modal retrieval on the paired test set "
+                          "(default: every ordered pair of the modalities in paired_manifests).")
 
 
 class ExperimentConfig(Section):
@@ -135,9 +138,9 @@ class ExperimentConfig(Section):
     paired_manifests: dict[str, str] = Field(default_factory=dict,
                                              description="Modality -> manifest of the paired test set "
                                                          "(equal patient_id = same patient).")
-    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Phase one.")
-    bind: BindConfig = Field(default_factory=BindConfig, description="Stage 1 binding.")
-    distill: DistillConfig = Field(default_factory=DistillConfig, description="Stage 2 SESKD.")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="The pretrain stage (built-in models).")
+    bind: BindConfig = Field(default_factory=BindConfig, description="The bind stage.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="The distill stage (SESKD).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
 
 

@@ -1,9 +1,9 @@
 """An experiment: a validated config plus the folders it reads and writes.
 
 This is where the stages meet the data: it resolves manifests relative to the config file,
-loads and caches preprocessed studies, and runs phase one for each modality. Later stages
-(binding, distillation, evaluation) take their inputs from here too, so every command of
-the CLI works the same from a config file or from the demo.
+loads and caches preprocessed studies, and finds each modality's unbound model (a built-in
+model after ``pretrain``, or a published checkpoint through its adapter). Every stage takes its
+inputs from here, so every command of the CLI works the same from a config file or the demo.
 """
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from m3bind.config import ExperimentConfig, load_config, parse_config, resolve_path
+from m3bind.config import ExperimentConfig, load_config, resolve_path
 from m3bind.data.datasets import LoadedStudies, load_studies
 from m3bind.data.manifest import Manifest, read_manifest
 from m3bind.errors import ConfigError
@@ -97,29 +96,32 @@ class Experiment:
                                                      "skipped": [str(s) for s in loaded.skipped]}))
         return loaded
 
-    def dataset_size(self, modality: str) -> int:
-        """|D_m|: training studies of a modality (used by adaptive modality balancing)."""
-        return int((self.manifest(modality).table["split"] == "train").sum())
-
     # --- models -----------------------------------------------------------------------
-    def phase_one_dir(self, modality: str) -> Path:
+    def trains_from_scratch(self, modality: str) -> bool:
+        """Whether the modality's model is one m3bind pretrains itself (no published checkpoint)
+        and no saved folder was given to start from."""
+        from m3bind.models.adapters import adapter_class
+
         spec = self._modality(modality).model
-        if spec.type == "builtin" and spec.path is not None:
+        return adapter_class(spec.type).trains_from_scratch and spec.path is None
+
+    def pretrained_dir(self, modality: str) -> Path:
+        """Where ``pretrain`` saves the modality's model (or the saved folder the config names)."""
+        spec = self._modality(modality).model
+        if spec.path is not None:
             return resolve_path(self.config_path, spec.path)
         return self.out_dir / "pretrain" / modality / "model"
 
-    def load_phase_one(self, modality: str):
-        """The modality's CLIP-like model as phase one left it (built-in) or as published (adapter)."""
+    def load_unbound(self, modality: str):
+        """The modality's CLIP-like model before binding: as ``pretrain`` left it, or as published."""
+        from m3bind.models.adapters import adapter_class, load_adapter, load_saved_adapter
+
         spec = self._modality(modality).model
-        if spec.type == "builtin":
-            from m3bind.models.builtin import BuiltinCLIP
-
-            directory = self.phase_one_dir(modality)
-            if not (directory / "config.json").exists():
-                raise ConfigError(f"no phase-one model for '{modality}' at {directory}; run `m3bind pretrain` first")
-            return BuiltinCLIP.from_pretrained(directory)
-        from m3bind.models.adapters import load_adapter  # adapters for published checkpoints
-
+        if adapter_class(spec.type).trains_from_scratch:
+            directory = self.pretrained_dir(modality)
+            if not directory.exists():
+                raise ConfigError(f"no pretrained model for '{modality}' at {directory}; run `m3bind pretrain` first")
+            return load_saved_adapter(spec.type, directory)
         return load_adapter(spec.type, resolve_path(self.config_path, spec.path) if spec.path else None,
                             spec.options)
 
@@ -129,33 +131,3 @@ class Experiment:
         except KeyError:
             raise ConfigError(f"modality '{modality}' is not in the config; configured: "
                               f"{', '.join(self.cfg.modalities) or 'none'}") from None
-
-
-def demo_config(cohort_dir: Path, output_dir: Path, quick: bool = False) -> ExperimentConfig:
-    """The config `m3bind demo` runs: five built-in models on the synthetic cohort, demo sizes."""
-    modalities = {m: {"manifest": str((cohort_dir / m / "manifest.csv").resolve())}
-                  for m in ("xray", "ct", "retina", "ecg", "pathology")}
-    # Left ventricular hypertrophy and low QRS voltage are voltage criteria: a per-lead z-score
-    # (the published ECG-CLIP input) erases them, so the built-in ECG model reads millivolts.
-    modalities["ecg"]["preprocess"] = {"normalize": "none"}
-    paired = {m: str((cohort_dir / "paired" / f"{m}.csv").resolve()) for m in ("xray", "ct", "ecg")}
-    data = {"output_dir": str(output_dir.resolve()), "shared_dim": 256, "demo_sizes": True,
-            "modalities": modalities, "paired_manifests": paired,
-            "pretrain": {"steps": 80 if quick else 300, "batch_size": 32, "lr": 1e-3, "warmup_steps": 20,
-                         "checkpoint_every": 100},
-            # The paper's lr (2e-5) is for 15,000 steps on real checkpoints; the demo binds in a
-            # few hundred steps on a CPU, so it uses a larger one and smaller batches. lambda 100:
-            # at the paper's 10 the (dimension-averaged) MSE aligns only the texts' common
-            # direction, not concept by concept (docs/findings.md).
-            "bind": {"steps": 40 if quick else 200, "lr": 2e-3, "warmup_steps": 10, "image_batch_size": 24,
-                     "text_batch_size": 32, "checkpoint_every": 50, "label_aware": True,
-                     "lambda_text": 100.0},
-            "distill": {"phase_a_steps": 30 if quick else 100, "phase_b_steps": 30 if quick else 100,
-                        "batch_size": 32, "lr": 1e-3, "checkpoint_every": 100},
-            "eval": {"shots": [1, 5, 10], "seeds": [0, 1, 2]}}
-    return parse_config(data, "<demo>")
-
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,7 +3,7 @@
 Two flavours share one item loader:
 - :class:`StudyDataset`, lazy, for DataLoaders over large archives;
 - :func:`load_studies`, eager, which reads every study once into memory. The demo-size
-  cohort fits in memory, and phase one / binding revisit each study many times, so paying
+  cohort fits in memory, and pretraining / binding revisit each study many times, so paying
   the DICOM/NIfTI/WFDB decoding once is what keeps the demo fast on a 2-core CPU.
 
 Bad items either raise (``on_error="raise"``, the default) or are skipped, counted and

@@ -1,6 +1,6 @@
 """The one interface every modality model implements: :class:`ModalityModel`.
 
-Binding (stage 1), distillation (stage 2), evaluation and search talk to a modality's
+Binding, distillation, evaluation and search talk to a modality's
 CLIP-like model only through this class. The built-in stand-in models
 (:mod:`m3bind.models.builtin`) implement it, and so must adapters for published
 checkpoints (MGCA, CT-CLIP, FLAIR, QuiltNet/open_clip, ...).
@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel
@@ -50,6 +50,8 @@ class ModalityModel(nn.Module, abc.ABC):
     # The name the bound model's m3bind.json records to rebuild this model: "builtin" or an
     # adapter name registered in m3bind.models.adapters.
     model_type: str = "custom"
+    # True for models m3bind pretrains itself (the built-in ones); published checkpoints arrive pretrained.
+    trains_from_scratch: bool = False
     # Module-name suffixes for peft ``LoraConfig(target_modules=...)``; see the module docstring.
     text_lora_targets: tuple[str, ...] = ()
     image_lora_targets: tuple[str, ...] = ()
@@ -135,3 +137,21 @@ class ModalityModel(nn.Module, abc.ABC):
         """Rebuild a model written by :meth:`save_pretrained`."""
         raise NotImplementedError(f"{cls.__name__} does not implement from_pretrained")
 
+
+
+@runtime_checkable
+class EncoderView(Protocol):
+    """One modality as the evaluations see it: images and texts embedded in one space.
+
+    A bound modality (its model + head, with its own text encoder) is one; so is
+    :class:`m3bind.models.view.SharedSpaceView` (a modality's image side with any text
+    encoder, e.g. the SESKD student), which :meth:`M3Bind.view` returns.
+    """
+
+    def encode_image(self, images: Tensor) -> Tensor: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor: ...
+
+    def logit_scale(self) -> Tensor: ...
+
+    def eval(self): ...

@@ -104,6 +104,13 @@ class M3Bind(nn.Module):
         return torch.cat([self.student.encode_texts(texts[i:i + batch_size]).cpu()
                           for i in range(0, len(texts), batch_size)]) if texts else torch.empty(0, self.shared_dim)
 
+    def view(self, modality: str):
+        """One modality in the shared space (its image model + head, the student's texts): the
+        :class:`~m3bind.models.base.EncoderView` evaluations and search take."""
+        from m3bind.models.view import SharedSpaceView
+
+        return SharedSpaceView(self._model(modality), self.heads[modality], self.student)
+
     @staticmethod
     def similarity(a: Tensor, b: Tensor) -> Tensor:
         """Cosine similarities (rows of a) x (rows of b); embeddings are already normalised."""

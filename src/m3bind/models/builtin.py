@@ -143,6 +143,7 @@ class BuiltinCLIP(ModalityModel):
     """
 
     model_type = "builtin"
+    trains_from_scratch = True
     text_lora_targets = BERT_LORA_TARGETS
 
     def __init__(self, config: BuiltinModelConfig, tokenizer: PreTrainedTokenizerFast,

@@ -1,4 +1,4 @@
-"""Light train-time augmentation on preprocessed tensors, for phase one of the built-in models.
+"""Light train-time augmentation on preprocessed tensors, for pretraining the built-in models.
 
 The demo cohort is small (tens to hundreds of studies per modality), so without augmentation
 the small encoders memorise it. We jitter what acquisition would: position (a circular shift of

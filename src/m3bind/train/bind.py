@@ -1,4 +1,4 @@
-"""Stage 1, binding (paper eq. 1-6): keep each model's image-text alignment while pulling all
+"""Binding (paper eq. 1-6): keep each model's image-text alignment while pulling all
 text encoders into one space.
 
 Per step:
@@ -12,7 +12,7 @@ is tuned for that scale (see ``m3bind.train.losses.embedding_mse``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import combinations, permutations
+from itertools import permutations
 from pathlib import Path
 
 import torch
@@ -22,31 +22,10 @@ from m3bind.config import BindConfig
 from m3bind.data.datasets import LoadedStudies
 from m3bind.models.binding import BoundModality
 from m3bind.train.balance import Balance, modality_balance
-from m3bind.train.losses import clip_loss, embedding_mse, same_label_targets, soft_clip_loss
-from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
-from m3bind.train.pretrain import sample_batch
-
-
-def text_alignment_loss(text_embeddings: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
-    """sum over unordered pairs {m1, m2} of w_m1 w_m2 L_MSE^(m1, m2)."""
-    names = list(text_embeddings)
-    total = text_embeddings[names[0]].new_zeros(())
-    for m1, m2 in combinations(names, 2):
-        total = total + weights[m1] * weights[m2] * embedding_mse(text_embeddings[m1], text_embeddings[m2])
-    return total
-
-
-def sample_texts(corpora: Mapping[str, Sequence[str]], probabilities: Mapping[str, float], n: int,
-                 generator: torch.Generator) -> list[str]:
-    """n texts: each from modality m with probability p_m, uniformly within that corpus."""
-    names = list(corpora)
-    probs = torch.tensor([probabilities[m] for m in names], dtype=torch.float64)
-    picks = torch.multinomial(probs, n, replacement=True, generator=generator).tolist()
-    texts = []
-    for m_index in picks:
-        corpus = corpora[names[m_index]]
-        texts.append(corpus[int(torch.randint(len(corpus), (1,), generator=generator))])
-    return texts
+from m3bind.train.frozen import FrozenImageEmbeddings
+from m3bind.train.losses import binding_loss, clip_objective
+from m3bind.train.loop import LoopResult, LoopSettings, run_loop
+from m3bind.train.sampling import sample_batch, sample_texts, step_generator
 
 
 @torch.no_grad()
@@ -77,20 +56,6 @@ def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequenc
     return float(torch.stack(hits).mean()) if hits else 1.0
 
 
-class NativeImageCache:
-    """Frozen image towers (no image LoRA) give fixed native embeddings: compute them once."""
-
-    def __init__(self, bound: BoundModality, images: Tensor, batch_size: int = 128):
-        model = bound.model
-        model.eval()
-        with torch.no_grad():
-            self.embeddings = torch.cat([model.encode_image(images[i:i + batch_size].to(model.device))
-                                         for i in range(0, len(images), batch_size)])
-
-    def __getitem__(self, index: Tensor) -> Tensor:
-        return self.embeddings[index]
-
-
 def balance_for(sizes: Mapping[str, int], cfg: BindConfig) -> Balance:
     return modality_balance(sizes, sampling=cfg.balance.sampling, lr_scaling=cfg.balance.lr_scaling,
                             loss_weights=cfg.balance.loss_weights, beta=cfg.balance.beta)
@@ -108,7 +73,7 @@ def build_optimizer(bound: Mapping[str, BoundModality], cfg: BindConfig, balance
 def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedStudies], cfg: BindConfig,
                 run_dir: Path, *, heldout_texts: Sequence[str], seed: int = 0, resume: bool = False,
                 progress=None, stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
-    """Run stage 1 on already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding)."""
+    """Bind already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding)."""
     from accelerate import Accelerator
 
     from m3bind.errors import ConfigError
@@ -126,39 +91,28 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
     container = nn.ModuleDict(dict(bound))
     optimizer = build_optimizer(bound, cfg, balance)
     corpora = {m: train[m].texts for m in names}
-    caches = {m: NativeImageCache(bound[m], train[m].images) for m in names if not cfg.lora.image}
+    frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images) for m in names if not cfg.lora.image}
 
     def encode_images(m: str, index: Tensor) -> Tensor:
-        if m in caches:
-            return bound[m].head(caches[m][index])
+        if m in frozen:
+            return bound[m].head(frozen[m][index])
         return bound[m].encode_image(train[m].images[index].to(bound[m].model.device))
 
     def step_fn(step: int) -> dict[str, Tensor]:
-        parts: dict[str, Tensor] = {}
-        clip_total = None
+        clip_losses: dict[str, Tensor] = {}
         for stream, m in enumerate(names, start=1):
             full_index = sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream))
             index = parallel.shard(full_index)
             image_emb = parallel.gather(encode_images(m, index))
             text_emb = parallel.gather(bound[m].encode_texts([train[m].texts[i] for i in index.tolist()]))
-            if cfg.label_aware:
-                # The same objective phase one used (FLAIR's soft targets), so binding preserves it.
-                # gather() restores global-batch order, so targets follow full_index
-                targets = same_label_targets([train[m].labels[i] for i in full_index.tolist()])
-                loss_m = soft_clip_loss(image_emb, text_emb, bound[m].logit_scale(), targets.to(image_emb.device))
-            else:
-                loss_m = clip_loss(image_emb, text_emb, bound[m].logit_scale())
-            parts[f"clip/{m}"] = loss_m
-            term = balance.loss_weights[m] * loss_m
-            clip_total = term if clip_total is None else clip_total + term
+            # gather() restores global-batch order, so the labels follow full_index
+            labels = [train[m].labels[i] for i in full_index.tolist()] if cfg.label_aware else None
+            clip_losses[m] = clip_objective(image_emb, text_emb, bound[m].logit_scale(), labels)
         texts = parallel.shard(sample_texts(corpora, balance.probabilities, cfg.text_batch_size,
                                             step_generator(seed, step, 0)))
         text_emb = {m: bound[m].encode_texts(texts) for m in names}
-        align = text_alignment_loss(text_emb, balance.loss_weights) if len(names) > 1 else clip_total * 0
-        parts["clip"] = clip_total
-        parts["text_mse"] = align
-        parts["loss"] = clip_total + cfg.lambda_text * align
-        return parts
+        parts = binding_loss(clip_losses, balance.loss_weights, text_emb, cfg.lambda_text)
+        return {**{f"clip/{m}": loss_m for m, loss_m in clip_losses.items()}, **parts}
 
     def agreement(step: int) -> dict[str, float]:
         values = {"text_agreement": text_agreement(bound, heldout_texts),

@@ -1,7 +1,7 @@
 """Checkpoints that resume exactly: safetensors for tensors, JSON for everything else.
 
 A checkpoint folder ``step_000100/`` holds
-- ``model.safetensors``: the model tensors the run trains (all of them in phase one; only the
+- ``model.safetensors``: the model tensors the run trains (all of them in pretraining; only the
   LoRA adapters and binding heads in binding),
 - ``optimizer.safetensors`` + ``optimizer.json``: AdamW moments and param-group settings,
 - ``state.json``: step, scheduler state, RNG states and run metadata.

@@ -17,11 +17,10 @@ from m3bind.config import BindConfig
 from m3bind.data.datasets import LoadedStudies
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
-from m3bind.train.bind import NativeImageCache
-from m3bind.train.distill import text_to_image_infonce
-from m3bind.train.losses import clip_loss, embedding_mse
-from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
-from m3bind.train.pretrain import sample_batch
+from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
+from m3bind.train.losses import clip_objective, embedding_mse, text_to_image_infonce
+from m3bind.train.loop import LoopResult, LoopSettings, run_loop
+from m3bind.train.sampling import sample_batch, step_generator
 
 
 def extend_with(new: BoundModality, student: StudentTextEncoder, train: LoadedStudies, cfg: BindConfig,
@@ -31,11 +30,8 @@ def extend_with(new: BoundModality, student: StudentTextEncoder, train: LoadedSt
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
-    unique_texts = list(dict.fromkeys(train.texts))
-    with torch.no_grad():
-        targets = torch.cat([student.encode_texts(unique_texts[i:i + 256]) for i in range(0, len(unique_texts), 256)])
-    target_row = {t: i for i, t in enumerate(unique_texts)}
-    images = NativeImageCache(new, train.images) if not cfg.lora.image else None
+    targets = FrozenTextEmbeddings({"student": student.encode_texts}, train.texts)
+    images = FrozenImageEmbeddings(new, train.images) if not cfg.lora.image else None
     optimizer = torch.optim.AdamW([p for p in new.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
 
@@ -44,8 +40,9 @@ def extend_with(new: BoundModality, student: StudentTextEncoder, train: LoadedSt
         texts = [train.texts[i] for i in index.tolist()]
         image_emb = new.head(images[index]) if images is not None else new.encode_image(train.images[index])
         text_emb = new.encode_texts(texts)
-        student_emb = targets[torch.tensor([target_row[t] for t in texts])]
-        parts = {"clip": clip_loss(image_emb, text_emb, new.logit_scale()),
+        student_emb = targets(texts)["student"]
+        labels = [train.labels[i] for i in index.tolist()] if cfg.label_aware else None
+        parts = {"clip": clip_objective(image_emb, text_emb, new.logit_scale(), labels),
                  "text_mse": embedding_mse(text_emb, student_emb),
                  "contrastive": text_to_image_infonce(student_emb, image_emb, new.logit_scale().detach())}
         parts["loss"] = parts["clip"] + cfg.lambda_text * parts["text_mse"] + parts["contrastive"]

@@ -1,7 +1,7 @@
-"""The one training loop that phase one, binding and distillation share.
+"""The one training loop that pretraining, binding and distillation share.
 
 A stage supplies a ``step_fn(step) -> dict[str, Tensor]`` returning ``{"loss": total, ...parts}``
-for one optimizer step's worth of data (it draws its own batch from ``step_generator``, so a
+for one optimizer step's worth of data (it draws its own batch from ``m3bind.train.sampling.step_generator``, so a
 resumed run sees exactly the batches an uninterrupted run would). The loop owns everything
 else: accelerate (devices, processes, mixed precision, gradient accumulation), the warm-up +
 cosine schedule, the NaN guard, atomic checkpoints, exact resume, CSV + TensorBoard logs and
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +21,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from m3bind.errors import TrainingError
 from m3bind.train.checkpoint import CheckpointManager
 from m3bind.train.distributed import DataParallel
-
-
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
-    """A generator that depends only on (seed, step, stream): batches do not depend on history."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + stream)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,

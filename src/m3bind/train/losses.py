@@ -1,11 +1,17 @@
-"""Losses of M3Bind: the CLIP contrastive loss and the text-alignment distances.
+"""Every loss term of M3Bind, one function per paper equation.
 
-Embeddings are assumed L2-normalised, as every :class:`~m3bind.models.base.ModalityModel`
-and binding head returns them.
+Embeddings are L2-normalised, as every modality model, binding head and student returns them.
+
+    eq. 1  clip_loss / clip_objective     a modality's own image-text alignment (pretrain, bind)
+    eq. 2  embedding_mse                  two text encoders on the same texts
+    eq. 6  binding_loss                   sum_m w_m L_CLIP^(m) + lambda * sum_{j<k} w_j w_k L_MSE^(j,k)
+    eq. 7  kd_loss                        SESKD: every teacher against the student
+    eq. 8  text_to_image_infonce          SESKD: the student's texts pick their own images
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from itertools import combinations
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +19,7 @@ from torch import Tensor
 
 
 def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
-    """Symmetric InfoNCE of CLIP: the mean of the image->text and text->image cross entropies.
+    """Eq. 1, the symmetric InfoNCE of CLIP: the mean of the image->text and text->image cross entropies.
 
     Row ``i`` of ``image_emb`` and row ``i`` of ``text_emb`` are a positive pair; every other
     row in the batch is a negative. Both are ``(N, D)``; ``logit_scale`` multiplies the
@@ -28,10 +34,10 @@ def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) 
 
 
 def soft_clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, targets: Tensor) -> Tensor:
-    """CLIP loss with soft targets (FLAIR's pretraining loss): ``targets[i, j] > 0`` marks pair
+    """Eq. 1 with soft targets (FLAIR's pretraining loss): ``targets[i, j] > 0`` marks pair
     (image i, text j) as matching; rows are normalised to sum to 1. With ``targets = I`` this is
-    :func:`clip_loss`. Used when a batch holds several studies with the same findings: plain
-    InfoNCE would push their equally valid reports apart.
+    :func:`clip_loss`. Plain InfoNCE would push the equally valid reports of two studies with
+    the same findings apart.
     """
     logits = logit_scale * image_emb @ text_emb.T
     targets = targets.to(logits.dtype)
@@ -46,43 +52,63 @@ def same_label_targets(labels: Sequence[Sequence[str]]) -> Tensor:
     return torch.tensor([[float(a == b) for b in keys] for a in keys])
 
 
-def mean_squared_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Mean over the batch of ``||a_i - b_i||^2`` (summed over dimensions): the paper's eq. 2.
-
-    Note: ``torch.nn.functional.mse_loss`` (used in the authors' code) also averages over
-    the D dimensions, so it equals this value divided by D.
-    """
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"need two (B, D) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return (a - b).pow(2).sum(dim=1).mean()
-
-
-def pairwise_mse(embeddings: Sequence[Tensor]) -> Tensor:
-    """Eq. 2 for every pair of M embedding sets of the same texts: an ``(M, M)`` matrix.
-
-    ``embeddings[m]`` is ``(B, D)``, modality m's text embeddings of the same B texts in the
-    shared space. Entry ``[j, k]`` is :func:`mean_squared_distance` of sets j and k; the
-    matrix is symmetric with a zero diagonal, so the weighted binding term
-    ``sum_{j != k} w_j w_k L_MSE^(j,k)`` is ``(w[:, None] * w[None, :] * matrix).sum()``.
-    """
-    if len(embeddings) < 2:
-        raise ValueError(f"pairwise_mse needs at least two embedding sets, got {len(embeddings)}")
-    shapes = {tuple(e.shape) for e in embeddings}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"all embedding sets must be (B, D) of one shape, got {sorted(shapes)}")
-    stacked = torch.stack(list(embeddings))  # (M, B, D)
-    differences = stacked[:, None] - stacked[None, :]  # (M, M, B, D)
-    return differences.pow(2).sum(dim=-1).mean(dim=-1)
+def clip_objective(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
+                   labels: Sequence[Sequence[str]] | None = None) -> Tensor:
+    """Eq. 1 as pretraining and binding train it: label-aware soft targets when the studies'
+    ``labels`` are given (the models were trained that way, so binding keeps the same
+    objective), plain CLIP InfoNCE otherwise. ``labels`` follow the rows of the batch."""
+    if labels is None:
+        return clip_loss(image_emb, text_emb, logit_scale)
+    return soft_clip_loss(image_emb, text_emb, logit_scale, same_label_targets(labels).to(image_emb.device))
 
 
 def embedding_mse(a: Tensor, b: Tensor) -> Tensor:
-    """``F.mse_loss``: the mean of squared differences over the batch AND the D dimensions.
+    """Eq. 2, ``F.mse_loss``: the mean of squared differences over the batch AND the D dimensions.
 
-    This is the text-alignment / distillation distance M3Bind trains with. The paper's eq. 2
-    leaves the normalisation open; the authors' code uses ``F.mse_loss`` and their lambda = 10
-    is tuned for that scale (``mean_squared_distance`` is D times larger, which with lambda = 10
-    lets the alignment term swamp the CLIP terms and collapses the text spaces).
+    The paper leaves the normalisation open; the authors' code uses ``F.mse_loss`` and their
+    lambda = 10 is tuned for that scale (summing over dimensions is D times larger and, with
+    lambda = 10, lets the alignment term swamp the CLIP terms and collapse the text spaces).
+    The same distance is SESKD's L_KD (eq. 7).
     """
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"need two (B, D) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return F.mse_loss(a, b)
+
+
+def text_alignment_loss(text_embeddings: Mapping[str, Tensor], weights: Mapping[str, float]) -> Tensor:
+    """The alignment term of eq. 6: sum over unordered pairs {j, k} of w_j w_k L_MSE^(j,k) (eq. 2).
+
+    ``text_embeddings[m]`` is modality m's shared-space embedding of the SAME texts (each through
+    its own tokenizer). Each unordered pair counts once, as in the authors' code.
+    """
+    names = list(text_embeddings)
+    total = text_embeddings[names[0]].new_zeros(())
+    for m1, m2 in combinations(names, 2):
+        total = total + weights[m1] * weights[m2] * embedding_mse(text_embeddings[m1], text_embeddings[m2])
+    return total
+
+
+def binding_loss(clip_losses: Mapping[str, Tensor], weights: Mapping[str, float],
+                 text_embeddings: Mapping[str, Tensor], lambda_text: float) -> dict[str, Tensor]:
+    """Eq. 6, the binding objective: sum_m w_m L_CLIP^(m) + lambda * alignment.
+
+    Returns the parts for logging: ``clip`` (weighted sum), ``text_mse`` (the alignment term; zero
+    with one modality, where there is nothing to align) and ``loss`` (the total).
+    """
+    clip_total = None
+    for m, loss_m in clip_losses.items():
+        term = weights[m] * loss_m
+        clip_total = term if clip_total is None else clip_total + term
+    align = text_alignment_loss(text_embeddings, weights) if len(text_embeddings) > 1 else clip_total * 0
+    return {"clip": clip_total, "text_mse": align, "loss": clip_total + lambda_text * align}
+
+
+def kd_loss(teacher_embeddings: Mapping[str, Tensor], student_embeddings: Tensor) -> Tensor:
+    """Eq. 7, L_KD: sum over teachers of the MSE (eq. 2's distance) to the student's embeddings."""
+    return sum(embedding_mse(t, student_embeddings) for t in teacher_embeddings.values())
+
+
+def text_to_image_infonce(text_emb: Tensor, image_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Eq. 8, L_Contrastive: text i must pick image i among the batch's images (mean over the batch)."""
+    logits = logit_scale * text_emb @ image_emb.T
+    return F.cross_entropy(logits, torch.arange(len(text_emb), device=logits.device))

@@ -1,4 +1,4 @@
-"""Phase one: train one modality's CLIP model on its own image-text pairs.
+"""Pretraining: train one modality's CLIP model on its own image-text pairs.
 
 This stands in for the published models (MGCA, CT-CLIP, FLAIR, ECG-CLIP, QuiltNet): each
 built-in model learns its modality from its own manifest only, with its own tokenizer and text
@@ -14,13 +14,9 @@ from m3bind.config import PretrainConfig
 from m3bind.data.datasets import LoadedStudies
 from m3bind.models.base import ModalityModel
 from m3bind.train.augment import augment_batch
-from m3bind.train.losses import clip_loss, same_label_targets, soft_clip_loss
-from m3bind.train.loop import LoopResult, LoopSettings, run_loop, step_generator
-
-
-def sample_batch(n_items: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of one batch without repeats (the whole set when it is smaller than the batch)."""
-    return torch.randperm(n_items, generator=generator)[:batch_size]
+from m3bind.train.losses import clip_objective
+from m3bind.train.loop import LoopResult, LoopSettings, run_loop
+from m3bind.train.sampling import sample_batch, step_generator
 
 
 def pretrain_modality(model: ModalityModel, train: LoadedStudies, cfg: PretrainConfig, run_dir: Path, *,
@@ -41,16 +37,12 @@ def pretrain_modality(model: ModalityModel, train: LoadedStudies, cfg: PretrainC
         images = images.to(model.device)
         image_emb = model.encode_image(images)
         text_emb = model.encode_texts([train.texts[i] for i in index.tolist()])
-        if cfg.label_aware:
-            targets = same_label_targets([train.labels[i] for i in index.tolist()]).to(image_emb.device)
-            loss = soft_clip_loss(image_emb, text_emb, model.logit_scale(), targets)
-        else:
-            loss = clip_loss(image_emb, text_emb, model.logit_scale())
-        return {"loss": loss}
+        labels = [train.labels[i] for i in index.tolist()] if cfg.label_aware else None
+        return {"loss": clip_objective(image_emb, text_emb, model.logit_scale(), labels)}
 
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
                             checkpoint_every=cfg.checkpoint_every, description=f"pretrain {model.modality}")
-    # Phase one trains every tensor, so checkpoints hold the full state (buffers included).
+    # Pretraining trains every tensor, so checkpoints hold the full state (buffers included).
     return run_loop(model, optimizer, step_fn, settings, run_dir, resume=resume, progress=progress,
                     checkpoint_state=lambda: dict(model.state_dict()), stop_after=stop_after,
                     tensorboard=tensorboard)

@@ -1,11 +1,11 @@
-"""Masked-language-model pretraining of a built-in text tower, before phase one.
+"""Masked-language-model pretraining of a built-in text tower, before pretraining.
 
 Published text encoders (BioClinicalBERT, CXR-BERT) learned clinical language from large note
 corpora before their CLIP training; our built-in towers start from random weights and would
 otherwise only ever see their own modality's few hundred reports. A short BERT-style MLM pass
 over the reports of ALL modalities (a stand-in for such a note corpus; text only, no images)
 gives every tower the same kind of language knowledge while each keeps its own tokenizer and
-weights. Measured effect on the demo (docs/findings.md): zero-shot of the phase-one models goes
+weights. Measured effect on the demo (docs/findings.md): zero-shot of the pretrained models goes
 up markedly for CT and retina.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from m3bind.train.loop import step_generator
+from m3bind.train.sampling import step_generator
 
 
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, tokenizer, generator: torch.Generator,

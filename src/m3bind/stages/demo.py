@@ -1,0 +1,55 @@
+"""``m3bind demo``: the synthetic cohort, then every stage, on the config in ``demo.yaml``."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from m3bind.config import ExperimentConfig, parse_config
+from m3bind.experiment import Experiment
+
+
+def _demo_file() -> dict:
+    return yaml.safe_load(resources.files("m3bind.stages").joinpath("demo.yaml").read_text())
+
+
+def demo_patients(patients: int, quick: bool) -> int:
+    """The cohort size: ``--quick`` caps it."""
+    return min(patients, _demo_file()["quick"]["patients"]) if quick else patients
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def demo_config(cohort_dir: Path, output_dir: Path, quick: bool = False) -> ExperimentConfig:
+    """The demo experiment on the cohort in ``cohort_dir``, writing into ``output_dir``."""
+    demo = _demo_file()
+    data = _merge(demo["config"], demo["quick"]["config"]) if quick else demo["config"]
+    data["output_dir"] = str(output_dir.resolve())
+    for modality, spec in data["modalities"].items():
+        spec["manifest"] = str((cohort_dir / modality / "manifest.csv").resolve())
+    data["paired_manifests"] = {m: str((cohort_dir / "paired" / f"{m}.csv").resolve()) for m in demo["paired"]}
+    return parse_config(data, "<demo>")
+
+
+def run_demo(out: Path, patients: int, seed: int, quick: bool, *, cohort_progress=None, progress=None,
+             log=print) -> dict:
+    """Cohort -> pretrain -> bind -> distill -> evaluate; returns the report."""
+    from m3bind.cohort import generate_cohort, write_preview
+    from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
+
+    cohort_dir = out / "cohort"
+    generate_cohort(cohort_dir, n_patients=demo_patients(patients, quick), seed=seed, workers=2,
+                    progress=cohort_progress)
+    log(f"preview: {write_preview(cohort_dir, cohort_dir / 'preview.png')}")
+    exp = Experiment(demo_config(cohort_dir, out, quick=quick))
+    log(f"config: {exp.save_config()}")
+    run_pretrain(exp, progress=progress, log=log)
+    run_bind(exp, progress=progress, log=log)
+    run_distill(exp, progress=progress, log=log)
+    return run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=log)

@@ -1,0 +1,41 @@
+"""The ``distill`` stage (SESKD): one student text encoder learns every bound
+text encoder; writes distill/summary.json and the final model."""
+from __future__ import annotations
+
+from m3bind.eval.protocol import modality_zero_shot, paired_retrieval, retrieval_pairs
+from m3bind.experiment import Experiment
+from m3bind.models.view import SharedSpaceView
+from m3bind.stages.artifacts import export_model, load_bound, model_dir, write_summary
+
+
+def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=print) -> dict:
+    """Distil the bound text encoders of ``bind`` into the configured student; save the final model."""
+    from m3bind.models.student import build_student
+    from m3bind.train.bind import balance_for
+    from m3bind.train.distill import distill_student
+
+    bound = load_bound(exp)
+    names = list(bound)
+    pairs = retrieval_pairs(exp)
+    train = {m: exp.studies(m, "train") for m in names}
+    corpus = [t for m in names for t in train[m].texts]
+    student = build_student(exp.cfg.distill.student, corpus, exp.cfg.shared_dim, seed=exp.cfg.seed,
+                            config_dir=exp.config_path.parent if exp.config_path else None)
+    probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
+    before_retrieval = paired_retrieval(exp, bound, pairs)
+    outcome = distill_student(student, bound, train, exp.cfg.distill, exp.out_dir / "distill",
+                              probabilities=probabilities, seed=exp.cfg.seed, resume=resume, progress=progress)
+    student.eval()
+    zero_shot = {m: modality_zero_shot(exp, m, SharedSpaceView(bound[m].model, bound[m].head, student))
+                 for m in names}
+    after_retrieval = paired_retrieval(exp, bound, pairs)
+    export_model(bound, student).save_pretrained(model_dir(exp))
+    summary = {"steps": outcome.steps_done, "update_heads": exp.cfg.distill.update_heads,
+               "student": exp.cfg.distill.student.model_dump(), "zero_shot_prompts": "expert",
+               "zero_shot_student": zero_shot, "retrieval_before": before_retrieval,
+               "retrieval_after": after_retrieval, "final_losses": outcome.history[-1] if outcome.history else {}}
+    write_summary(exp.out_dir / "distill" / "summary.json", summary)
+    for m, z in zero_shot.items():
+        log(f"{m}: zero-shot accuracy (expert prompts) with the student text encoder {z['accuracy']:.3f}")
+    log(f"bound model saved to {model_dir(exp)}")
+    return summary

@@ -1,0 +1,52 @@
+"""The ``pretrain`` stage: each built-in model learns its own modality from its own manifest.
+
+Published models (adapters) skip it: they arrive pretrained.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import torch
+
+from m3bind.eval.protocol import modality_zero_shot
+from m3bind.experiment import Experiment
+from m3bind.stages.artifacts import write_summary
+
+
+def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, resume: bool = False,
+                 progress=None, log=print) -> dict[str, dict]:
+    """Pretrain every built-in modality model: train, save, report zero-shot accuracy on test."""
+    from m3bind.models.builtin import build_builtin_model, builtin_config
+    from m3bind.train.pretrain import pretrain_modality
+
+    results = {}
+    for modality in modalities or exp.modalities:
+        spec = exp.cfg.modalities[modality].model
+        if not exp.trains_from_scratch(modality):
+            log(f"{modality}: starts from the {spec.type} model at {spec.path}, no pretraining needed")
+            continue
+        torch.manual_seed(exp.cfg.seed)
+        train = exp.studies(modality, "train")
+        config = builtin_config(modality, demo=exp.cfg.demo_sizes)
+        if spec.options:
+            config = type(config).model_validate({**config.model_dump(), **spec.options})
+        model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
+                                    preprocess=exp.preprocess(modality))
+        if exp.cfg.pretrain.text_mlm_steps:
+            from m3bind.train.text_pretrain import mlm_pretrain
+
+            corpus = [t for m in exp.modalities for t in exp.studies(m, "train").texts]
+            mlm_pretrain(model, corpus, exp.cfg.pretrain.text_mlm_steps, seed=exp.cfg.seed, progress=progress)
+        outcome = pretrain_modality(model, train, exp.cfg.pretrain, exp.out_dir / "pretrain" / modality,
+                                    seed=exp.cfg.seed, resume=resume, progress=progress)
+        model.save_pretrained(exp.pretrained_dir(modality))
+        zero_shot = modality_zero_shot(exp, modality, model)
+        results[modality] = {"train_studies": len(train), "final_loss": outcome.history[-1]["loss"]
+                             if outcome.history else None, "zero_shot": zero_shot}
+        log(f"{modality}: zero-shot accuracy (expert prompts) {zero_shot['accuracy']:.3f} on {zero_shot['n']} "
+            f"test studies (chance {zero_shot['chance']:.3f})")
+    summary = exp.out_dir / "pretrain" / "summary.json"
+    previous = json.loads(summary.read_text()) if summary.exists() else {}
+    write_summary(summary, {**previous, **results})
+    return results
