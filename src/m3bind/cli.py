@@ -5,35 +5,28 @@ print a summary. Library errors (M3BindError) are shown as one clear line, never
 """
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from m3bind.errors import M3BindError
+from m3bind.output import friendly_errors as friendly_errors_on
 from m3bind.output import progress_display, quiet_libraries
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="m3bind: bind medical CLIP models of many modalities into one embedding space through text.")
 console = Console()
+# Every command reports errors as one line (see m3bind.output.friendly_errors).
+friendly_errors = friendly_errors_on(console)
 
 
-def friendly_errors(command):
-    """Turn library errors into one red line and exit code 2."""
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except M3BindError as exc:
-            # soft_wrap keeps the message on one line; escape() keeps "[...]" in it literal.
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(code=2) from None
-    return wrapper
+@app.callback()
+def main(ctx: typer.Context,
+         debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails.")) -> None:
+    ctx.obj = {"debug": debug}
 
 
 def log_line(message: str) -> None:
@@ -311,6 +304,14 @@ def demo(out: Path = typer.Option(Path("m3bind-demo"), help="Folder for the coho
     _print_report_summary(report)
     console.print(f"report: {out / 'report' / 'report.md'}")
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; outputs in {out}")
+
+def _register_search_commands() -> None:
+    from m3bind.search.commands import register
+
+    register(app, console)
+
+
+_register_search_commands()
 
 if __name__ == "__main__":
     app()

@@ -7,10 +7,15 @@ not m3bind's output and are silenced.
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 
+import typer
+from typer._click.exceptions import ClickException
+from typer._click.globals import get_current_context
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -72,3 +77,41 @@ def progress_display(console: Console):
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=False)
     return LineProgress(console)
+
+
+def debug_requested() -> bool:
+    """Whether ``m3bind --debug ...`` asked for full tracebacks (kept on the click context)."""
+    context = get_current_context(silent=True)
+    root = context.find_root() if context is not None else None
+    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
+
+
+def friendly_errors(console: Console):
+    """Decorator for CLI commands: every error is one red line and exit code 2, never a traceback
+    (``m3bind --debug`` re-raises instead). Library errors (M3BindError) and OS errors (a file
+    that cannot be read or written) are the user's to fix; anything else is reported as an
+    internal error with the hint to rerun with ``--debug``."""
+    from m3bind.errors import M3BindError
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except (typer.Exit, typer.Abort, ClickException):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+                if debug_requested():
+                    raise
+                if isinstance(exc, M3BindError):
+                    message = str(exc)
+                elif isinstance(exc, OSError):
+                    message = f"{exc.filename + ': ' if getattr(exc, 'filename', None) else ''}{exc.strerror or exc}"
+                else:
+                    message = (f"internal error ({type(exc).__name__}: {exc}); rerun with `m3bind --debug ...` for "
+                               "the traceback and report it")
+                # soft_wrap keeps the message on one line; escape() keeps "[...]" in it literal.
+                console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+                raise typer.Exit(code=2) from None
+        return wrapper
+    return decorate
