@@ -9,10 +9,12 @@ column.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from m3bind.errors import DataError
 
@@ -66,6 +68,10 @@ def parse_labels(raw: object) -> list[str]:
     return [part.strip() for part in str(raw).split(LABEL_SEPARATOR) if part.strip()]
 
 
+# What pandas and pyarrow raise for unparsable, truncated or corrupt-gzip tables.
+_TABLE_ERRORS = (ValueError, OSError, EOFError, zlib.error, pa.ArrowException)
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = "".join(path.suffixes[-2:]).lower() if path.name.endswith(".gz") else path.suffix.lower()
     try:
@@ -76,7 +82,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_json(path, lines=True, dtype=False)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+    except _TABLE_ERRORS as exc:
         raise DataError(path, f"cannot parse manifest: {exc}") from exc
     raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv, .jsonl or .parquet")
 
@@ -125,9 +131,15 @@ def _validate_row(path: Path, row: int, record: dict, modality: str | None, chec
     if modality is not None and record["modality"] not in ("", modality):
         raise DataError(path, f"modality '{record['modality']}' but this manifest is used for '{modality}'",
                         row=row, column="modality")
-    if check_files and not (path.parent / record["path"]).exists():
-        raise DataError(path, f"file '{record['path']}' does not exist (paths are relative to the manifest's folder)",
-                        row=row, column="path")
+    if check_files:
+        try:
+            exists = (path.parent / record["path"]).exists()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise DataError(path, f"file '{record['path']}' cannot be looked up: {exc.strerror}",
+                            row=row, column="path") from exc
+        if not exists:
+            raise DataError(path, f"file '{record['path']}' does not exist (paths are relative to the manifest's folder)",
+                            row=row, column="path")
 
 
 def write_manifest(table: pd.DataFrame, path: str | Path) -> Path:

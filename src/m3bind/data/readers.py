@@ -28,9 +28,11 @@ from the file's header, before anything of that size is decoded.
 """
 from __future__ import annotations
 
+import io
 import math
 import re
 import struct
+import tokenize
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -61,13 +63,16 @@ _SUPPORTED_TEXT = (", ".join(SUPPORTED_EXTENSIONS)
 
 # Exceptions the libraries raise for unreadable, corrupt or truncated files. pydicom parses
 # element values lazily, so a corrupt header only fails when a value is used, with any of these.
-_DICOM_ERRORS = (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError, KeyError,
+_DICOM_ERRORS = (pydicom.errors.InvalidDicomError, pydicom.errors.BytesLengthException,
+                 OSError, EOFError, ValueError, KeyError,
                  IndexError, AttributeError, TypeError, NotImplementedError, RuntimeError,
                  struct.error, OverflowError)
 _NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, TypeError,
-                 zlib.error)
+                 OverflowError, zlib.error)
 _WFDB_ERRORS = (OSError, EOFError, ValueError, IndexError, KeyError, TypeError, AttributeError,
                 ZeroDivisionError, OverflowError)
+# numpy parses a header it cannot read directly as Python 2 source, with tokenize and ast.
+_NPY_ERRORS = (OSError, EOFError, ValueError, SyntaxError, tokenize.TokenError, RecursionError)
 _IMAGE_ERRORS = (UnidentifiedImageError, OSError, EOFError, ValueError, SyntaxError, TypeError,
                  KeyError, IndexError, struct.error, zlib.error)
 
@@ -289,9 +294,30 @@ def _positive_finite(values: Sequence[Any] | None, n: int) -> tuple[float, ...] 
 
 # --------------------------------------------------------------------------- DICOM
 
+class _ClampedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` never asks for more than the bytes left.
+
+    pydicom reads an element's value with ``read(length)`` straight from its header; Python
+    allocates ``length`` bytes before reading, so one corrupt length field (say 0xFFFFFFF0)
+    would allocate gigabytes for a file of a few kilobytes.
+    """
+
+    def __init__(self, raw: io.RawIOBase, size: int):
+        super().__init__(raw)
+        self._size = size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and n > 0:
+            n = min(n, max(0, self._size - self.tell()))
+            if n == 0:
+                return b""
+        return super().read(n)
+
+
 def _dcmread(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        with _ClampedReader(io.FileIO(path), path.stat().st_size) as f:
+            return pydicom.dcmread(f, stop_before_pixels=stop_before_pixels)
     except _DICOM_ERRORS as exc:
         raise DataError(path, f"unreadable DICOM file: {exc}") from exc
 
@@ -692,6 +718,9 @@ def _read_nifti(path: Path, limits: ReadLimits) -> Study:
 def _check_nifti_size(path: Path, image: Any, limits: ReadLimits) -> None:
     """Refuse from the header a volume above the limits, or an uncompressed file too short for it."""
     shape = tuple(int(n) for n in image.shape)
+    if not all(n > 0 for n in shape):
+        raise DataError(path, f"NIfTI header gives the array shape {shape}; every size must "
+                              "be positive")
     _refuse_if_larger(path, "volume", math.prod(shape), limits.max_volume_voxels, "voxels")
     if path.name.lower().endswith(".nii"):
         needed = (int(image.dataobj.offset)
@@ -818,7 +847,7 @@ def _read_npy(path: Path, limits: ReadLimits) -> Study:
                                       f"array of shape {shape} and dtype {dtype}")
             f.seek(0)
             array = np.lib.format.read_array(f, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as exc:
+    except _NPY_ERRORS as exc:
         raise DataError(path, f"unreadable .npy file: {exc}") from exc
     return Study(array.astype(np.float32), {"kind": None})
 
