@@ -7,6 +7,7 @@ that was indexed before only adds its new rows).
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ def _record(tables, study: PlannedStudy) -> StudyRecord:
     table = manifest.table
     return StudyRecord(path=study.path, modality=study.modality, patient_id=str(table.at[study.row, "patient_id"]),
                        labels=manifest.labels(study.row), report=str(table.at[study.row, "text"]),
-                       manifest=str(manifest.source.resolve()), manifest_row=study.row + 1)
+                       manifest=os.path.abspath(manifest.source), manifest_row=study.row + 1)
 
 
 def remove_studies(model: SearchModel, index: str | Path, ids: Sequence[int]) -> BuildReport:

@@ -83,7 +83,10 @@ class WorkLimiter:
     async def run(self, work: Callable[[], Any], deadline: float) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._slots.acquire(), max(0.0, deadline - loop.time()))
+            if self._slots.locked():
+                await asyncio.wait_for(self._slots.acquire(), max(0.0, deadline - loop.time()))
+            else:
+                await self._slots.acquire()  # a free slot is taken at once, however little time is left
         except asyncio.TimeoutError:
             raise HTTPException(503, "the server is busy; try again shortly", headers={"Retry-After": "1"}) from None
         future = self._pool.submit(work)

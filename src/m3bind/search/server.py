@@ -145,12 +145,14 @@ def _api(index: SearchIndex, model: SearchModel, settings: ServeSettings) -> API
     def answer(hits: list[Hit]) -> SearchAnswer:
         return SearchAnswer(hits=[ScoredStudy(**hit.to_json(), thumbnail=_thumbnail_url(hit.study.id)) for hit in hits])
 
+    # The index does not change under a running server (a later --add is seen after a restart).
+    counts = index.store.modality_counts()
     router = APIRouter(prefix="/api")
     protected = APIRouter(dependencies=[Depends(authorized)])
 
     @router.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
-        return Health(status="ok", studies=len(index), modalities=index.store.modality_counts(),
+        return Health(status="ok", studies=len(index), modalities=counts,
                       model_modalities=list(model.encoder.modalities), model=model.fingerprint.removeprefix("sha256:")[:12],
                       vector_index=index.vectors.kind, token_required=settings.token is not None,
                       max_k=settings.max_k, max_upload_bytes=settings.max_upload_bytes)
