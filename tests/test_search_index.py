@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -112,6 +115,32 @@ def test_an_interrupted_build_resumes_without_duplicates_or_losses(world, model,
         np.testing.assert_allclose(resumed[path], vector, atol=1e-5)
     with SearchIndexContext(folder) as index:
         assert len(index) == 15
+
+
+def test_a_killed_build_resumes(world, model, reference, tmp_path):
+    # SIGKILL: no exception unwinds, no connection is closed; only what was committed survives.
+    folder = tmp_path / "index"
+    code = (
+        "import os, signal, sys\n"
+        "from m3bind.search.building import build_index\n"
+        "from m3bind.search.model_identity import SearchModel\n"
+        "done = []\n"
+        "def kill_after_three(d, t):\n"
+        "    done.append(d)\n"
+        "    if len(done) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "build_index(SearchModel.load(sys.argv[1]), [sys.argv[2]], sys.argv[3], workers=2, batch_size=2,\n"
+        "            progress=kill_after_three)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(world.model), str(world.manifest), str(folder)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert len(_paths_in_table(folder)) == 5            # X-ray batches of 2 + 1, then 2 CTs
+    report = build_index(model, [world.manifest], folder, workers=0)
+    assert (report.already_indexed, report.embedded, report.total) == (5, 10, 15)
+    resumed = _vectors_by_path(folder)
+    assert resumed.keys() == reference[1].keys()
+    for path, vector in reference[1].items():
+        np.testing.assert_allclose(resumed[path], vector, atol=1e-5)
 
 
 class SearchIndexContext:
