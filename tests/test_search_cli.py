@@ -124,3 +124,24 @@ def test_index_type_option_is_validated_and_kept(app, world, tmp_path):
     added = runner.invoke(app, ["index", str(world.model), str(world.extra_manifest), "--out", str(folder), "--add",
                                 "--workers", "0"])
     assert "hnsw vector index" in added.output, added.output
+
+
+def test_serve_binds_to_loopback_and_reads_the_token_from_a_file(app, world, built, tmp_path, monkeypatch):
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **options: started.update(app=app_, **options))
+    token = tmp_path / "token"
+    token.write_text("file-token\n")
+    result = runner.invoke(app, ["serve", str(built), "--model", str(world.model), "--token-file", str(token),
+                                 "--max-k", "7"])
+    assert result.exit_code == 0, result.output
+    assert started["host"] == "127.0.0.1" and started["port"] == 8000 and "file-token" not in result.output
+    with TestClient(started["app"]) as client:
+        assert client.post("/api/search/text", json={"text": "x"}).status_code == 401
+        headers = {"Authorization": "Bearer file-token"}
+        assert client.post("/api/search/text", json={"text": "x", "k": 8}, headers=headers).status_code == 422
+        assert client.post("/api/search/text", json={"text": "x", "k": 7}, headers=headers).status_code == 200
+    refused = runner.invoke(app, ["serve", str(built), "--model", str(world.other_model)])
+    assert refused.exit_code == 2 and "did not make the index" in refused.stdout
