@@ -298,7 +298,7 @@ def ecg_header_cases(draw) -> list[Dataset]:
     n_channels = draw(st.sampled_from([12, 12, 3, 1, 13, 0]))
     n_samples = draw(st.sampled_from([500, 500, 10, 1, 0]))
     channels = []
-    for i in range(draw(st.sampled_from([n_channels, n_channels, max(0, n_channels - 1)]))):
+    for _ in range(draw(st.sampled_from([n_channels, n_channels, max(0, n_channels - 1)]))):
         channels.append(_channel(
             meaning=draw(st.sampled_from(["Lead I", "Lead II", "Lead aVR", "Lead V6", "Lead V7",
                                           "", "Resp", "lead iii (Einthoven)"])),
@@ -422,7 +422,7 @@ def wfdb_header_text(draw) -> str:
     n_sig = draw(st.integers(0, 4))
     lines = [f"rec {draw(st.sampled_from([str(n_sig), '0', '99']))} "
              f"{draw(st.sampled_from(['0', '250', '500.5', '1e3', '', '0.0001']))} {draw(digits)}"]
-    for i in range(n_sig):
+    for _ in range(n_sig):
         fmt = draw(st.sampled_from(["8", "16", "24", "32", "61", "80", "160", "212", "310",
                                     "311", "508", "0", "999"]))
         gain = draw(st.sampled_from(["200", "0", "-5", "1e-30", "1000.5", ""]))
@@ -516,8 +516,8 @@ def _image_bytes(array: np.ndarray, fmt: str) -> bytes:
 
 SMALL_TIFF = _image_bytes(np.arange(60, dtype=np.uint8).reshape(6, 10), "TIFF")
 PNG_16BIT = _image_bytes(np.arange(60, dtype=np.uint16).reshape(6, 10) * 1000, "PNG")
-TWO_PAGE_TIFF = _written(lambda d: tifffile.imwrite(d / "p.tif", np.zeros((2, 4, 4), np.uint8))
-                         or d / "p.tif")
+TWO_PAGE_TIFF = _written(lambda d: tifffile.imwrite(d / "p.tif", np.zeros((2, 4, 4), np.uint8),
+                                                    photometric="minisblack") or d / "p.tif")
 
 image_cases = st.one_of(
     labeled("random bytes", st.binary(max_size=2048)),
@@ -533,8 +533,17 @@ image_cases = st.one_of(
 )
 
 
+# A 16-bit PNG whose IDAT length byte was mutated to claim 3.2 GB: Pillow's read(length)
+# allocated it (found by this fuzzing; reads are now clamped to the bytes left).
+HUGE_IDAT_PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\n\x00\x00\x00\x06\x10\x00\x00"
+                 b"\x00\x00\x8f\x0b\x8cY\xc1\x00\x00/IDATx\x9ccd``~\xc1\x82\x0e\xd5\x05\x98\x05X~"
+                 b"\xa0Au\x01\x16\x01\xe6\x17\x98\x82?0\x84\xd5\x05X~\xb0\xfc@3\x02\"\x88\xaa\x16"
+                 b"\x00\xc1\xcc1\x03\xd4\xbeF\xe2\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
 @fuzz_settings(EXAMPLES["image"])
 @given(case=image_cases, suffix=st.sampled_from([".png", ".jpg", ".jpeg", ".tif", ".tiff"]))
+@example(case=("byte-mutated real file", HUGE_IDAT_PNG), suffix=".png")
 def _fuzz_image(case, suffix):
     label, data = case
     with _folder() as folder:

@@ -10,6 +10,7 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
+from _fuzz import case_limits
 from m3bind.data.transforms import build_transform, default_preprocess
 from m3bind.data.wsi import WholeSlide, embed_slide, pool_tile_embeddings, tissue_fraction
 from m3bind.errors import DataError
@@ -260,3 +261,19 @@ def test_unreadable_and_unsupported_slides_are_data_errors(tmp_path):
     tifffile.imwrite(one_strip, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
     with WholeSlide(one_strip, base_magnification=20) as slide:  # small: one strip is fine
         assert slide.read_region(slide.levels[0], 0, 0, 64, 64).shape == (64, 64, 3)
+
+
+def test_a_corrupt_tile_byte_count_does_not_allocate_it(tmp_path):
+    base = slide_pixels(512, 256, [(0, 0, 512, 256)])
+    path = write_pyramid(tmp_path / "corrupt.tif", base, downsamples=(1,), tile=256)
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages[0].tags["TileByteCounts"]
+        assert tag.dtype == 4  # LONG: 256 x 256 x 3 bytes per tile do not fit a SHORT
+        at = tag.valueoffset
+    data = bytearray(path.read_bytes())
+    data[at:at + 4] = (0xFFFFFF00).to_bytes(4, "little")  # the first tile claims 4 GiB
+    path.write_bytes(bytes(data))
+    with case_limits(), WholeSlide(path, base_magnification=20) as slide:
+        region = slide.read_region(slide.levels[0], 0, 0, 64, 64)
+    # the tile's own bytes are all there, so it still decodes to the written pixels
+    np.testing.assert_array_equal(region, base[:64, :64])

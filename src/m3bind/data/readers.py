@@ -297,14 +297,14 @@ def _positive_finite(values: Sequence[Any] | None, n: int) -> tuple[float, ...] 
 class _ClampedReader(io.BufferedReader):
     """A binary file whose ``read(n)`` never asks for more than the bytes left.
 
-    pydicom reads an element's value with ``read(length)`` straight from its header; Python
-    allocates ``length`` bytes before reading, so one corrupt length field (say 0xFFFFFFF0)
-    would allocate gigabytes for a file of a few kilobytes.
+    pydicom reads an element's value, and Pillow a PNG chunk, with ``read(length)`` straight
+    from a length field in the file; Python allocates ``length`` bytes before reading, so one
+    corrupt length (say 0xFFFFFFF0) would allocate gigabytes for a file of a few kilobytes.
     """
 
-    def __init__(self, raw: io.RawIOBase, size: int):
-        super().__init__(raw)
-        self._size = size
+    def __init__(self, path: Path):
+        super().__init__(io.FileIO(path))
+        self._size = path.stat().st_size
 
     def read(self, n: int | None = -1) -> bytes:
         if n is not None and n > 0:
@@ -316,15 +316,18 @@ class _ClampedReader(io.BufferedReader):
 
 def _dcmread(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
     try:
-        with _ClampedReader(io.FileIO(path), path.stat().st_size) as f:
+        with _ClampedReader(path) as f:
             return pydicom.dcmread(f, stop_before_pixels=stop_before_pixels)
     except _DICOM_ERRORS as exc:
         raise DataError(path, f"unreadable DICOM file: {exc}") from exc
 
 
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
 def _stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     """Decoded stored pixel values; colour images come back as RGB (pydicom converts YBR)."""
-    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(k in ds for k in _PIXEL_DATA_KEYWORDS):
         raise DataError(path, "DICOM file has no pixel data (truncated file, or not an image)")
     try:
         return ds.pixel_array
@@ -429,10 +432,10 @@ def _read_dicom_file(path: Path, limits: ReadLimits) -> Study:
 
 
 def _dicom_image_study(path: Path, ds: pydicom.Dataset, limits: ReadLimits) -> Study:
-    if "WaveformSequence" in ds and "PixelData" not in ds:
+    if "WaveformSequence" in ds and not any(k in ds for k in _PIXEL_DATA_KEYWORDS):
         raise DataError(path, f"DICOM waveform of SOP class '{_sop_class_name(ds)}' is not an "
                               "ECG; only 12-lead and general ECG waveforms are read")
-    if "PixelData" in ds:
+    if any(k in ds for k in _PIXEL_DATA_KEYWORDS):
         _check_dicom_pixel_count(path, ds, limits)
     stored = _stored_pixels(path, ds)
     meta = _dicom_meta(ds)
@@ -789,20 +792,21 @@ def _read_image(path: Path, limits: ReadLimits) -> Study:
     the limits say; its warning below that is silenced, as the limits here decide.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image_file = Image.open(path)
-        with image_file as image:
-            width, height = image.size
-            _refuse_if_larger(path, "image", width * height, limits.max_image_pixels, "pixels")
-            n_frames = getattr(image, "n_frames", 1)
-            if n_frames > 1:
-                raise DataError(path, f"multi-page image ({n_frames} pages) is not supported; "
-                                      "save one image per file (whole-slide images: "
-                                      "m3bind.data.wsi)")
-            image.load()
-            image_format = image.format
-            image = ImageOps.exif_transpose(image)  # camera photos (fundus) may be rotated via EXIF
+        with _ClampedReader(path) as f:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image_file = Image.open(f)
+            with image_file as image:
+                width, height = image.size
+                _refuse_if_larger(path, "image", width * height, limits.max_image_pixels, "pixels")
+                n_frames = getattr(image, "n_frames", 1)
+                if n_frames > 1:
+                    raise DataError(path, f"multi-page image ({n_frames} pages) is not "
+                                          "supported; save one image per file (whole-slide "
+                                          "images: m3bind.data.wsi)")
+                image.load()
+                image_format = image.format
+                image = ImageOps.exif_transpose(image)  # fundus photos may be rotated via EXIF
         mode = image.mode
         if mode in ("1", "LA"):
             image = image.convert("L")

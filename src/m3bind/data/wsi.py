@@ -210,8 +210,9 @@ class WholeSlide:
             else:
                 handle = self._tif.filehandle
                 handle.seek(offset)
-                decoded, _, shape = page.decode(handle.read(count), index,
-                                                jpegtables=page.jpegtables)
+                # a corrupt byte count must not make read() allocate more than the file holds
+                data = handle.read(max(0, min(count, handle.size - offset)))
+                decoded, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
                 if decoded is None:
                     raise ValueError(f"segment {index} holds no data")
                 segment = np.asarray(decoded).reshape(shape)[0]
