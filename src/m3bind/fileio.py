@@ -20,6 +20,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        error.filename = error.filename or str(path)  # a failed write() or flush() names no file
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -9,6 +9,8 @@ one run shows the whole problem. Nothing here unpickles.
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 # How many key names an error message lists before it summarises the rest.
 _MAX_LISTED_KEYS = 25
+# How safetensors' writer ends the message of a failed write, e.g. "... No space left on device (os error 28)".
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
 
 
 def read_weights(path: str | Path) -> dict[str, Tensor]:
@@ -48,7 +52,13 @@ def save_weights(module_or_tensors: nn.Module | Mapping[str, Tensor], path: str 
     tensors = (module_or_tensors.state_dict() if isinstance(module_or_tensors, nn.Module)
                else module_or_tensors)
     copies = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
-    save_file(copies, str(path), metadata={"format": "pt"})
+    try:
+        save_file(copies, str(path), metadata={"format": "pt"})
+    except SafetensorError as error:  # a failed write (a full disk) arrives without the file's name
+        code = _OS_ERROR_CODE.search(str(error))
+        if code is None:
+            raise CheckpointError(f"{path}: cannot write safetensors file: {error}") from error
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from error
     return Path(path)
 
 
