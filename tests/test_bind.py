@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from m3bind.config import BindConfig
-from m3bind.data.datasets import LoadedStudies
+from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality, merge_lora, parameter_report
 from m3bind.models.builtin import BuiltinModelConfig, build_builtin_model, builtin_config
 from m3bind.train.balance import modality_balance
@@ -82,7 +82,7 @@ def _studies(modality, n=12):
     shape = (1, 64, 64) if modality == "xray" else (12, 1000)
     g = torch.Generator().manual_seed(1)
     texts = [CORPUS[modality][i % 6] for i in range(n)]
-    return LoadedStudies(images=torch.randn(n, *shape, generator=g), texts=texts, labels=[[]] * n,
+    return StudySet(images=torch.randn(n, *shape, generator=g), texts=texts, labels=[[]] * n,
                          patient_ids=[str(i) for i in range(n)], rows=list(range(1, n + 1)))
 
 

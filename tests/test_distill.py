@@ -119,7 +119,7 @@ def test_minilm_student_loads_from_the_installed_package():
 
 def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path):
     from m3bind.config import BindConfig
-    from m3bind.data.datasets import LoadedStudies
+    from m3bind.data.datasets import StudySet
     from m3bind.models.binding import BoundModality, merge_lora
     from m3bind.train.extend import extend_with
 
@@ -130,7 +130,7 @@ def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path):
     texts = ["tumour cells with glands", "normal tissue", "necrosis present", "dense inflammation"] * 3
     new = BoundModality(_tiny("pathology", texts, seed=5), base.shared_dim, seed=9)
     new.prepare_for_binding(r=4, alpha=4, dropout=0.0)
-    studies = LoadedStudies(images=torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(2)),
+    studies = StudySet(images=torch.randn(12, 3, 64, 64, generator=torch.Generator().manual_seed(2)),
                             texts=texts, labels=[[]] * 12, patient_ids=[str(i) for i in range(12)],
                             rows=list(range(1, 13)))
     cfg = BindConfig(steps=30, lr=5e-3, warmup_steps=2, image_batch_size=6, checkpoint_every=30)

@@ -126,11 +126,28 @@ class EvalConfig(Section):
                           "(default: every ordered pair of the modalities in paired_manifests).")
 
 
+class DataConfig(Section):
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes that read and preprocess "
+                                                        "studies (default: one per spare core, at most 8; 0 = in "
+                                                        "the main process).")
+    on_error: Literal["raise", "skip"] = Field("raise", description="A study file that cannot be read: 'raise' "
+                                                                   "stops with an error naming it; 'skip' leaves it "
+                                                                   "out, counts it and lists it in the run's "
+                                                                   "summary.")
+    cache_dir: str | None = Field(None, description="Where preprocessed studies are cached on disk (keyed by "
+                                                    "the manifest rows, each file's size and modification time, "
+                                                    "and the preprocessing settings; safe to share between "
+                                                    "runs). Default: <output_dir>/cache.")
+
+
 class ExperimentConfig(Section):
     seed: int = Field(0, description="Global random seed.")
     output_dir: str = Field("runs/experiment", description="Where checkpoints, logs and reports go "
                                                           "(relative to the config file).")
     shared_dim: int = Field(512, ge=2, description="Dimension D of the shared space (paper: 512).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$",
+                        description="Where models and batches live: 'auto' (the process's GPU when one is "
+                                    "present, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.")
     demo_sizes: bool = Field(False, description="Use the small demo preprocessing sizes instead of the "
                                                 "published models' sizes.")
     modalities: dict[str, ModalityConfig] = Field(default_factory=dict,
@@ -142,6 +159,7 @@ class ExperimentConfig(Section):
     bind: BindConfig = Field(default_factory=BindConfig, description="The bind stage.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="The distill stage (SESKD).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Reading and caching studies.")
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -9,15 +9,45 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import torch
 import yaml
-from safetensors.torch import load_file, save_file
 
 from m3bind.config import ExperimentConfig, load_config, resolve_path
-from m3bind.data.datasets import LoadedStudies, load_studies
+from m3bind.data.datasets import StudySet
 from m3bind.data.manifest import Manifest, read_manifest
 from m3bind.errors import ConfigError
+from m3bind.fileio import atomic_write_text
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Size and modification time of a study's files (a folder's files, a WFDB header's signal)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        files = [path, *([path.with_suffix(".dat")] if path.suffix == ".hea" else [])]
+    parts = []
+    for file in files:
+        try:
+            stat = file.stat()
+            parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{file.name}:missing")
+    return "|".join(parts)
+
+
+def study_cache_key(manifest: Manifest, spec) -> str:
+    """What a split's preprocessed cache depends on: the manifest's rows and file, every study
+    file's size and modification time (a replaced file rebuilds the cache), and the settings."""
+    digest = hashlib.sha1()
+    digest.update(manifest.table.to_csv(index=False).encode())
+    digest.update(str(manifest.source.resolve()).encode())
+    for i in range(len(manifest)):
+        digest.update(_file_fingerprint(manifest.absolute_path(i)).encode())
+    digest.update(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
+    return digest.hexdigest()[:12]
 
 
 class Experiment:
@@ -26,8 +56,10 @@ class Experiment:
         self.config_path = config_path
         self.out_dir = resolve_path(config_path, cfg.output_dir)
         # Ablation runs share their parent's preprocessed-study cache.
-        self.cache_dir = cache_dir or self.out_dir / "cache"
+        self.cache_dir = cache_dir or (resolve_path(config_path, cfg.data.cache_dir) if cfg.data.cache_dir
+                                       else self.out_dir / "cache")
         self._manifests: dict[str, Manifest] = {}
+        self._studies: dict[tuple[str, str, bool], StudySet] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Experiment":
@@ -69,32 +101,46 @@ class Experiment:
         except ValueError as exc:
             raise ConfigError(f"modalities.{modality}.preprocess: {exc}") from None
 
-    def studies(self, modality: str, split: str, *, paired: bool = False, on_error: str = "raise",
-                transform=None, progress=None) -> LoadedStudies:
-        """Preprocessed studies of one split, cached on disk by (manifest content, preprocessing)."""
+    def studies(self, modality: str, split: str, *, paired: bool = False) -> StudySet:
+        """Preprocessed studies of one split: read once through a DataLoader into the on-disk cache
+        (see :meth:`study_cache_key`), then served from it a batch at a time."""
+        from m3bind.data.datasets import SkippedItem, stream_studies
+        from m3bind.data.store import RowStore
         from m3bind.data.transforms import build_transform
 
-        manifest = self.paired_manifest(modality) if paired else self.manifest(modality)
-        manifest = manifest.split(split)
+        memo = (modality, split, paired)
+        if memo in self._studies:
+            return self._studies[memo]
+        manifest = (self.paired_manifest(modality) if paired else self.manifest(modality)).split(split)
         spec = self.preprocess(modality)
-        digest = hashlib.sha1()
-        digest.update(manifest.table.to_csv(index=False).encode())
-        digest.update(str(manifest.source.resolve()).encode())
-        digest.update(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
-        cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{digest.hexdigest()[:12]}"
-        if (cache / "meta.json").exists():
-            meta = json.loads((cache / "meta.json").read_text())
-            return LoadedStudies(images=load_file(cache / "images.safetensors")["images"], texts=meta["texts"],
-                                 labels=meta["labels"], patient_ids=meta["patient_ids"], rows=meta["rows"],
-                                 skipped=[])
-        loaded = load_studies(manifest, transform or build_transform(modality, spec), on_error=on_error,
-                              progress=progress)
-        cache.mkdir(parents=True, exist_ok=True)
-        save_file({"images": loaded.images.contiguous()}, cache / "images.safetensors")
-        (cache / "meta.json").write_text(json.dumps({"texts": loaded.texts, "labels": loaded.labels,
-                                                     "patient_ids": loaded.patient_ids, "rows": loaded.rows,
-                                                     "skipped": [str(s) for s in loaded.skipped]}))
-        return loaded
+        cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{study_cache_key(manifest, spec)}"
+        meta_path = cache / "meta.json"
+        if meta_path.exists() and (cache / "images").exists():
+            meta = json.loads(meta_path.read_text())
+            studies = StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],
+                               patient_ids=meta["patient_ids"], rows=meta["rows"],
+                               skipped=[SkippedItem(**item) for item in meta["skipped"]])
+        else:
+            if cache.exists():  # a build killed half way: start again
+                shutil.rmtree(cache)
+            studies, _ = stream_studies(manifest, build_transform(modality, spec), cache / "images",
+                                        on_error=self.cfg.data.on_error, workers=self.cfg.data.workers)
+            atomic_write_text(meta_path, json.dumps({
+                "texts": studies.texts, "labels": studies.labels, "patient_ids": studies.patient_ids,
+                "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped]}))
+        self._studies[memo] = studies
+        return studies
+
+    def skipped_studies(self) -> dict[str, list[str]]:
+        """Every study left out so far under ``data.on_error: skip``, by modality and split."""
+        return {f"{m}/{'paired-' if paired else ''}{split}": [str(item) for item in studies.skipped]
+                for (m, split, paired), studies in self._studies.items() if studies.skipped}
+
+    @property
+    def device(self) -> torch.device:
+        from m3bind.devices import resolve_device
+
+        return resolve_device(self.cfg.device)
 
     # --- models -----------------------------------------------------------------------
     def trains_from_scratch(self, modality: str) -> bool:

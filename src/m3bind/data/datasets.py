@@ -1,23 +1,26 @@
 """Datasets: a manifest + a reader + a transform -> tensors ready for a model.
 
-Two flavours share one item loader:
-- :class:`StudyDataset`, lazy, for DataLoaders over large archives;
-- :func:`load_studies`, eager, which reads every study once into memory. The demo-size
-  cohort fits in memory, and pretraining / binding revisit each study many times, so paying
-  the DICOM/NIfTI/WFDB decoding once is what keeps the demo fast on a 2-core CPU.
+- :class:`StudyDataset` reads and preprocesses one study per item; a
+  ``torch.utils.data.DataLoader`` with worker processes runs it over a split in parallel.
+- :func:`stream_studies` writes a split once through such a DataLoader into a
+  :class:`~m3bind.data.store.RowStore` on disk and returns a :class:`StudySet`: the studies'
+  metadata in memory, their preprocessed tensors on disk, read a batch at a time. Training
+  revisits each study many times, so the DICOM/NIfTI/WFDB decoding is paid once, and no split
+  is ever held in memory whole.
 
 Bad items either raise (``on_error="raise"``, the default) or are skipped, counted and
 reported (``on_error="skip"``): nothing is dropped silently.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from m3bind.data.manifest import Manifest
 from m3bind.errors import DataError
@@ -53,8 +56,9 @@ def load_item(manifest: Manifest, i: int, transform: Callable) -> torch.Tensor:
 class StudyDataset(Dataset):
     """Lazy dataset: item ``i`` is ``{"image", "text", "labels", "row", "patient_id"}``.
 
-    With ``on_error="skip"`` a bad item yields ``None`` (drop it with :func:`collate_studies`)
-    and is recorded in ``self.skipped``.
+    With ``on_error="skip"`` a bad item yields ``None`` and is recorded in ``self.skipped`` (in
+    the process that read it: DataLoader workers keep their own copies, so
+    :func:`stream_studies` records skips from the items themselves).
     """
 
     def __init__(self, manifest: Manifest, transform: Callable, on_error: OnError = "raise"):
@@ -79,23 +83,20 @@ class StudyDataset(Dataset):
                 "row": i + 1, "patient_id": str(table.at[i, "patient_id"])}
 
 
-def collate_studies(items: list[dict | None]) -> dict | None:
-    """Stack images, keep texts/labels as lists, drop skipped (None) items."""
-    items = [item for item in items if item is not None]
-    if not items:
-        return None
-    return {"image": torch.stack([item["image"] for item in items]),
-            "text": [item["text"] for item in items],
-            "labels": [item["labels"] for item in items],
-            "row": [item["row"] for item in items],
-            "patient_id": [item["patient_id"] for item in items]}
+def default_workers() -> int:
+    """DataLoader worker processes: one per spare core, at most 8 (decoding is I/O and numpy)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 @dataclass
-class LoadedStudies:
-    """Every usable study of a manifest, preprocessed and held in memory."""
+class StudySet:
+    """Every usable study of a split: metadata in memory, preprocessed tensors in ``images``.
 
-    images: torch.Tensor
+    ``images`` is a :class:`~m3bind.data.store.RowStore` (on disk; ``images[index]`` reads those
+    rows) or, for small in-memory sets built by hand, a tensor; both index the same way.
+    """
+
+    images: object
     texts: list[str]
     labels: list[list[str]]
     patient_ids: list[str]
@@ -106,37 +107,60 @@ class LoadedStudies:
         return len(self.texts)
 
 
-def load_studies(manifest: Manifest, transform: Callable, on_error: OnError = "raise",
-                 workers: int = 2, progress: Callable[[int, int], None] | None = None) -> LoadedStudies:
-    """Read and preprocess every row of ``manifest`` (threads: the readers release the GIL in I/O and numpy)."""
-    n = len(manifest)
+def _keep_all(items: list[dict | None]) -> list[dict | None]:
+    return items
 
-    def attempt(i: int) -> torch.Tensor | DataError:
-        try:
-            return load_item(manifest, i, transform)
-        except DataError as exc:
-            if on_error == "raise":
-                raise
-            return exc
 
-    results: list[torch.Tensor | DataError] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, result in enumerate(pool.map(attempt, range(n)), start=1):
-            results.append(result)
+def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_error: OnError = "raise",
+                   workers: int | None = None, batch_size: int = 16,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[StudySet, list[dict]]:
+    """Read and preprocess every row of ``manifest`` through a DataLoader into a store at ``directory``.
+
+    Returns the set and the per-study metadata rows (for the caller to save beside the store).
+    """
+    from m3bind.data.store import RowStore, RowWriter
+
+    dataset = _Attempts(StudyDataset(manifest, transform))
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_all)
+    kept: list[dict] = []
+    skipped: list[SkippedItem] = []
+    done = 0
+    with RowWriter(directory) as writer:
+        for batch in loader:
+            good = [item for item in batch if isinstance(item, dict)]
+            bad = [item for item in batch if isinstance(item, SkippedItem)]
+            if bad and on_error == "raise":
+                raise DataError(manifest.absolute_path(bad[0].row - 1), bad[0].problem, row=bad[0].row)
+            skipped += bad
+            if good:
+                writer.append(torch.stack([item.pop("image") for item in good]))
+                kept += good
+            done += len(batch)
             if progress is not None:
-                progress(done, n)
+                progress(done, len(dataset))
+    if not kept:
+        raise DataError(manifest.source, f"no usable studies ({len(skipped)} skipped; first: "
+                                         f"{skipped[0] if skipped else '-'})")
+    studies = StudySet(images=RowStore(directory), texts=[k["text"] for k in kept],
+                       labels=[k["labels"] for k in kept], patient_ids=[k["patient_id"] for k in kept],
+                       rows=[k["row"] for k in kept], skipped=skipped)
+    return studies, kept
 
-    keep = [i for i, r in enumerate(results) if isinstance(r, torch.Tensor)]
-    skipped = [SkippedItem(i + 1, str(manifest.table.at[i, "path"]), results[i].problem)
-               for i, r in enumerate(results) if isinstance(r, DataError)]
-    if not keep:
-        raise DataError(manifest.source, f"no usable studies ({len(skipped)} skipped; first: {skipped[0] if skipped else '-'})")
-    table = manifest.table
-    return LoadedStudies(
-        images=torch.stack([results[i] for i in keep]),
-        texts=[str(table.at[i, "text"]) for i in keep],
-        labels=[manifest.labels(i) for i in keep],
-        patient_ids=[str(table.at[i, "patient_id"]) for i in keep],
-        rows=[i + 1 for i in keep],
-        skipped=skipped,
-    )
+
+class _Attempts(Dataset):
+    """Item ``i`` of ``studies``, or the SkippedItem saying why it could not be read (a worker
+    process hands errors back as values: raised there, they would arrive as a generic
+    RuntimeError without the file and row)."""
+
+    def __init__(self, studies: StudyDataset):
+        self.studies = studies
+
+    def __len__(self) -> int:
+        return len(self.studies)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.studies[i]
+        except DataError as exc:
+            return SkippedItem(i + 1, str(self.studies.manifest.table.at[i, "path"]), exc.problem)

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 
 from m3bind.data.manifest import parse_labels
+from m3bind.data.store import take_rows
 from m3bind.eval.retrieval import retrieval_scores
 from m3bind.eval.zeroshot import accuracy, class_prototypes, single_label_targets, zero_shot_logits
 from m3bind.experiment import Experiment
 from m3bind.models.embedding import embed_in_batches
+from m3bind.models.view import native_view
 
 # Images per forward pass when evaluating (kept fixed: the numbers must not depend on it).
 EVAL_BATCH = 128
@@ -25,8 +27,14 @@ EVAL_BATCH = 128
 UNBOUND_HEAD_DRAWS = 10
 
 
-def embed_images(encode_image, images: torch.Tensor) -> torch.Tensor:
-    return embed_in_batches(encode_image, images, EVAL_BATCH)
+def embed_images(encode_image, images) -> torch.Tensor:
+    """Embeddings of ``images`` (a tensor or an on-disk row store) as a float CPU tensor."""
+    return embed_in_batches(lambda batch: encode_image(batch).float().cpu(), images, EVAL_BATCH)
+
+
+def embed_texts(encode_texts, texts) -> torch.Tensor:
+    """Embeddings of ``texts`` as a float CPU tensor."""
+    return embed_in_batches(lambda batch: encode_texts(list(batch)).float().cpu(), texts, EVAL_BATCH)
 
 
 # --- zero-shot ------------------------------------------------------------------------------
@@ -58,7 +66,7 @@ def zero_shot_accuracy(view, studies, classes: Sequence[str], prompts: dict[str,
     keep, targets = single_label_targets(studies.labels, classes)
     if len(keep) == 0:
         return {"accuracy": float("nan"), "n": 0, "chance": 1.0 / len(classes)}
-    image_emb = embed_images(view.encode_image, studies.images[torch.as_tensor(keep)])
+    image_emb = embed_images(view.encode_image, take_rows(studies.images, keep))
     logits = zero_shot_logits(image_emb, class_prototypes(view.encode_texts, prompts))
     return {"accuracy": accuracy(logits, targets), "n": int(len(keep)), "chance": 1.0 / len(classes)}
 
@@ -146,7 +154,7 @@ def unbound_retrieval(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[s
     wanted = {m for pair in pairs for m in pair} & set(unbound)
     for m in wanted:
         unbound[m].eval()
-    native = paired_test_embeddings(exp, {m: unbound[m].model.encode_image for m in wanted})
+    native = paired_test_embeddings(exp, {m: native_view(unbound[m].model).encode_image for m in wanted})
     runs = []
     for draw in range(draws):
         cache = {}

@@ -15,7 +15,7 @@ import torch
 def class_prototypes(encode_texts: Callable[[list[str]], torch.Tensor],
                      class_prompts: Mapping[str, Sequence[str]]) -> torch.Tensor:
     """(n_classes, dim): the mean prompt embedding of each class, in ``class_prompts`` order."""
-    return torch.stack([encode_texts(list(prompts)).float().mean(0) for prompts in class_prompts.values()])
+    return torch.stack([encode_texts(list(prompts)).float().mean(0).cpu() for prompts in class_prompts.values()])
 
 
 def single_label_targets(labels: Sequence[Sequence[str]], classes: Sequence[str],

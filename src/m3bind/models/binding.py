@@ -74,7 +74,7 @@ class BoundModality(nn.Module):
         return self
 
     def encode_image(self, images: Tensor) -> Tensor:
-        return self.head(self.model.encode_image(images))
+        return self.head(self.model.encode_image(images.to(self.model.device)))
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         return self.head(self.model.encode_texts(list(texts)))

@@ -32,3 +32,8 @@ class SharedSpaceView:
 
     def logit_scale(self) -> Tensor:
         return self.image_model.logit_scale()
+
+
+def native_view(model: ModalityModel) -> SharedSpaceView:
+    """A modality model in its own (native) space: no head, its own text encoder."""
+    return SharedSpaceView(model, nn.Identity(), model)

@@ -46,7 +46,7 @@ def _measure(child: Experiment, seskd: bool) -> dict:
     if seskd:
         from m3bind.models.bound import M3Bind
 
-        final = M3Bind.from_pretrained(model_dir(child))
+        final = M3Bind.from_pretrained(model_dir(child)).to(child.device)
         views = {m: final.view(m) for m in final.modalities}
     else:
         views = load_bound(child)

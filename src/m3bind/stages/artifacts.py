@@ -48,7 +48,7 @@ def prepare_bound(exp: Experiment, modalities: Sequence[str]) -> dict[str, Bound
     for index, modality in enumerate(modalities):
         module = BoundModality(exp.load_unbound(modality), exp.cfg.shared_dim, seed=exp.cfg.seed + index)
         module.prepare_for_binding(lora.r, lora.alpha, lora.dropout, text=lora.text, image=lora.image)
-        bound[modality] = module
+        bound[modality] = module.to(exp.device)
     return bound
 
 

@@ -7,6 +7,7 @@ import torch
 
 from m3bind.eval.protocol import (heldout_texts, paired_retrieval, retrieval_pairs, unbound_retrieval,
                                   zero_shot_by_modality)
+from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.stages.artifacts import bind_dir, prepare_bound, save_bound, write_summary
 
@@ -28,7 +29,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     log(f"before binding: text agreement {before['text_agreement']:.3f}")
     outcome = bind_models(bound, train, exp.cfg.bind, bind_dir(exp), heldout_texts=texts, seed=exp.cfg.seed,
                           resume=resume, progress=progress)
-    save_bound(bound, bind_dir(exp) / "model", exp)
+    on_main_process(lambda: save_bound(bound, bind_dir(exp) / "model", exp))
     after = {"text_agreement": text_agreement(bound, texts), "retrieval": paired_retrieval(exp, bound, pairs),
              "zero_shot": zero_shot_by_modality(exp, bound)}
     log(f"after binding: text agreement {after['text_agreement']:.3f}")
@@ -37,5 +38,5 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
                "balance": {"probabilities": balance.probabilities, "lr_scales": balance.lr_scales,
                            "loss_weights": balance.loss_weights},
                "zero_shot_prompts": "expert", "before": before, "after": after}
-    write_summary(bind_dir(exp) / "summary.json", summary)
+    on_main_process(lambda: write_summary(bind_dir(exp) / "summary.json", summary))
     return summary

@@ -3,6 +3,7 @@ text encoder; writes distill/summary.json and the final model."""
 from __future__ import annotations
 
 from m3bind.eval.protocol import modality_zero_shot, paired_retrieval, retrieval_pairs
+from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.models.view import SharedSpaceView
 from m3bind.stages.artifacts import export_model, load_bound, model_dir, write_summary
@@ -20,7 +21,7 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     train = {m: exp.studies(m, "train") for m in names}
     corpus = [t for m in names for t in train[m].texts]
     student = build_student(exp.cfg.distill.student, corpus, exp.cfg.shared_dim, seed=exp.cfg.seed,
-                            config_dir=exp.config_path.parent if exp.config_path else None)
+                            config_dir=exp.config_path.parent if exp.config_path else None).to(exp.device)
     probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
     before_retrieval = paired_retrieval(exp, bound, pairs)
     outcome = distill_student(student, bound, train, exp.cfg.distill, exp.out_dir / "distill",
@@ -29,12 +30,13 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     zero_shot = {m: modality_zero_shot(exp, m, SharedSpaceView(bound[m].model, bound[m].head, student))
                  for m in names}
     after_retrieval = paired_retrieval(exp, bound, pairs)
-    export_model(bound, student).save_pretrained(model_dir(exp))
+    final = export_model(bound, student)
+    on_main_process(lambda: final.save_pretrained(model_dir(exp)))
     summary = {"steps": outcome.steps_done, "update_heads": exp.cfg.distill.update_heads,
                "student": exp.cfg.distill.student.model_dump(), "zero_shot_prompts": "expert",
                "zero_shot_student": zero_shot, "retrieval_before": before_retrieval,
                "retrieval_after": after_retrieval, "final_losses": outcome.history[-1] if outcome.history else {}}
-    write_summary(exp.out_dir / "distill" / "summary.json", summary)
+    on_main_process(lambda: write_summary(exp.out_dir / "distill" / "summary.json", summary))
     for m, z in zero_shot.items():
         log(f"{m}: zero-shot accuracy (expert prompts) with the student text encoder {z['accuracy']:.3f}")
     log(f"bound model saved to {model_dir(exp)}")

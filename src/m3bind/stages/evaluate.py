@@ -21,12 +21,13 @@ from m3bind.eval.fewshot import linear_probe
 from m3bind.eval.metrics import classification_metrics, multilabel_metrics
 from m3bind.eval.prompts import (expert_prompts, naive_prompts, presence_pairs, presence_probabilities,
                                  sampled_prompts)
-from m3bind.eval.protocol import (UNBOUND_HEAD_DRAWS, embed_images, heldout_texts, modality_classes,
+from m3bind.data.store import take_rows
+from m3bind.eval.protocol import (UNBOUND_HEAD_DRAWS, embed_images, embed_texts, heldout_texts, modality_classes,
                                   paired_retrieval, prompt_set_for, retrieval_pairs, unbound_retrieval)
 from m3bind.eval.retrieval import retrieval_scores
 from m3bind.eval.zeroshot import class_prototypes, single_label_targets
+from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
-from m3bind.models.embedding import embed_in_batches
 from m3bind.stages.artifacts import bind_dir, load_bound, model_dir
 
 SAMPLED_PROMPTS = 10  # prompts per class for the sampled (CheXpert 5x200 style) protocol
@@ -45,12 +46,12 @@ def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
 
     unbound = {}
     for index, m in enumerate(names):
-        unbound[m] = BoundModality(exp.load_unbound(m), exp.cfg.shared_dim, seed=exp.cfg.seed + index)
+        unbound[m] = BoundModality(exp.load_unbound(m), exp.cfg.shared_dim, seed=exp.cfg.seed + index).to(exp.device)
     variants = {"unbound": unbound}
     if (bind_dir(exp) / "model" / "bound.json").exists():
         variants["bound"] = load_bound(exp)
     if (model_dir(exp) / "m3bind.json").exists():
-        final = M3Bind.from_pretrained(model_dir(exp))
+        final = M3Bind.from_pretrained(model_dir(exp)).to(exp.device)
         variants["m3bind"] = {m: final.view(m) for m in final.modalities}
     for views in variants.values():
         for view in views.values():
@@ -76,8 +77,8 @@ def zero_shot_tables(exp: Experiment, modality: str, view) -> dict:
         out[style] = classification_metrics(targets, scores, classes)
     findings = classes[1:]
     pairs = presence_pairs(prompt_set, findings)
-    pos = view.encode_texts([pairs[f][0] for f in findings])
-    neg = view.encode_texts([pairs[f][1] for f in findings])
+    pos = embed_texts(view.encode_texts, [pairs[f][0] for f in findings])
+    neg = embed_texts(view.encode_texts, [pairs[f][1] for f in findings])
     probs = presence_probabilities(image_emb, pos, neg, float(view.logit_scale())).numpy()
     truth = np.array([[f in labels for f in findings] for labels in studies.labels], dtype=int)
     out["presence"] = multilabel_metrics(truth, probs, classes=findings)
@@ -90,8 +91,8 @@ def few_shot_table(exp: Experiment, modality: str, view) -> dict:
     train, test = exp.studies(modality, "train"), exp.studies(modality, "test")
     train_keep, train_y = single_label_targets(train.labels, classes)
     test_keep, test_y = single_label_targets(test.labels, classes)
-    train_emb = embed_images(view.encode_image, train.images[torch.as_tensor(train_keep)]).numpy()
-    test_emb = embed_images(view.encode_image, test.images[torch.as_tensor(test_keep)]).numpy()
+    train_emb = embed_images(view.encode_image, take_rows(train.images, train_keep)).numpy()
+    test_emb = embed_images(view.encode_image, take_rows(test.images, test_keep)).numpy()
     result = linear_probe(train_emb, train_y, test_emb, test_y, exp.cfg.eval.shots, exp.cfg.eval.seeds, classes)
     return {str(k): v for k, v in result.items()}
 
@@ -100,7 +101,7 @@ def few_shot_table(exp: Experiment, modality: str, view) -> dict:
 def text_to_image(exp: Experiment, modality: str, view) -> dict:
     """Each test report retrieves its own study among the test studies (concept = finding set)."""
     studies = exp.studies(modality, "test")
-    text_emb = embed_in_batches(view.encode_texts, studies.texts, 128)
+    text_emb = embed_texts(view.encode_texts, studies.texts)
     image_emb = embed_images(view.encode_image, studies.images)
     ids = [str(r) for r in studies.rows]
     findings = [frozenset(labels) for labels in studies.labels]
@@ -172,6 +173,6 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
         embeddings["after"] = embedding_sample(exp, variants["bound"])
     report["seconds"] = time.perf_counter() - start
     out_dir = exp.out_dir / "report"
-    paths = write_report(report, out_dir, embeddings=embeddings)
-    log(f"report written to {paths.get('report.md', out_dir)}")
+    if on_main_process(lambda: write_report(report, out_dir, embeddings=embeddings)) is not None:
+        log(f"report written to {out_dir / 'report.md'}")
     return report

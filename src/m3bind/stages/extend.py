@@ -18,12 +18,13 @@ def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *,
     from m3bind.models.bound import M3Bind
     from m3bind.train.extend import extend_with
 
-    base = M3Bind.from_pretrained(base_dir)
+    base = M3Bind.from_pretrained(base_dir).to(exp.device)
     if modality in base.modalities:
         raise ConfigError(f"{base_dir} already has a '{modality}' model; extend adds a modality it does not have")
     lora = exp.cfg.bind.lora
     new = BoundModality(exp.load_unbound(modality), base.shared_dim, seed=exp.cfg.seed + 97)
     new.prepare_for_binding(lora.r, lora.alpha, lora.dropout, text=lora.text, image=lora.image)
+    new.to(exp.device)
     train = exp.studies(modality, "train")
     outcome = extend_with(new, base.student, train, exp.cfg.bind, out_dir / "run", seed=exp.cfg.seed,
                           resume=resume, progress=progress)

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 import torch
 
 from m3bind.eval.protocol import modality_zero_shot
+from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
+from m3bind.models.view import native_view
 from m3bind.stages.artifacts import write_summary
 
 
@@ -32,7 +34,7 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         if spec.options:
             config = type(config).model_validate({**config.model_dump(), **spec.options})
         model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
-                                    preprocess=exp.preprocess(modality))
+                                    preprocess=exp.preprocess(modality)).to(exp.device)
         if exp.cfg.pretrain.text_mlm_steps:
             from m3bind.train.text_pretrain import mlm_pretrain
 
@@ -40,13 +42,13 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
             mlm_pretrain(model, corpus, exp.cfg.pretrain.text_mlm_steps, seed=exp.cfg.seed, progress=progress)
         outcome = pretrain_modality(model, train, exp.cfg.pretrain, exp.out_dir / "pretrain" / modality,
                                     seed=exp.cfg.seed, resume=resume, progress=progress)
-        model.save_pretrained(exp.pretrained_dir(modality))
-        zero_shot = modality_zero_shot(exp, modality, model)
+        on_main_process(lambda: model.save_pretrained(exp.pretrained_dir(modality)))
+        zero_shot = modality_zero_shot(exp, modality, native_view(model))
         results[modality] = {"train_studies": len(train), "final_loss": outcome.history[-1]["loss"]
                              if outcome.history else None, "zero_shot": zero_shot}
         log(f"{modality}: zero-shot accuracy (expert prompts) {zero_shot['accuracy']:.3f} on {zero_shot['n']} "
             f"test studies (chance {zero_shot['chance']:.3f})")
     summary = exp.out_dir / "pretrain" / "summary.json"
     previous = json.loads(summary.read_text()) if summary.exists() else {}
-    write_summary(summary, {**previous, **results})
+    on_main_process(lambda: write_summary(summary, {**previous, **results}))
     return results

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from m3bind.config import BindConfig
-from m3bind.data.datasets import LoadedStudies
+from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality
 from m3bind.train.balance import Balance, modality_balance
 from m3bind.train.frozen import FrozenImageEmbeddings
@@ -50,7 +50,7 @@ def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequenc
     for b in bound.values():
         b.eval()
     embeddings = {m: b.encode_texts(texts) for m, b in bound.items()}
-    target = torch.arange(len(texts))
+    target = torch.arange(len(texts), device=next(iter(embeddings.values())).device)
     hits = [((embeddings[a] @ embeddings[b].T).argmax(1) == target).float().mean()
             for a, b in permutations(embeddings, 2)]
     return float(torch.stack(hits).mean()) if hits else 1.0
@@ -70,7 +70,7 @@ def build_optimizer(bound: Mapping[str, BoundModality], cfg: BindConfig, balance
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedStudies], cfg: BindConfig,
+def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet], cfg: BindConfig,
                 run_dir: Path, *, heldout_texts: Sequence[str], seed: int = 0, resume: bool = False,
                 progress=None, stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
     """Bind already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding)."""
@@ -79,7 +79,8 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
     from m3bind.errors import ConfigError
     from m3bind.train.distributed import DataParallel
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    device = next(iter(bound.values())).model.device
+    accelerator = Accelerator(cpu=device.type != "cuda", mixed_precision=cfg.mixed_precision)
     parallel = DataParallel(accelerator)
     for name in ("image_batch_size", "text_batch_size"):
         if getattr(cfg, name) % parallel.world:
@@ -91,7 +92,8 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, LoadedSt
     container = nn.ModuleDict(dict(bound))
     optimizer = build_optimizer(bound, cfg, balance)
     corpora = {m: train[m].texts for m in names}
-    frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images) for m in names if not cfg.lora.image}
+    frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images, directory=run_dir / "frozen" / m)
+              for m in names if not cfg.lora.image}
 
     def encode_images(m: str, index: Tensor) -> Tensor:
         if m in frozen:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from m3bind.config import DistillConfig
-from m3bind.data.datasets import LoadedStudies
+from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
@@ -42,7 +42,7 @@ def teacher_encoders(bound: Mapping[str, BoundModality]) -> dict[str, callable]:
 
 
 def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModality],
-                    train: Mapping[str, LoadedStudies], cfg: DistillConfig, run_dir: Path, *,
+                    train: Mapping[str, StudySet], cfg: DistillConfig, run_dir: Path, *,
                     probabilities: Mapping[str, float], seed: int = 0, resume: bool = False, progress=None,
                     stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
     names = list(bound)
@@ -57,8 +57,10 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
     trainable = nn.ModuleDict({"student": student, "heads": heads})
     corpora = {m: train[m].texts for m in names}
     teachers = FrozenTextEmbeddings(teacher_encoders(bound), [t for m in names for t in corpora[m]],
-                                    cfg.cache_embeddings)
-    images = {m: FrozenImageEmbeddings(bound[m], train[m].images, cfg.cache_embeddings) for m in names}
+                                    cfg.cache_embeddings, directory=run_dir / "frozen" / "teachers",
+                                    device=student.device)
+    images = {m: FrozenImageEmbeddings(bound[m], train[m].images, cfg.cache_embeddings,
+                                       directory=run_dir / "frozen" / m) for m in names}
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     total = cfg.kd_steps + cfg.contrastive_steps

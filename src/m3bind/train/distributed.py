@@ -20,6 +20,8 @@ class DataParallel:
     def __init__(self, accelerator=None):
         self.rank = accelerator.process_index if accelerator is not None else 0
         self.world = accelerator.num_processes if accelerator is not None else 1
+        # Collectives run on the backend's device (NCCL needs CUDA tensors, gloo CPU ones).
+        self.device = accelerator.device if accelerator is not None else torch.device("cpu")
 
     @property
     def active(self) -> bool:
@@ -60,6 +62,6 @@ class DataParallel:
             return value
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t) / self.world

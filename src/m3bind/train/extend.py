@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from m3bind.config import BindConfig
-from m3bind.data.datasets import LoadedStudies
+from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
@@ -23,22 +23,26 @@ from m3bind.train.loop import LoopResult, LoopSettings, run_loop
 from m3bind.train.sampling import sample_batch, step_generator
 
 
-def extend_with(new: BoundModality, student: StudentTextEncoder, train: LoadedStudies, cfg: BindConfig,
+def extend_with(new: BoundModality, student: StudentTextEncoder, train: StudySet, cfg: BindConfig,
                 run_dir: Path, *, seed: int = 0, resume: bool = False, progress=None,
                 tensorboard: bool = True) -> LoopResult:
     """Train ``new`` (already LoRA-prepared) into the frozen ``student``'s space."""
     student.eval()
     for p in student.parameters():
         p.requires_grad_(False)
-    targets = FrozenTextEmbeddings({"student": student.encode_texts}, train.texts)
-    images = FrozenImageEmbeddings(new, train.images) if not cfg.lora.image else None
+    device = new.model.device
+    targets = FrozenTextEmbeddings({"student": student.encode_texts}, train.texts,
+                                   directory=run_dir / "frozen" / "student", device=device)
+    images = (FrozenImageEmbeddings(new, train.images, directory=run_dir / "frozen" / new.modality)
+              if not cfg.lora.image else None)
     optimizer = torch.optim.AdamW([p for p in new.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         index = sample_batch(len(train), cfg.image_batch_size, step_generator(seed, step, 1))
         texts = [train.texts[i] for i in index.tolist()]
-        image_emb = new.head(images[index]) if images is not None else new.encode_image(train.images[index])
+        image_emb = (new.head(images[index]) if images is not None
+                     else new.encode_image(train.images[index].to(device)))
         text_emb = new.encode_texts(texts)
         student_emb = targets(texts)["student"]
         labels = [train.labels[i] for i in index.tolist()] if cfg.label_aware else None

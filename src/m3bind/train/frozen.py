@@ -2,11 +2,16 @@
 
 Binding with frozen image towers (no image LoRA), SESKD's teachers and image encoders, and
 ``extend``'s student targets never change during their stage, so recomputing them every step
-would only cost time (``benchmarks/distill_cache.py``).
+would only cost time (``benchmarks/distill_cache.py``). Given a ``directory``, the table is
+written to disk (a :class:`~m3bind.data.store.RowStore`) and read a batch at a time, so its
+size is bounded by the disk, not by memory; without one it stays in memory (small runs, tests).
+Rows come back on ``device``, the device of the step that uses them.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -15,23 +20,31 @@ from m3bind.models.binding import BoundModality
 from m3bind.models.embedding import embed_in_batches
 
 
+def _fresh(directory: Path | None) -> Path | None:
+    """A table left by an earlier run belongs to other weights: start it again."""
+    if directory is not None and directory.exists():
+        shutil.rmtree(directory)
+    return directory
+
+
 class FrozenImageEmbeddings:
     """A modality's native image embeddings (before the binding head), cached or recomputed."""
 
-    def __init__(self, bound: BoundModality, images: Tensor, cache: bool = True, batch_size: int = 128):
+    def __init__(self, bound: BoundModality, images, cache: bool = True, batch_size: int = 128,
+                 directory: Path | None = None):
         self.model = bound.model
         self.images = images
-        self.table: Tensor | None = None
+        self.table = None
         self.model.eval()
         if cache:
-            self.table = embed_in_batches(self._encode, images, batch_size)
+            self.table = embed_in_batches(self._encode, images, batch_size, out_dir=_fresh(directory))
 
     def _encode(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images.to(self.model.device))
 
     def __getitem__(self, index: Tensor) -> Tensor:
         if self.table is not None:
-            return self.table[index]
+            return self.table[index].to(self.model.device)
         with torch.no_grad():
             return self._encode(self.images[index])
 
@@ -40,22 +53,27 @@ class FrozenTextEmbeddings:
     """Shared-space embeddings of every distinct text under one or more frozen encoders.
 
     ``encoders`` maps a name to an ``encode_texts`` callable; calling the object with a list of
-    texts returns ``{name: (len(texts), D)}``. With ``cache=False`` the encoders run on demand
-    (the same values, only slower); they must then stay frozen for the object's lifetime.
+    texts returns ``{name: (len(texts), D)}`` on ``device``. With ``cache=False`` the encoders
+    run on demand (the same values, only slower); they must then stay frozen for the object's
+    lifetime.
     """
 
-    def __init__(self, encoders: Mapping[str, callable], texts: Sequence[str], cache: bool = True,
-                 batch_size: int = 256):
+    def __init__(self, encoders: Mapping[str, Callable], texts: Sequence[str], cache: bool = True,
+                 batch_size: int = 256, directory: Path | None = None, device: torch.device | str = "cpu"):
         self.encoders = dict(encoders)
+        self.device = torch.device(device)
         self.row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-        self.table: dict[str, Tensor] = {}
+        self.table: dict[str, object] = {}
         if cache:
             unique = list(self.row)
-            self.table = {name: embed_in_batches(encode, unique, batch_size) for name, encode in self.encoders.items()}
+            _fresh(directory)
+            self.table = {name: embed_in_batches(encode, unique, batch_size,
+                                                 out_dir=directory / name if directory is not None else None)
+                          for name, encode in self.encoders.items()}
 
     def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
         if self.table:
             rows = torch.tensor([self.row[t] for t in texts])
-            return {name: table[rows] for name, table in self.table.items()}
+            return {name: table[rows].to(self.device) for name, table in self.table.items()}
         with torch.no_grad():
-            return {name: encode(list(texts)) for name, encode in self.encoders.items()}
+            return {name: encode(list(texts)).to(self.device) for name, encode in self.encoders.items()}

@@ -126,8 +126,8 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
     """
     from accelerate import Accelerator
 
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
-                                             mixed_precision=settings.mixed_precision)
+    device = next(model.parameters()).device
+    accelerator = accelerator or Accelerator(cpu=device.type != "cuda", mixed_precision=settings.mixed_precision)
     parallel = DataParallel(accelerator)
     trained = [p for g in optimizer.param_groups for p in g["params"]]
     checkpoint_state = checkpoint_state or (lambda: trainable_state(model))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from m3bind.config import PretrainConfig
-from m3bind.data.datasets import LoadedStudies
+from m3bind.data.datasets import StudySet
 from m3bind.models.base import ModalityModel
 from m3bind.train.augment import augment_batch
 from m3bind.train.losses import clip_objective
@@ -19,7 +19,7 @@ from m3bind.train.loop import LoopResult, LoopSettings, run_loop
 from m3bind.train.sampling import sample_batch, step_generator
 
 
-def pretrain_modality(model: ModalityModel, train: LoadedStudies, cfg: PretrainConfig, run_dir: Path, *,
+def pretrain_modality(model: ModalityModel, train: StudySet, cfg: PretrainConfig, run_dir: Path, *,
                       seed: int = 0, resume: bool = False, progress=None, stop_after: int | None = None,
                       tensorboard: bool = True) -> LoopResult:
     """CLIP loss on ``train`` for ``cfg.steps`` AdamW steps (warm-up + cosine).

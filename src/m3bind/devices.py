@@ -1,0 +1,38 @@
+"""Which device a process computes on."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from m3bind.errors import ConfigError
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    """``auto``: this process's GPU when CUDA is present (``LOCAL_RANK`` picks it under
+    ``accelerate launch`` / ``torchrun``), else the CPU; otherwise the named device, checked."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{setting}' asked for, but this machine has no CUDA GPU (use 'auto' or 'cpu')")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: '{setting}' asked for, but MPS is not available here")
+    return device
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched group (accelerate launch, torchrun), or a lone process."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def on_main_process(write):
+    """Run ``write()`` on the main process only (files are written once), then let every process
+    wait for it, so none reads a file before it exists. Returns ``write()``'s result on the main
+    process, None elsewhere."""
+    result = write() if is_main_process() else None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return result

@@ -1,0 +1,123 @@
+"""Streaming studies from disk: the on-disk row store, the preprocessed cache and its key,
+and equivalence with reading every study directly."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import m3bind.data.store as store_module
+from m3bind.config import parse_config
+from m3bind.data.manifest import write_manifest
+from m3bind.data.readers import read_study
+from m3bind.data.store import RowStore, RowWriter, take_rows
+from m3bind.data.transforms import build_transform
+from m3bind.errors import DataError
+from m3bind.experiment import Experiment
+from m3bind.train.sampling import sample_batch, step_generator
+
+
+def test_row_store_reads_any_index_across_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "SHARD_BYTES", 5 * 3 * 4 * 4)  # five rows of (3, 4) float32 per shard
+    rows = np.arange(23 * 12, dtype=np.float32).reshape(23, 3, 4)
+    with RowWriter(tmp_path / "s") as writer:
+        for start in range(0, 23, 7):
+            writer.append(rows[start:start + 7])
+    store = RowStore(tmp_path / "s")
+    assert len(store) == 23 and store.shape == (23, 3, 4)
+    assert len(list((tmp_path / "s").glob("shard_*.npy"))) > 3
+    index = torch.tensor([22, 0, 5, 5, 13, 4])
+    assert np.array_equal(store[index].numpy(), rows[index.numpy()])
+    assert np.array_equal(store[3:17:2].numpy(), rows[3:17:2])
+    assert np.array_equal(store[-1].numpy(), rows[-1])
+    subset = store.subset([20, 2, 9, 11])
+    assert len(subset) == 4 and np.array_equal(subset[1:3].numpy(), rows[[2, 9]])
+    assert np.array_equal(subset.subset([3, 0])[:].numpy(), rows[[11, 20]])
+    assert np.array_equal(take_rows(torch.from_numpy(rows), [1, 2]).numpy(), rows[[1, 2]])
+    with pytest.raises(IndexError):
+        store[torch.tensor([23])]
+
+
+def test_a_failed_writer_publishes_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RowWriter(tmp_path / "s") as writer:
+            writer.append(np.zeros((2, 3), dtype=np.float32))
+            raise RuntimeError("killed")
+    assert not (tmp_path / "s").exists() and not list(tmp_path.iterdir())
+
+
+def _cohort(tmp_path, n=24, bad=None):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = tmp_path / "data" / f"s{i:02d}.npy"
+        path.parent.mkdir(exist_ok=True)
+        np.save(path, rng.random((80, 72), dtype=np.float32))
+        rows.append({"path": f"data/s{i:02d}.npy", "text": f"report {i}", "labels": "cardiomegaly" if i % 3 else "",
+                     "split": "train", "patient_id": f"P{i:03d}"})
+    if bad is not None:
+        (tmp_path / rows[bad]["path"]).write_bytes(b"not an array")
+    return write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+
+
+def _experiment(tmp_path, manifest, **data):
+    cfg = parse_config({"output_dir": str(tmp_path / "run"), "demo_sizes": True,
+                        "modalities": {"xray": {"manifest": str(manifest)}}, "data": {"workers": 2, **data}})
+    return Experiment(cfg)
+
+
+def test_streamed_batches_equal_reading_each_study(tmp_path):
+    manifest = _cohort(tmp_path)
+    exp = _experiment(tmp_path, manifest)
+    studies = exp.studies("xray", "train")
+    assert isinstance(studies.images, RowStore) and len(studies) == 24
+    transform = build_transform("xray", exp.preprocess("xray"))
+    table = exp.manifest("xray").split("train")
+    for step in range(5):
+        index = sample_batch(len(studies), 8, step_generator(0, step, 1))
+        direct = torch.stack([transform(read_study(table.absolute_path(int(i)))) for i in index])
+        assert torch.equal(studies.images[index], direct)
+    assert studies.texts[3] == "report 3" and studies.labels[3] == [] and studies.labels[4] == ["cardiomegaly"]
+    assert studies.rows == list(range(1, 25)) and studies.patient_ids[0] == "P000"
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_or_the_settings_change(tmp_path, monkeypatch):
+    manifest = _cohort(tmp_path)
+    first = _experiment(tmp_path, manifest).studies("xray", "train")
+    caches = sorted((tmp_path / "run" / "cache").iterdir())
+    assert len(caches) == 1
+
+    import m3bind.data.datasets as datasets
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cache should have been reused")
+    monkeypatch.setattr(datasets, "stream_studies", no_rebuild)
+    again = _experiment(tmp_path, manifest).studies("xray", "train")
+    assert torch.equal(again.images[:], first.images[:])
+    monkeypatch.undo()
+
+    np.save(tmp_path / "data" / "s05.npy", np.ones((80, 72), dtype=np.float32))  # a study is replaced
+    changed = _experiment(tmp_path, manifest).studies("xray", "train")
+    assert len(list((tmp_path / "run" / "cache").iterdir())) == 2
+    assert not torch.equal(changed.images[5], first.images[5]) and torch.equal(changed.images[6], first.images[6])
+
+    cfg = parse_config({"output_dir": str(tmp_path / "run"), "demo_sizes": True, "data": {"workers": 0},
+                        "modalities": {"xray": {"manifest": str(manifest), "preprocess": {"size": 48}}}})
+    resized = Experiment(cfg).studies("xray", "train")
+    assert resized.images[0].shape[-1] == 48 and len(list((tmp_path / "run" / "cache").iterdir())) == 3
+
+
+def test_bad_study_raises_naming_it_or_is_skipped_and_listed(tmp_path):
+    manifest = _cohort(tmp_path, bad=7)
+    with pytest.raises(DataError) as error:
+        _experiment(tmp_path, manifest).studies("xray", "train")
+    assert "s07.npy" in str(error.value) and error.value.row == 8
+    exp = _experiment(tmp_path, manifest, on_error="skip")
+    studies = exp.studies("xray", "train")
+    assert len(studies) == 23 and 8 not in studies.rows
+    assert [item.row for item in studies.skipped] == [8]
+    listed = exp.skipped_studies()
+    assert list(listed) == ["xray/train"] and "s07.npy" in listed["xray/train"][0]
+    # the skip survives a reload from the cache
+    assert _experiment(tmp_path, manifest, on_error="skip").studies("xray", "train").skipped[0].row == 8
