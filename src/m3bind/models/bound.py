@@ -74,13 +74,16 @@ class M3Bind(nn.Module):
         return tensor
 
     @torch.no_grad()
-    def encode_images(self, modality: str, items: Iterable[Any] | Tensor, batch_size: int = 32) -> Tensor:
+    def encode_images(self, modality: str, items: Iterable[Any] | Tensor | str | Path,
+                      batch_size: int = 32) -> Tensor:
         """(N, D) normalised shared-space embeddings of studies of one modality.
 
         ``items``: file paths (DICOM, NIfTI, WFDB, PNG/JPEG/TIFF, .npy), or preprocessed arrays/tensors
-        (one per study, or one stacked tensor).
+        (one per study, or one stacked tensor). A single path is one study (N = 1).
         """
         model, head = self._model(modality), self.heads[modality]
+        if isinstance(items, (str, Path)):  # a str is iterable too: never read it character by character
+            items = [items]
         if torch.is_tensor(items):
             tensors = list(items)
         else:
