@@ -54,3 +54,13 @@ def test_quick_demo_end_to_end(tmp_path):
 
     model = M3Bind.from_pretrained(out / "model")
     assert sorted(model.modalities) == ["ct", "ecg", "pathology", "retina", "xray"]
+
+    # The demo leaves a search index of the test and paired studies, made with the final model.
+    from m3bind.search.index import SearchIndex
+    from m3bind.search.model_identity import SearchModel
+    from m3bind.search.query import search_text
+
+    index = SearchIndex.open(out / "index")
+    hits = search_text(index, SearchModel.load(out / "model"), "moderate cardiomegaly", k=5, per_modality=True)
+    assert {hit.study.modality for hit in hits} == {"ct", "ecg", "pathology", "retina", "xray"}
+    assert all(len([h for h in hits if h.study.modality == m]) == 5 for m in ("xray", "ecg"))

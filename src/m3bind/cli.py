@@ -107,10 +107,18 @@ def config_command(path: Optional[Path] = typer.Argument(None, help="A YAML conf
         console.print(f"[green]{path}: valid[/] ({len(cfg.modalities)} modalities: {', '.join(cfg.modalities)})")
 
 
-def _experiment(config: Path):
+SKIP_BAD = typer.Option(False, "--skip-bad-studies",
+                        help="Leave unreadable study files out (counted and listed in the summary) instead of "
+                             "stopping; the same as data.on_error: skip in the config.")
+
+
+def _experiment(config: Path, skip_bad: bool = False):
     from m3bind.experiment import Experiment
 
-    return Experiment.from_file(config)
+    exp = Experiment.from_file(config)
+    if skip_bad:
+        exp.cfg.data.on_error = "skip"
+    return exp
 
 
 @app.command()
@@ -119,11 +127,12 @@ def pretrain(config: Path = typer.Argument(..., help="Experiment config (YAML)."
              modality: Optional[list[str]] = typer.Option(None, "--modality", "-m",
                                                           help="Only these modalities (repeatable)."),
              resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoints."),
+             skip_bad: bool = SKIP_BAD,
              ) -> None:
     """Pretrain each built-in modality model on its own image-text pairs (published models skip this)."""
     from m3bind.stages import run_pretrain
 
-    exp = _experiment(config)
+    exp = _experiment(config, skip_bad)
     with progress_bar() as bar:
         run_pretrain(exp, modality or None, resume=resume, progress=bar, log=log_line)
 
@@ -132,11 +141,12 @@ def pretrain(config: Path = typer.Argument(..., help="Experiment config (YAML)."
 @friendly_errors
 def bind(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
          resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+         skip_bad: bool = SKIP_BAD,
          ) -> None:
     """Bind: LoRA + heads, per-modality CLIP losses, cross-encoder text alignment, AMB."""
     from m3bind.stages import run_bind
 
-    exp = _experiment(config)
+    exp = _experiment(config, skip_bad)
     with progress_bar() as bar:
         summary = run_bind(exp, resume=resume, progress=bar, log=log_line)
     _print_bind_summary(summary)
@@ -147,11 +157,12 @@ def bind(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
 @friendly_errors
 def distill(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
             resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+            skip_bad: bool = SKIP_BAD,
             ) -> None:
     """Distill (SESKD): the bound text encoders into one student; writes the final model."""
     from m3bind.stages import run_distill
 
-    exp = _experiment(config)
+    exp = _experiment(config, skip_bad)
     with progress_bar() as bar:
         run_distill(exp, resume=resume, progress=bar, log=log_line)
 
@@ -160,11 +171,12 @@ def distill(config: Path = typer.Argument(..., help="Experiment config (YAML).")
 @friendly_errors
 def run_all(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
             resume: bool = typer.Option(False, "--resume", help="Continue every stage from its checkpoints."),
+            skip_bad: bool = SKIP_BAD,
             ) -> None:
     """Every stage: pretrain (built-in models), bind, distill, evaluate."""
     from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
 
-    exp = _experiment(config)
+    exp = _experiment(config, skip_bad)
     with progress_bar() as bar:
         run_pretrain(exp, resume=resume, progress=bar, log=log_line)
         summary = run_bind(exp, resume=resume, progress=bar, log=log_line)
@@ -180,11 +192,12 @@ def extend(config: Path = typer.Argument(..., help="Experiment config naming the
            modality: str = typer.Option(..., "--modality", "-m", help="The modality to add."),
            out: Path = typer.Option(..., "--out", help="Folder for the extended model and its summary."),
            resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+           skip_bad: bool = SKIP_BAD,
            ) -> None:
     """Bind a new modality into an existing bound model (its LoRA + head only; the rest stays unchanged)."""
     from m3bind.stages import run_extend
 
-    exp = _experiment(config)
+    exp = _experiment(config, skip_bad)
     with progress_bar() as bar:
         run_extend(exp, model, modality, out, resume=resume, progress=bar, log=log_line)
 
@@ -193,12 +206,13 @@ def extend(config: Path = typer.Argument(..., help="Experiment config naming the
 @friendly_errors
 def eval_command(config: Path = typer.Argument(..., help="Experiment config (YAML)."),
                  few_shot: bool = typer.Option(True, "--few-shot/--no-few-shot", help="Run linear probes."),
+                 skip_bad: bool = SKIP_BAD,
                  ) -> None:
     """Zero-shot, few-shot and cross-modal retrieval for the unbound, bound and final models; writes the report."""
     from m3bind.stages import run_eval
 
     quiet_libraries()
-    exp = _experiment(config)
+    exp = _experiment(config, skip_bad)
     report = run_eval(exp, command=f"m3bind eval {config}", log=log_line, few_shot=few_shot)
     _print_report_summary(report)
 
@@ -208,12 +222,13 @@ def eval_command(config: Path = typer.Argument(..., help="Experiment config (YAM
 @friendly_errors
 def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) with pretrain done."),
            study: str = typer.Option("amb_seskd", "--study", help="'subsets' (paper Table 4) or 'amb_seskd' (Table 5)."),
+           skip_bad: bool = SKIP_BAD,
            ) -> None:
     """Ablations: modality subsets, or AMB and SESKD on/off; adds an ablation table to the report."""
     from m3bind.stages import run_ablation
     from m3bind.stages.ablate import ablation_path
 
-    exp = _experiment(config)
+    exp = _experiment(config, skip_bad)
     with progress_bar() as bar:
         rows = run_ablation(exp, study, progress=bar, log=log_line)
     table = Table(title=f"ablation: {study}")

@@ -37,6 +37,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     summary = {"modalities": names, "steps": outcome.steps_done, "parameters": params,
                "balance": {"probabilities": balance.probabilities, "lr_scales": balance.lr_scales,
                            "loss_weights": balance.loss_weights},
-               "zero_shot_prompts": "expert", "before": before, "after": after}
+               "zero_shot_prompts": "expert", "before": before, "after": after,
+               "skipped_studies": exp.skipped_studies()}
     on_main_process(lambda: write_summary(bind_dir(exp) / "summary.json", summary))
     return summary

@@ -52,4 +52,25 @@ def run_demo(out: Path, patients: int, seed: int, quick: bool, *, cohort_progres
     run_pretrain(exp, progress=progress, log=log)
     run_bind(exp, progress=progress, log=log)
     run_distill(exp, progress=progress, log=log)
-    return run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=log)
+    report = run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=log)
+    index = index_test_studies(exp, out / "index", workers=exp.cfg.data.workers)
+    log(f"search index of the test and paired studies: {index} (try `m3bind serve {index} --model {out / 'model'}`)")
+    return report
+
+
+def index_test_studies(exp: Experiment, out: Path, workers: int | None = None) -> Path:
+    """A search index of every test study and every paired study, made with the final model."""
+    from m3bind.data.datasets import default_workers
+    from m3bind.data.manifest import write_manifest
+    from m3bind.search.building import build_index
+    from m3bind.search.model_identity import SearchModel
+    from m3bind.stages.artifacts import model_dir
+
+    manifests = []
+    for modality in exp.modalities:
+        test = exp.manifest(modality).split("test")
+        manifests.append(write_manifest(test.table, test.source.with_name("search-test.csv")))
+    manifests += [exp.paired_manifest(m).source for m in exp.cfg.paired_manifests]
+    build_index(SearchModel.load(model_dir(exp)), manifests, out,
+                workers=default_workers() if workers is None else workers)
+    return out

@@ -35,7 +35,8 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     summary = {"steps": outcome.steps_done, "update_heads": exp.cfg.distill.update_heads,
                "student": exp.cfg.distill.student.model_dump(), "zero_shot_prompts": "expert",
                "zero_shot_student": zero_shot, "retrieval_before": before_retrieval,
-               "retrieval_after": after_retrieval, "final_losses": outcome.history[-1] if outcome.history else {}}
+               "retrieval_after": after_retrieval, "final_losses": outcome.history[-1] if outcome.history else {},
+               "skipped_studies": exp.skipped_studies()}
     on_main_process(lambda: write_summary(exp.out_dir / "distill" / "summary.json", summary))
     for m, z in zero_shot.items():
         log(f"{m}: zero-shot accuracy (expert prompts) with the student text encoder {z['accuracy']:.3f}")

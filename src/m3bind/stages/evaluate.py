@@ -162,6 +162,9 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
                            "draws (± the spread of the concept AUC).")
     report["notes"].append("Few-shot probes use frozen image embeddings; binding trains text-side LoRA and linear "
                            "heads, so the probes of the three variants differ only through the heads.")
+    for split, items in exp.skipped_studies().items():
+        report["notes"].append(f"{len(items)} unreadable {split} studies were left out (data.on_error: skip): "
+                               + "; ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
     ablations = {path.parent.name: json.loads(path.read_text())
                  for path in sorted((exp.out_dir / "ablations").glob("*/ablation.json"))}
     if ablations:

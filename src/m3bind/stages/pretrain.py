@@ -45,7 +45,8 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         on_main_process(lambda: model.save_pretrained(exp.pretrained_dir(modality)))
         zero_shot = modality_zero_shot(exp, modality, native_view(model))
         results[modality] = {"train_studies": len(train), "final_loss": outcome.history[-1]["loss"]
-                             if outcome.history else None, "zero_shot": zero_shot}
+                             if outcome.history else None, "zero_shot": zero_shot,
+                             "skipped_studies": [str(item) for item in train.skipped]}
         log(f"{modality}: zero-shot accuracy (expert prompts) {zero_shot['accuracy']:.3f} on {zero_shot['n']} "
             f"test studies (chance {zero_shot['chance']:.3f})")
     summary = exp.out_dir / "pretrain" / "summary.json"
