@@ -58,10 +58,11 @@ def case_limits() -> Iterator[None]:
 
     previous_handler = signal.signal(signal.SIGALRM, on_alarm)
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = _address_space_bytes() + CASE_MEMORY_BYTES
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    if os.path.exists("/proc/self/statm"):  # Linux; elsewhere only the time limit applies
+        cap = _address_space_bytes() + CASE_MEMORY_BYTES
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     signal.alarm(CASE_SECONDS)
     try:
         yield
