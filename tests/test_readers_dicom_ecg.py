@@ -11,7 +11,8 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from m3bind.data.preprocess_specs import ECGPreprocess
-from m3bind.data.readers import STANDARD_LEADS, ReadLimits, read_study
+from m3bind.data.limits import ReadLimits
+from m3bind.data.readers import STANDARD_LEADS, read_study
 from m3bind.data.transforms import build_transform, default_preprocess
 from m3bind.errors import DataError
 from m3bind.signal_kinds import SignalKind

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from _format_writers import synthetic_ecg, write_dicom, write_nifti, write_wfdb
-from m3bind.data.readers import DEFAULT_LIMITS, ReadLimits, read_study
+from m3bind.data.limits import ReadLimits
+from m3bind.data.readers import DEFAULT_LIMITS, read_study
 from m3bind.errors import DataError
 
 

@@ -277,3 +277,27 @@ def test_a_corrupt_tile_byte_count_does_not_allocate_it(tmp_path):
         region = slide.read_region(slide.levels[0], 0, 0, 64, 64)
     # the tile's own bytes are all there, so it still decodes to the written pixels
     np.testing.assert_array_equal(region, base[:64, :64])
+
+
+def test_a_whole_slide_is_one_study_of_a_bound_model(slide_40x):
+    from m3bind.config import StudentConfig
+    from m3bind.models.bound import M3Bind
+    from m3bind.models.heads import BindingHead
+    from m3bind.models.student import build_student
+
+    path, _ = slide_40x
+    texts = ["Benign colonic mucosa.", "Adenocarcinoma of the colon."]
+    model = build_builtin_model("pathology", texts, preprocess=default_preprocess("pathology", demo=True))
+    head = BindingHead(model.native_dim, 32, torch.Generator().manual_seed(0))
+    bound = M3Bind({"pathology": model}, {"pathology": head}, build_student(StudentConfig(), texts, 32, seed=0))
+    slide_embedding = bound.encode_slide(path, magnification=10.0, tile_size=64)
+    with WholeSlide(path) as slide, torch.no_grad():
+        tiles = embed_slide(slide, model.transform(), lambda batch: head(model.encode_image(batch)),
+                            magnification=10.0, tile_size=64)
+    assert slide_embedding.shape == (32,)
+    assert torch.allclose(slide_embedding, pool_tile_embeddings(tiles.embeddings), atol=1e-6)
+    # top-k by a text query keeps the tiles closest to it
+    query = bound.encode_texts("Adenocarcinoma of the colon.")[0]
+    top = bound.encode_slide(path, magnification=10.0, tile_size=64, pool="top", top_k=2, query="Adenocarcinoma of the colon.")
+    expected = pool_tile_embeddings(tiles.embeddings, "top", 2, scores=tiles.embeddings @ query)
+    assert torch.allclose(top, expected, atol=1e-6)

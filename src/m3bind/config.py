@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from m3bind.data.limits import ReadLimits
 from m3bind.errors import ConfigError
 
 
@@ -134,6 +135,9 @@ class DataConfig(Section):
                                                                    "stops with an error naming it; 'skip' leaves it "
                                                                    "out, counts it and lists it in the run's "
                                                                    "summary.")
+    read_limits: ReadLimits = Field(default_factory=ReadLimits,
+                                    description="Largest study the readers decode (pixels, voxels, frames, "
+                                                "ECG samples); a bigger one is refused from its header.")
     cache_dir: str | None = Field(None, description="Where preprocessed studies are cached on disk (keyed by "
                                                     "the manifest rows, each file's size and modification time, "
                                                     "and the preprocessing settings; safe to share between "

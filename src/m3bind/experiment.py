@@ -38,15 +38,17 @@ def _file_fingerprint(path: Path) -> str:
     return "|".join(parts)
 
 
-def study_cache_key(manifest: Manifest, spec) -> str:
+def study_cache_key(manifest: Manifest, spec, limits) -> str:
     """What a split's preprocessed cache depends on: the manifest's rows and file, every study
-    file's size and modification time (a replaced file rebuilds the cache), and the settings."""
+    file's size and modification time (a replaced file rebuilds the cache), the preprocessing
+    settings and the read limits (which decide which studies are readable)."""
     digest = hashlib.sha1()
     digest.update(manifest.table.to_csv(index=False).encode())
     digest.update(str(manifest.source.resolve()).encode())
     for i in range(len(manifest)):
         digest.update(_file_fingerprint(manifest.absolute_path(i)).encode())
     digest.update(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
+    digest.update(json.dumps(limits.model_dump(mode="json"), sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
 
@@ -113,7 +115,8 @@ class Experiment:
             return self._studies[memo]
         manifest = (self.paired_manifest(modality) if paired else self.manifest(modality)).split(split)
         spec = self.preprocess(modality)
-        cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{study_cache_key(manifest, spec)}"
+        key = study_cache_key(manifest, spec, self.cfg.data.read_limits)
+        cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{key}"
         meta_path = cache / "meta.json"
         if meta_path.exists() and (cache / "images").exists():
             meta = json.loads(meta_path.read_text())
@@ -124,7 +127,8 @@ class Experiment:
             if cache.exists():  # a build killed half way: start again
                 shutil.rmtree(cache)
             studies, _ = stream_studies(manifest, build_transform(modality, spec), cache / "images",
-                                        on_error=self.cfg.data.on_error, workers=self.cfg.data.workers)
+                                        on_error=self.cfg.data.on_error, workers=self.cfg.data.workers,
+                                        limits=self.cfg.data.read_limits)
             atomic_write_text(meta_path, json.dumps({
                 "texts": studies.texts, "labels": studies.labels, "patient_ids": studies.patient_ids,
                 "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped]}))

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from m3bind.data.limits import ReadLimits
 from m3bind.data.manifest import Manifest
 from m3bind.errors import DataError
 
@@ -38,13 +39,13 @@ class SkippedItem:
         return f"row {self.row} ({self.path}): {self.problem}"
 
 
-def load_item(manifest: Manifest, i: int, transform: Callable) -> torch.Tensor:
+def load_item(manifest: Manifest, i: int, transform: Callable, limits: ReadLimits | None = None) -> torch.Tensor:
     """Read and preprocess study ``i``; any failure becomes a DataError naming the file and row."""
     from m3bind.data.readers import read_study  # readers import heavy format libraries
 
     path = manifest.absolute_path(i)
     try:
-        study = read_study(path)
+        study = read_study(path, limits=limits or ReadLimits())
         tensor = transform(study)
     except DataError as exc:
         raise DataError(exc.path or path, exc.problem, row=i + 1) from exc
@@ -54,30 +55,19 @@ def load_item(manifest: Manifest, i: int, transform: Callable) -> torch.Tensor:
 
 
 class StudyDataset(Dataset):
-    """Lazy dataset: item ``i`` is ``{"image", "text", "labels", "row", "patient_id"}``.
+    """Lazy dataset: item ``i`` is ``{"image", "text", "labels", "row", "patient_id"}``; an
+    unreadable study raises :class:`DataError` naming its file and row."""
 
-    With ``on_error="skip"`` a bad item yields ``None`` and is recorded in ``self.skipped`` (in
-    the process that read it: DataLoader workers keep their own copies, so
-    :func:`stream_studies` records skips from the items themselves).
-    """
-
-    def __init__(self, manifest: Manifest, transform: Callable, on_error: OnError = "raise"):
+    def __init__(self, manifest: Manifest, transform: Callable, limits: ReadLimits | None = None):
         self.manifest = manifest
         self.transform = transform
-        self.on_error = on_error
-        self.skipped: list[SkippedItem] = []
+        self.limits = limits
 
     def __len__(self) -> int:
         return len(self.manifest)
 
-    def __getitem__(self, i: int) -> dict | None:
-        try:
-            image = load_item(self.manifest, i, self.transform)
-        except DataError as exc:
-            if self.on_error == "raise":
-                raise
-            self.skipped.append(SkippedItem(i + 1, str(self.manifest.table.at[i, "path"]), exc.problem))
-            return None
+    def __getitem__(self, i: int) -> dict:
+        image = load_item(self.manifest, i, self.transform, self.limits)
         table = self.manifest.table
         return {"image": image, "text": str(table.at[i, "text"]), "labels": self.manifest.labels(i),
                 "row": i + 1, "patient_id": str(table.at[i, "patient_id"])}
@@ -112,7 +102,7 @@ def _keep_all(items: list[dict | None]) -> list[dict | None]:
 
 
 def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_error: OnError = "raise",
-                   workers: int | None = None, batch_size: int = 16,
+                   workers: int | None = None, batch_size: int = 16, limits: ReadLimits | None = None,
                    progress: Callable[[int, int], None] | None = None) -> tuple[StudySet, list[dict]]:
     """Read and preprocess every row of ``manifest`` through a DataLoader into a store at ``directory``.
 
@@ -120,7 +110,7 @@ def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_
     """
     from m3bind.data.store import RowStore, RowWriter
 
-    dataset = _Attempts(StudyDataset(manifest, transform))
+    dataset = _Attempts(StudyDataset(manifest, transform, limits))
     workers = default_workers() if workers is None else workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_all)
     kept: list[dict] = []

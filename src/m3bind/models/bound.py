@@ -101,6 +101,28 @@ class M3Bind(nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
+    def encode_slide(self, path: str | Path, modality: str = "pathology", *, magnification: float = 20.0,
+                     tile_size: int = 224, tissue_threshold: float = 0.5, pool: str = "mean", top_k: int = 8,
+                     query: str | None = None) -> Tensor:
+        """(D,) shared-space embedding of a whole-slide image (pyramidal TIFF / SVS): its tissue
+        tiles at ``magnification`` are embedded like single pathology tiles and pooled.
+
+        ``pool="mean"`` averages every tissue tile; ``pool="top"`` averages the ``top_k`` tiles
+        closest to the text ``query`` (e.g. "invasive carcinoma"), or with the most tissue when no
+        query is given, so a small lesion is not washed out by a large benign slide.
+        """
+        from m3bind.data.wsi import WholeSlide, embed_slide, pool_tile_embeddings
+
+        model, head = self._model(modality), self.heads[modality]
+        with WholeSlide(path) as slide:
+            tiles = embed_slide(slide, model.transform(), lambda batch: head(model.encode_image(batch.to(self.device))).cpu(),
+                                magnification=magnification, tile_size=tile_size, tissue_threshold=tissue_threshold)
+        scores = None
+        if pool == "top":
+            scores = tiles.embeddings @ self.encode_texts(query)[0] if query else tiles.tissue
+        return pool_tile_embeddings(tiles.embeddings, pool, top_k, scores)
+
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 128) -> Tensor:
         """(N, D) normalised shared-space embeddings from the student text encoder."""
         texts = [texts] if isinstance(texts, str) else list(texts)
