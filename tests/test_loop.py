@@ -78,3 +78,26 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".tmp*"))
     files = sorted(p.name for p in (tmp_path / "checkpoints" / "step_0000020").iterdir())
     assert files == ["model.safetensors", "optimizer.json", "optimizer.safetensors", "state.json"]
+
+
+def test_gradients_are_clipped_per_modality_group():
+    from m3bind.train.loop import clip_per_group
+
+    big, small = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    big.grad, small.grad = torch.full((4,), 5.0), torch.full((4,), 0.05)  # norms 10 and 0.1
+    optimizer = torch.optim.AdamW([{"params": [big], "name": "ct"}, {"params": [small], "name": "ecg"}])
+    clip_per_group(optimizer, 1.0)
+    assert big.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert small.grad.norm().item() == pytest.approx(0.1, rel=1e-6)  # a global norm would have shrunk it too
+
+
+def test_pretraining_decays_weights_but_not_biases_norms_or_temperature():
+    from m3bind.train.pretrain import weight_decay_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    model.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
+    decay, no_decay = weight_decay_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
+    assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
+                                                  id(model.logit_scale)}

@@ -106,6 +106,20 @@ class LoopResult:
     resumed_from: int | None = None
 
 
+def clip_per_group(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the gradient norm of each named parameter group on its own (groups without a name
+    together).
+
+    Binding gives every modality its own named group (and its own AMB learning rate): one global
+    norm would let one modality's large gradients shrink every other modality's update.
+    """
+    by_name: dict[str | None, list] = {}
+    for group in optimizer.param_groups:
+        by_name.setdefault(group.get("name"), []).extend(group["params"])
+    for parameters in by_name.values():
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
@@ -163,7 +177,7 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
             parallel.average_gradients(trained)
             parts_sum = {key: parallel.mean(value) for key, value in parts_sum.items()}
             if settings.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(trained, settings.max_grad_norm)
+                clip_per_group(optimizer, settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,18 @@ from m3bind.train.loop import LoopResult, LoopSettings, run_loop
 from m3bind.train.sampling import sample_batch, step_generator
 
 
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as CLIP trains: decay on weight matrices and kernels only, none on biases,
+    normalisation gains and the logit scale (decaying the temperature pulls it toward 1)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        exempt = parameter.ndim < 2 or "logit_scale" in name or name.endswith(".bias")
+        (no_decay if exempt else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def pretrain_modality(model: ModalityModel, train: StudySet, cfg: PretrainConfig, run_dir: Path, *,
                       seed: int = 0, resume: bool = False, progress=None, stop_after: int | None = None,
                       tensorboard: bool = True) -> LoopResult:
@@ -26,7 +38,7 @@ def pretrain_modality(model: ModalityModel, train: StudySet, cfg: PretrainConfig
 
     ``cfg.label_aware``: studies with the same findings count as matches (FLAIR's soft-target
     loss); otherwise plain symmetric InfoNCE as in CLIP, MGCA and CT-CLIP."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         generator = step_generator(seed, step)
