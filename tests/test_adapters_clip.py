@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import open_clip
 import peft
@@ -12,6 +13,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.adapters import load_adapter, load_saved_adapter
+from m3bind.models.adapters.checkpoint_writers import TRAINED_LOG_LOGIT_SCALE, write_open_clip_folder
 from m3bind.models.binding import merge_lora
 from test_adapters_fixtures import close, write_bert_folder
 
@@ -35,18 +37,6 @@ def biomedclip_like(text_model: str) -> dict:
             "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
 
 
-def write_open_clip_folder(folder, config, **create_kwargs):
-    """An open_clip model folder as the hub holds it: open_clip_config.json + open_clip_pytorch_model.bin."""
-    folder.mkdir(parents=True)
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    model = open_clip.create_model(f"local-dir:{folder}", load_weights=False, **create_kwargs)
-    with torch.no_grad():  # move logit_scale off its initial value so loading it is visible
-        model.logit_scale.fill_(3.0)
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return folder
-
-
 def test_open_clip_quilt_layout_matches_open_clip(tmp_path):
     folder = write_open_clip_folder(tmp_path / "QuiltNet-B-32", QUILT_LIKE)
     reference = open_clip.create_model(f"local-dir:{folder}").eval()
@@ -57,7 +47,7 @@ def test_open_clip_quilt_layout_matches_open_clip(tmp_path):
         assert close(model.encode_image(images), reference.encode_image(images, normalize=True))
         assert close(model.encode_texts(TEXTS), reference.encode_text(tokenizer(TEXTS), normalize=True))
     assert model.native_dim == 16 and model.modality == "pathology"
-    assert model.logit_scale().item() == pytest.approx(torch.tensor(3.0).exp().item())
+    assert model.logit_scale().item() == pytest.approx(math.exp(TRAINED_LOG_LOGIT_SCALE))
     assert model.preprocess.size == 32 and model.preprocess.mean == tuple(QUILT_LIKE["preprocess_cfg"]["mean"])
     tokens = model.tokenize(TEXTS)
     assert tokens["input_ids"].shape == (2, 77) and tokens["attention_mask"][1].sum() < 77

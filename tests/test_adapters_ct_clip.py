@@ -9,6 +9,7 @@ from transformers import BertConfig, BertModel
 
 from m3bind.errors import CheckpointError
 from m3bind.models.adapters import load_adapter, load_saved_adapter
+from m3bind.models.adapters.checkpoint_writers import write_state_dict
 from m3bind.models.adapters.ct_clip import CTCLIPAdapter
 from test_adapters_fixtures import TINY_BERT, VOCAB, close, perturbed_state, write_bert_folder
 
@@ -34,8 +35,7 @@ def ct_files(tmp_path_factory):
     torch.manual_seed(0)
     state = perturbed_state(CTCLIPAdapter.build(CTCLIPAdapter.parse_options(OPTIONS, tmp_path)).network,
                             seed=4, scale=0.1)
-    torch.save({**state, **UNUSED_EXTRAS}, tmp_path / "CT-CLIP_v2.pt")
-    return tmp_path, tmp_path / "CT-CLIP_v2.pt", state
+    return tmp_path, write_state_dict(tmp_path / "CT-CLIP_v2.pt", {**state, **UNUSED_EXTRAS}), state
 
 
 def gain_norm(x, s, prefix):

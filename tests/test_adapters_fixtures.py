@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import BertConfig
+
+from m3bind.models.adapters import checkpoint_writers
 
 # A WordPiece vocabulary big enough for the test sentences; mixed case on purpose (see lowercase tests).
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "the", "heart", "is", "normal", "size", "lung",
@@ -21,15 +22,8 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, int
 
 
 def write_bert_folder(folder: Path, vocab: list[str] = VOCAB, **sizes) -> Path:
-    """A local 'hub copy' of a tiny BERT: ``vocab.txt`` + ``config.json`` only, like Bio_ClinicalBERT's repo.
-
-    Like that repository it has no ``tokenizer_config.json``, so transformers' default
-    lower-casing applies.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertConfig(vocab_size=len(vocab), **{**TINY_BERT, **sizes}).save_pretrained(str(folder))
-    return folder
+    """A tiny Bio_ClinicalBERT-layout folder (``config.json`` + ``vocab.txt``) of ``TINY_BERT`` sizes."""
+    return checkpoint_writers.write_bert_folder(folder, vocab, {**TINY_BERT, **sizes})
 
 
 def perturbed_state(module: torch.nn.Module, seed: int, scale: float = 0.05) -> dict[str, Tensor]:

@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel
 
 from m3bind.errors import CheckpointError
 from m3bind.models.adapters import load_adapter, load_saved_adapter
+from m3bind.models.adapters.checkpoint_writers import write_state_dict
 from m3bind.models.adapters.ecg_clip import ECGCLIPAdapter
 from m3bind.models.adapters.flair import FLAIRAdapter
 from m3bind.models.binding import merge_lora
@@ -47,8 +48,7 @@ def flair_files(tmp_path_factory):
     state["logit_scale"] = torch.tensor(5.0)  # above FLAIR's clamp
     # transformers < 4.31 saved this buffer; FLAIR's flair_resnet.pth has it.
     legacy = {**state, "text_model.model.embeddings.position_ids": torch.arange(64)[None]}
-    torch.save(legacy, tmp_path / "flair_resnet.pth")
-    return tmp_path, tmp_path / "flair_resnet.pth", state
+    return tmp_path, write_state_dict(tmp_path / "flair_resnet.pth", legacy), state
 
 
 def flair_reference(state, images, tokens):
@@ -128,8 +128,7 @@ def write_ecg(tmp_path, **options):
     torch.manual_seed(0)
     parsed = ECGCLIPAdapter.parse_options({**ECG_OPTIONS, **options}, tmp_path)
     state = perturbed_state(ECGCLIPAdapter.build(parsed).network, seed=3, scale=0.2)
-    torch.save(state, tmp_path / "ecg_clip.pt")
-    return tmp_path / "ecg_clip.pt", state
+    return write_state_dict(tmp_path / "ecg_clip.pt", state), state
 
 
 def ecg_reference(state, signals):

@@ -10,6 +10,7 @@ from transformers import BertConfig, BertModel
 
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.adapters import load_adapter, load_saved_adapter
+from m3bind.models.adapters.checkpoint_writers import write_lightning_checkpoint
 from m3bind.models.adapters.mgca import MGCAAdapter, clean_report_text
 from test_adapters_fixtures import VOCAB, batchnorm_eval, close, perturbed_state, write_bert_folder
 
@@ -37,12 +38,9 @@ def write_mgca_checkpoint(tmp_path, vision="vit_base", extras=UNUSED_EXTRAS, dro
     state = perturbed_state(MGCAAdapter.build(options).network, seed=1)
     for key in drop:
         del state[key]
-    checkpoint = {"epoch": 9, "global_step": 1000, "pytorch-lightning_version": "1.5.10",
-                  "state_dict": {**state, **extras},
-                  "hyper_parameters": hparams or {"img_encoder": vision, "emb_dim": 16, "learning_rate": 2e-5},
-                  "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}]}
-    path = tmp_path / f"mgca_{vision}.ckpt"
-    torch.save(checkpoint, path)
+    path = write_lightning_checkpoint(
+        tmp_path / f"mgca_{vision}.ckpt", state,
+        hparams or {"img_encoder": vision, "emb_dim": 16, "learning_rate": 2e-5}, extras)
     return path, state
 
 

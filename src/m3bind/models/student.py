@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m3bind.config import StudentConfig
-from m3bind.errors import ConfigError
+from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.descriptions import StudentDescription, read_description, write_description
 from m3bind.models.weights import check_state, read_weights, save_weights
 
@@ -89,8 +89,9 @@ class StudentTextEncoder(nn.Module):
         # A backbone saved without its (unused) pooler must be rebuilt without it, or
         # transformers would initialise one at random and report it missing.
         extra = {} if description.pooler else {"add_pooling_layer": False}
-        backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True, **extra)
-        tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True)
+        backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True, trust_remote_code=False,
+                                             **extra)
+        tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True, trust_remote_code=False)
         student = cls(backbone, tokenizer, description.shared_dim, description.pooling, description.max_length)
         weights = read_weights(directory / HEAD_FILE)
         check_state({"weight": student.head.weight}, weights, directory / HEAD_FILE, target="the student head")
@@ -123,6 +124,11 @@ def build_student(cfg: StudentConfig, corpus: Sequence[str], shared_dim: int, se
         pooling = cfg.pooling
     if not path.exists():
         raise ConfigError(f"student model folder {path} does not exist")
-    backbone = AutoModel.from_pretrained(path, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # trust_remote_code=False: a folder's own Python code is never run (transformers would
+    # otherwise ask on a terminal).
+    try:
+        backbone = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot load the student text model: {error}") from error
     return StudentTextEncoder(backbone, tokenizer, shared_dim, pooling, min(256, tokenizer.model_max_length), seed)

@@ -8,19 +8,35 @@ read: the text weights come from the CLIP checkpoint itself, which fine-tuned th
 Lower-casing: Bio_ClinicalBERT ships no ``tokenizer_config.json``, so transformers falls back
 to ``do_lower_case=True`` although the vocabulary is cased; MGCA, FLAIR and the M3Bind code all
 used that default, so it is kept (``lowercase=None``). CT-CLIP asks for lower-casing explicitly.
+
+Custom code: CXR-BERT's repository declares its own model type (``cxr-bert``) and tokenizer
+class (``CXRBertTokenizer``) with ``auto_map`` entries that point at Python files in the
+folder. Those classes only add a projection size to ``BertConfig`` and nothing to
+``BertTokenizer`` (CT-CLIP itself loads them as ``BertModel`` / ``BertTokenizer``), so they are
+read as plain BERT here and the folder's code is never run. Any other custom-code folder is
+refused, and transformers is never asked to trust remote code (it would otherwise prompt on a
+terminal).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
-from transformers import AutoConfig, AutoTokenizer, BertConfig, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BertConfig, BertTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from m3bind.errors import CheckpointError, ConfigError
 
 TEXT_MODEL_DIR = "text_model"
 TOKENIZER_DIR = "tokenizer"
+
+# Custom model types / tokenizer classes that are BERT's own with nothing changed that matters here.
+BERT_DERIVED_MODEL_TYPES = frozenset({"cxr-bert"})
+BERT_DERIVED_TOKENIZERS = frozenset({"CXRBertTokenizer"})
+# Entries of a custom-code config.json that name its Python classes rather than the architecture.
+_CUSTOM_CODE_KEYS = ("model_type", "auto_map", "architectures")
 
 
 def require_folder(path: str | Path | None, option: str, adapter: str, hint: str) -> Path:
@@ -33,30 +49,44 @@ def require_folder(path: str | Path | None, option: str, adapter: str, hint: str
     return folder
 
 
-def load_text_config(folder: Path) -> PretrainedConfig:
-    """The architecture config of a local Hugging Face model folder (its ``config.json``)."""
-    if not (folder / "config.json").exists():
-        raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{folder}: cannot read config.json: {error}") from error
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: cannot read: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def load_bert_config(folder: Path) -> BertConfig:
-    """A BERT config from a local folder; refuses other architectures."""
-    config = load_text_config(folder)
-    if not isinstance(config, BertConfig):
-        raise CheckpointError(f"{folder}: config.json describes a '{config.model_type}' model; a BERT model "
-                              "is expected")
-    return config
+    """The BERT architecture of a local Hugging Face model folder (its ``config.json``).
+
+    ``model_type`` must be ``bert`` or a BERT-derived custom type (CXR-BERT's ``cxr-bert``);
+    other architectures are refused, and no code from the folder runs.
+    """
+    path = folder / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
+    data = _read_json(path)
+    model_type = data.get("model_type")
+    if model_type != "bert" and model_type not in BERT_DERIVED_MODEL_TYPES:
+        raise CheckpointError(f"{path}: describes a '{model_type}' model; a BERT model is expected")
+    try:
+        return BertConfig.from_dict({k: v for k, v in data.items() if k not in _CUSTOM_CODE_KEYS})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a valid BERT config: {error}") from error
 
 
 def load_tokenizer(folder: Path, lowercase: bool | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of a local folder; ``lowercase`` overrides its own ``do_lower_case`` when given."""
-    extra = {} if lowercase is None else {"do_lower_case": lowercase}
+    extra: dict[str, Any] = {} if lowercase is None else {"do_lower_case": lowercase}
+    settings = folder / "tokenizer_config.json"
+    custom_class = _read_json(settings).get("tokenizer_class") if settings.exists() else None
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **extra)
+        if custom_class in BERT_DERIVED_TOKENIZERS:
+            return BertTokenizer.from_pretrained(str(folder), local_files_only=True, **extra)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **extra)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{folder}: cannot load a tokenizer: {error}") from error
 

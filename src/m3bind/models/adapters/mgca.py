@@ -203,7 +203,11 @@ class MGCAAdapter(AdapterModel):
     @classmethod
     def build(cls, options: MGCAOptions) -> MGCAAdapter:
         folder = hf_text.require_folder(options.tokenizer, "tokenizer", cls.model_type, TOKENIZER_HINT)
-        return cls(options, hf_text.load_tokenizer(folder))
+        tokenizer = hf_text.load_tokenizer(folder)
+        if len(tokenizer) > options.text.vocab_size:
+            raise ConfigError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but options.text.vocab_size is "
+                              f"{options.text.vocab_size}; its last ids would fall outside the embedding table")
+        return cls(options, tokenizer)
 
     @classmethod
     def from_checkpoint(cls, path: Path, options: MGCAOptions) -> MGCAAdapter:
