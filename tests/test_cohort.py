@@ -14,7 +14,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
 from m3bind.cohort import CohortSummary, ct, generate_cohort, write_preview, xray
-from m3bind.cohort.conditions import (CONCEPT_MAP, PAIRED_MODALITIES, Study, allocate, chest_layout,
+from m3bind.cohort.conditions import (CONCEPT_MAP, PAIRED_MODALITIES, Study, allocate, chest_layout, evaluation_sizes,
                                       nodule_diameter_mm, plan_cohort)
 from m3bind.cohort.writer import MANIFEST_COLUMNS, RENDERERS
 from m3bind.data.manifest import read_manifest
@@ -106,24 +106,37 @@ def test_allocate_splits_exactly_and_proportionally():
 
 def test_plan_matches_the_requested_group_sizes_splits_and_prevalence():
     plan = plan_cohort(2000, seed=5, vocabularies=VOCABULARIES)
-    expected = {"xray": 600, "ecg": 360, "pathology": 280, "retina": 240, "ct": 240, "paired": 280}
-    assert plan.group_sizes == expected
+    # Training and validation splits keep the sizes 2000 patients give (70 % / 10 % of each
+    # modality's share); every test split has 250 patients and the paired group 640 (128 val).
+    train_val = {"xray": 480, "ecg": 288, "pathology": 224, "retina": 192, "ct": 192}
+    assert plan.group_sizes == {**{m: n + 250 for m, n in train_val.items()}, "paired": 640}
     studies = pd.DataFrame([{"group": s.group, "modality": s.modality, "split": s.split,
                              "n": len(s.findings), "pid": s.patient_id} for s in plan.studies])
-    assert studies.pid.nunique() == 2000
+    assert studies.pid.nunique() == sum(plan.group_sizes.values())
     single = studies[studies.group != "paired"]
-    split_share = single.split.value_counts(normalize=True)
-    assert split_share["train"] == pytest.approx(0.7, abs=0.01)
-    assert split_share["val"] == pytest.approx(0.1, abs=0.01)
-    assert split_share["test"] == pytest.approx(0.2, abs=0.01)
+    counts = single.groupby(["modality", "split"]).size()
+    assert counts["xray"].to_dict() == {"train": 420, "val": 60, "test": 250}
+    assert counts["ct"].to_dict() == {"train": 168, "val": 24, "test": 250}
     for modality, rows in single.groupby("modality"):
         normal = (rows.n == 0).mean()
         assert 0.28 <= normal <= 0.45, (modality, normal)
         assert (rows.n <= 1).mean() >= 0.7, modality  # most studies have 0 or 1 finding
         assert (rows.n == 2).mean() >= 0.08, modality  # some have two
     paired = studies[studies.group == "paired"]
-    assert set(paired.split) == {"test"}
+    assert paired[paired.modality == "xray"].split.value_counts().to_dict() == {"test": 512, "val": 128}
     assert all(sorted(mods) == sorted(PAIRED_MODALITIES) for mods in paired.groupby("pid").modality.apply(list))
+    # A patient's three paired studies sit in one split.
+    assert (paired.groupby("pid").split.nunique() == 1).all()
+
+
+def test_evaluation_sizes_can_be_set_and_are_checked():
+    plan = plan_cohort(400, seed=0, vocabularies=VOCABULARIES, test_patients=7, paired_patients=10)
+    splits = pd.Series([(s.group, s.split) for s in plan.studies if s.modality in ("ct", "retina")]).value_counts()
+    assert splits[("retina", "test")] == 7 and splits[("paired", "val")] == 2 and splits[("paired", "test")] == 8
+    assert evaluation_sizes(2000) == (250, {"val": 128, "test": 512})
+    assert evaluation_sizes(30, paired_patients=2) == (4, {"val": 1, "test": 1})
+    with pytest.raises(ValueError, match="paired"):
+        evaluation_sizes(30, paired_patients=1)
 
 
 def test_every_finding_of_every_modality_occurs_and_exclusive_pairs_never_do():
@@ -188,7 +201,12 @@ def test_manifests_follow_the_interface_and_groups_are_disjoint(cohort_a):
         for b in names[i + 1:]:
             assert not modality_ids[a] & modality_ids[b], (a, b)
     assert paired_ids == set(tables["paired/ct"].patient_id) == set(tables["paired/ecg"].patient_id)
-    assert all((tables[f"paired/{m}"].split == "test").all() for m in PAIRED_MODALITIES)
+    # Paired patients are validation or test patients, never training ones, and a patient's
+    # studies share one split.
+    for m in PAIRED_MODALITIES:
+        assert set(tables[f"paired/{m}"].split) == {"val", "test"}
+        assert dict(zip(tables[f"paired/{m}"].patient_id, tables[f"paired/{m}"].split)) == \
+            dict(zip(tables["paired/xray"].patient_id, tables["paired/xray"].split))
     assert all(p.startswith("studies/") for p in tables["paired/ecg"].path)
 
 
@@ -202,6 +220,8 @@ def test_cohort_json_counts_match_the_manifests(cohort_a):
             ["train", "val", "test"], fill_value=0).to_dict()
         assert info["modalities"][modality]["findings"] == list(RENDERERS[modality].FINDINGS)
     assert info["paired"]["patients"] == len(tables["paired/xray"])
+    assert info["paired"]["splits"] == tables["paired/xray"].split.value_counts().to_dict()
+    assert info["total_patients"] == sum(len(t) for key, t in tables.items() if key != "paired/ct" and key != "paired/ecg")
     assert info["concept_map"] == CONCEPT_MAP
 
 

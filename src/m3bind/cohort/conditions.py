@@ -6,7 +6,12 @@ conditions map to (``CONCEPT_MAP``) plus that modality's other findings, drawn p
 
 Patients fall into disjoint groups: one group per modality (each split train/val/test by
 patient) and a *paired* group whose patients get an X-ray, a CT and an ECG rendered from the same
-latent conditions. The paired group is test-only, so cross-modal retrieval on it is zero-shot.
+latent conditions. The paired group is never trained on: its patients are split into a
+validation part (for every choice made while tuning) and a test part (evaluated once per
+reported run), so cross-modal retrieval on it is zero-shot.
+
+Evaluation studies are cheap to render and embed, so the test splits and the paired group are
+sized on their own (``evaluation_sizes``) and do not take patients from the training splits.
 
 Everything here is drawn in the parent process from one generator seeded by the cohort seed, so
 the plan does not depend on how many workers later render it.
@@ -48,6 +53,13 @@ GROUP_FRACTIONS: dict[str, float] = {
     "xray": 0.30, "ecg": 0.18, "pathology": 0.14, "retina": 0.12, "ct": 0.12, PAIRED_GROUP: 0.14,
 }
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+# Evaluation sizes, as shares of n_patients (the knob that sets the training sizes): every
+# modality's test split and the paired group (val + test). At 2000 patients: 250 test studies
+# per modality and 640 paired patients (128 val, 512 test), enough to read a difference of a
+# few points (the training splits keep the sizes GROUP_FRACTIONS x SPLIT_FRACTIONS give).
+TEST_PATIENTS_SHARE = 0.125
+PAIRED_PATIENTS_SHARE = 0.32
+PAIRED_SPLIT_FRACTIONS: dict[str, float] = {"val": 0.2, "test": 0.8}
 
 # With five findings per modality at this rate, about 0.81**5 = 35 % of studies are normal.
 FINDING_PREVALENCE = 0.19
@@ -158,6 +170,22 @@ def allocate(total: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return dict(zip(fractions, (int(c) for c in counts)))
 
 
+def evaluation_sizes(n_patients: int, test_patients: int | None = None,
+                     paired_patients: int | None = None) -> tuple[int, dict[str, int]]:
+    """(test patients per modality, paired patients per split) for a cohort of ``n_patients``;
+    explicit ``test_patients`` / ``paired_patients`` override the shares. The paired group gets
+    at least one validation and one test patient."""
+    test = max(1, round(TEST_PATIENTS_SHARE * n_patients)) if test_patients is None else test_patients
+    paired = max(2, round(PAIRED_PATIENTS_SHARE * n_patients)) if paired_patients is None else paired_patients
+    if test < 1 or paired < 2:
+        raise ValueError(f"need at least 1 test patient per modality and 2 paired patients (one val, one "
+                         f"test); got {test} and {paired}")
+    paired_splits = allocate(paired, PAIRED_SPLIT_FRACTIONS)
+    if paired_splits["val"] == 0:
+        paired_splits = {"val": 1, "test": paired - 1}
+    return test, paired_splits
+
+
 def split_sizes(n: int) -> dict[str, int]:
     """Train/val/test sizes for a group of ``n`` patients; val and test get at least one when n >= 3."""
     sizes = allocate(n, SPLIT_FRACTIONS)
@@ -204,23 +232,36 @@ def _compatible(modality: str, label: str, findings: Mapping[str, float]) -> boo
     return True
 
 
-def plan_cohort(n_patients: int, seed: int, vocabularies: Mapping[str, Sequence[str]]) -> CohortPlan:
+def plan_cohort(n_patients: int, seed: int, vocabularies: Mapping[str, Sequence[str]], *,
+                test_patients: int | None = None, paired_patients: int | None = None) -> CohortPlan:
     """Draw every patient's group, split, latent conditions and study findings.
 
-    ``vocabularies``: modality -> its renderer's FINDINGS. Patient ids are P000000... in a
-    random order across groups, so an id says nothing about the group.
+    ``vocabularies``: modality -> its renderer's FINDINGS. ``n_patients`` sets the training and
+    validation splits (GROUP_FRACTIONS x SPLIT_FRACTIONS, as if the test splits and the paired
+    group were carved out of it); the test splits and the paired group are sized by
+    :func:`evaluation_sizes`. Patient ids are P000000... in a random order across groups, so an
+    id says nothing about the group.
     """
     if n_patients < len(GROUP_FRACTIONS):
         raise ValueError(f"n_patients must be at least {len(GROUP_FRACTIONS)} (one per group), got {n_patients}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, _PLAN_STREAM]))
-    group_sizes = allocate(n_patients, GROUP_FRACTIONS)
-    numbers = rng.permutation(n_patients)
+    test, paired_splits = evaluation_sizes(n_patients, test_patients, paired_patients)
+    splits_by_group: dict[str, dict[str, int]] = {}
+    for group, share in allocate(n_patients, GROUP_FRACTIONS).items():
+        if group == PAIRED_GROUP:
+            splits_by_group[group] = dict(paired_splits)
+        else:
+            sizes = split_sizes(share)
+            splits_by_group[group] = {"train": sizes["train"], "val": sizes["val"], "test": test}
+    group_sizes = {group: sum(sizes.values()) for group, sizes in splits_by_group.items()}
+    total = sum(group_sizes.values())
+    numbers = rng.permutation(total)
     studies: list[Study] = []
     start = 0
     for group, size in group_sizes.items():
         members = sorted(int(n) for n in numbers[start:start + size])
         start += size
-        splits = _split_labels(size, rng) if group != PAIRED_GROUP else ["test"] * size
+        splits = _split_labels(splits_by_group[group], rng)
         modalities = PAIRED_MODALITIES if group == PAIRED_GROUP else (group,)
         prevalence = PAIRED_CONCEPT_PREVALENCE if group == PAIRED_GROUP else FINDING_PREVALENCE
         for ordinal, (number, split) in enumerate(zip(members, splits)):
@@ -232,8 +273,7 @@ def plan_cohort(n_patients: int, seed: int, vocabularies: Mapping[str, Sequence[
     return CohortPlan(seed, n_patients, tuple(studies), group_sizes)
 
 
-def _split_labels(n: int, rng: np.random.Generator) -> list[str]:
-    """Split names for ``n`` patients listed by id, in random order."""
-    sizes = split_sizes(n)
-    labels = [name for name in SPLIT_FRACTIONS for _ in range(sizes[name])]
-    return [labels[i] for i in rng.permutation(n)]
+def _split_labels(sizes: Mapping[str, int], rng: np.random.Generator) -> list[str]:
+    """Split names for a group's patients listed by id, in random order."""
+    labels = [name for name, count in sizes.items() for _ in range(count)]
+    return [labels[i] for i in rng.permutation(len(labels))]

@@ -5,7 +5,8 @@ Layout of ``out_dir``::
     cohort.json                      what was generated (seed, counts, findings, concept map...)
     <modality>/manifest.csv          one row per study of that modality's patient group
     <modality>/studies/P000123.<ext>
-    paired/<modality>.csv            xray, ct and ecg of the paired (test-only) patients
+    paired/<modality>.csv            xray, ct and ecg of the paired patients (never trained on:
+                                     split val, for tuning, and test, evaluated once)
     paired/studies/<modality>/P000123.<ext>
 
 Manifest paths are relative to the manifest's folder. Each study is rendered from its own
@@ -29,13 +30,16 @@ import numpy as np
 import pandas as pd
 
 from m3bind.cohort import ct, ecg, formats, pathology, retina, xray
+from m3bind.cohort.alternative_vocabulary import alternative_report
 from m3bind.cohort.conditions import (CONCEPT_MAP, GROUP_FRACTIONS, MODALITY_ORDER, PAIRED_GROUP,
-                                      PAIRED_MODALITIES, SPLIT_FRACTIONS, Study, plan_cohort)
+                                      PAIRED_MODALITIES, PAIRED_SPLIT_FRACTIONS, SPLIT_FRACTIONS, Study,
+                                      plan_cohort)
 from m3bind.data.manifest import write_manifest
 from m3bind.errors import ConfigError, DataError
 
 RENDERERS: dict[str, ModuleType] = {"xray": xray, "ct": ct, "retina": retina, "pathology": pathology, "ecg": ecg}
 FORMAT_VERSION = 1
+REPORT_VOCABULARIES = ("standard", "alternative")
 MANIFEST_COLUMNS = ("path", "text", "labels", "split", "patient_id", "modality", "concepts", "severity")
 _CHUNK_SIZE = 8  # studies per task sent to a worker: amortises inter-process overhead
 
@@ -51,6 +55,7 @@ class CohortSummary:
     n_patients: int
     counts: dict[str, dict[str, int]]  # modality -> split -> studies in that modality's manifest
     paired_patients: int
+    paired_splits: dict[str, int]      # paired patients per split (val, test)
     n_studies: int                     # files written, paired ones included
     seconds: float
     manifests: dict[str, Path]         # "xray" -> xray/manifest.csv, "paired/xray" -> paired/xray.csv
@@ -65,15 +70,25 @@ class _Task:
     seed: tuple[int, int, int]
     patient_id: str
     path: str
+    vocabulary: str = "standard"
 
 
 def generate_cohort(out_dir: str | Path, n_patients: int = 2000, seed: int = 0, workers: int = 2,
-                    progress: Progress | None = None) -> CohortSummary:
+                    progress: Progress | None = None, *, test_patients: int | None = None,
+                    paired_patients: int | None = None, report_vocabulary: str = "standard",
+                    test_only: bool = False) -> CohortSummary:
     """Render and write the whole synthetic cohort; returns a summary (also in cohort.json).
 
-    ``workers``: processes rendering in parallel (1 = in this process). ``progress``: called
-    as ``progress(done, total)`` after each study, for a progress bar. An existing cohort in
-    ``out_dir`` is replaced; a folder holding anything else is refused.
+    ``n_patients`` sets the training and validation splits; ``test_patients`` (per modality) and
+    ``paired_patients`` (val + test) default to shares of it (see
+    :func:`m3bind.cohort.conditions.evaluation_sizes`). ``report_vocabulary``: 'standard', or
+    'alternative' for reports in wording the standard cohort never uses
+    (:mod:`m3bind.cohort.alternative_vocabulary`). ``test_only``: render only the modalities'
+    test splits (no training, validation or paired studies; for evaluation-only cohorts, whose
+    plan is the same as the full cohort's). ``workers``: processes rendering in
+    parallel (1 = in this process). ``progress``: called as ``progress(done, total)`` after each
+    study, for a progress bar. An existing cohort in ``out_dir`` is replaced; a folder holding
+    anything else is refused.
     """
     start = time.perf_counter()
     minimum = len(GROUP_FRACTIONS)
@@ -81,25 +96,35 @@ def generate_cohort(out_dir: str | Path, n_patients: int = 2000, seed: int = 0, 
         raise ConfigError(f"n_patients must be at least {minimum} (one patient per group), got {n_patients}")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    if report_vocabulary not in REPORT_VOCABULARIES:
+        raise ConfigError(f"report_vocabulary must be one of {', '.join(REPORT_VOCABULARIES)}, got '{report_vocabulary}'")
     out_dir = Path(out_dir)
     _prepare_folder(out_dir)
     vocabularies = {name: module.FINDINGS for name, module in RENDERERS.items()}
-    plan = plan_cohort(n_patients, seed, vocabularies)
-    tasks = [_task_for(study, seed, out_dir) for study in plan.studies]
+    try:
+        plan = plan_cohort(n_patients, seed, vocabularies, test_patients=test_patients, paired_patients=paired_patients)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    studies = tuple(s for s in plan.studies if not test_only or (s.group != PAIRED_GROUP and s.split == "test"))
+    tasks = [_task_for(study, seed, out_dir, report_vocabulary) for study in studies]
     for folder in {Path(task.path).parent for task in tasks}:
         folder.mkdir(parents=True, exist_ok=True)
 
     reports = list(_run(tasks, workers, progress))
 
-    manifests = _write_manifests(out_dir, plan.studies, reports)
+    manifests = _write_manifests(out_dir, studies, reports, with_paired=not test_only)
     counts = {m: {split: 0 for split in SPLIT_FRACTIONS} for m in MODALITY_ORDER}
-    for study in plan.studies:
+    paired_splits = {split: 0 for split in PAIRED_SPLIT_FRACTIONS}
+    for study in studies:
         if study.group != PAIRED_GROUP:
             counts[study.modality][study.split] += 1
+        elif study.modality == PAIRED_MODALITIES[0]:
+            paired_splits[study.split] += 1
     summary = CohortSummary(out_dir=out_dir, seed=seed, n_patients=n_patients, counts=counts,
-                            paired_patients=plan.group_sizes[PAIRED_GROUP], n_studies=len(tasks),
+                            paired_patients=sum(paired_splits.values()), paired_splits=paired_splits,
+                            n_studies=len(tasks),
                             seconds=round(time.perf_counter() - start, 2), manifests=manifests)
-    _write_cohort_json(summary, plan.group_sizes)
+    _write_cohort_json(summary, plan.group_sizes, report_vocabulary)
     return summary
 
 
@@ -127,10 +152,10 @@ def _manifest_folder(out_dir: Path, study: Study) -> Path:
     return out_dir / (PAIRED_GROUP if study.group == PAIRED_GROUP else study.modality)
 
 
-def _task_for(study: Study, seed: int, out_dir: Path) -> _Task:
+def _task_for(study: Study, seed: int, out_dir: Path, vocabulary: str) -> _Task:
     return _Task(modality=study.modality, findings=dict(study.findings),
                  seed=(seed, study.seed_index, study.ordinal), patient_id=study.patient_id,
-                 path=str(_manifest_folder(out_dir, study) / _relative_path(study)))
+                 path=str(_manifest_folder(out_dir, study) / _relative_path(study)), vocabulary=vocabulary)
 
 
 def _run(tasks: list[_Task], workers: int, progress: Progress | None) -> Iterator[str]:
@@ -162,7 +187,10 @@ def render_and_write(task: _Task) -> str:
     # Two generators from one seed: render and write_report each see the full stream, and
     # layout facts drawn from the seed (sides, leads, eye) agree between image and report.
     array = module.render(task.findings, np.random.default_rng(seed_sequence))
-    report = module.write_report(task.findings, np.random.default_rng(seed_sequence))
+    if task.vocabulary == "alternative":
+        report = alternative_report(task.modality, module.FINDINGS, task.findings, np.random.default_rng(seed_sequence))
+    else:
+        report = module.write_report(task.findings, np.random.default_rng(seed_sequence))
     _write_file(task, array)
     return report
 
@@ -199,25 +227,28 @@ def _manifest_row(study: Study, report: str) -> dict[str, str]:
     }
 
 
-def _write_manifests(out_dir: Path, studies: tuple[Study, ...], reports: list[str]) -> dict[str, Path]:
+def _write_manifests(out_dir: Path, studies: tuple[Study, ...], reports: list[str],
+                     with_paired: bool = True) -> dict[str, Path]:
     """One manifest per modality group, one per paired modality; returns their paths by key."""
     rows: dict[str, list[dict[str, str]]] = {}
     for study, report in zip(studies, reports):
         key = f"{PAIRED_GROUP}/{study.modality}" if study.group == PAIRED_GROUP else study.modality
         rows.setdefault(key, []).append(_manifest_row(study, report))
     paths = {}
-    for key in [*MODALITY_ORDER, *(f"{PAIRED_GROUP}/{m}" for m in PAIRED_MODALITIES)]:
+    for key in [*MODALITY_ORDER, *(f"{PAIRED_GROUP}/{m}" for m in PAIRED_MODALITIES if with_paired)]:
         path = out_dir / (f"{key}.csv" if key.startswith(PAIRED_GROUP) else f"{key}/manifest.csv")
         paths[key] = write_manifest(pd.DataFrame(rows.get(key, []), columns=list(MANIFEST_COLUMNS)), path)
     return paths
 
 
-def _write_cohort_json(summary: CohortSummary, group_sizes: dict[str, int]) -> None:
+def _write_cohort_json(summary: CohortSummary, group_sizes: dict[str, int], report_vocabulary: str) -> None:
     out_dir = summary.out_dir
     description = {
         "format_version": FORMAT_VERSION,
         "seed": summary.seed,
+        "report_vocabulary": report_vocabulary,
         "n_patients": summary.n_patients,
+        "total_patients": sum(group_sizes.values()),
         "n_studies": summary.n_studies,
         "generation_seconds": summary.seconds,
         "group_sizes": group_sizes,
@@ -230,9 +261,9 @@ def _write_cohort_json(summary: CohortSummary, group_sizes: dict[str, int]) -> N
         },
         "paired": {
             "patients": summary.paired_patients,
-            "split": "test",
+            "splits": summary.paired_splits,
             "manifests": {m: summary.manifests[f"{PAIRED_GROUP}/{m}"].relative_to(out_dir).as_posix()
-                          for m in PAIRED_MODALITIES},
+                          for m in PAIRED_MODALITIES if f"{PAIRED_GROUP}/{m}" in summary.manifests},
         },
         "concept_map": CONCEPT_MAP,
     }
