@@ -106,7 +106,7 @@ def friendly_errors(console: Console):
                 if isinstance(exc, M3BindError):
                     message = str(exc)
                 elif isinstance(exc, OSError):
-                    message = f"{exc.filename + ': ' if getattr(exc, 'filename', None) else ''}{exc.strerror or exc}"
+                    message = _os_error_message(exc)
                 else:
                     message = (f"internal error ({type(exc).__name__}: {exc}); rerun with `m3bind --debug ...` for "
                                "the traceback and report it")
@@ -115,3 +115,9 @@ def friendly_errors(console: Console):
                 raise typer.Exit(code=2) from None
         return wrapper
     return decorate
+
+
+def _os_error_message(error: OSError) -> str:
+    """``file: reason`` (``source -> target: reason`` for a failed rename or copy)."""
+    files = [str(f) for f in (error.filename, error.filename2) if f is not None]
+    return f"{' -> '.join(files)}: {error.strerror or error}" if files else str(error.strerror or error)

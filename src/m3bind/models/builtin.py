@@ -227,7 +227,11 @@ class BuiltinCLIP(ModalityModel):
         description = read_description(directory / CONFIG_FILE, BuiltinDescription)
         if not (directory / TOKENIZER_DIR).is_dir():
             raise CheckpointError(f"{directory / TOKENIZER_DIR}: tokenizer folder not found")
-        tokenizer = BertTokenizer.from_pretrained(str(directory / TOKENIZER_DIR), local_files_only=True)
+        try:
+            tokenizer = BertTokenizer.from_pretrained(str(directory / TOKENIZER_DIR), local_files_only=True)
+        except Exception as error:  # noqa: BLE001 - a damaged file raises JSON, Unicode, key or Rust errors
+            raise CheckpointError(f"{directory / TOKENIZER_DIR}: cannot load the tokenizer "
+                                  f"({type(error).__name__}: {error})") from error
         model = cls(description.model, tokenizer, build_preprocess(description.preprocess, directory / CONFIG_FILE))
         load_state_strict(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
         return model.eval()

@@ -8,7 +8,10 @@ import json
 from collections.abc import Sequence
 
 import torch
+from pydantic import ValidationError
 
+from m3bind.config import format_validation_error
+from m3bind.errors import ConfigError
 from m3bind.eval.protocol import modality_zero_shot
 from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
@@ -28,11 +31,15 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         if not exp.trains_from_scratch(modality):
             log(f"{modality}: starts from the {spec.type} model at {spec.path}, no pretraining needed")
             continue
-        torch.manual_seed(exp.cfg.seed)
-        train = exp.studies(modality, "train")
         config = builtin_config(modality, demo=exp.cfg.demo_sizes)
         if spec.options:
-            config = type(config).model_validate({**config.model_dump(), **spec.options})
+            try:
+                config = type(config).model_validate({**config.model_dump(), **spec.options})
+            except ValidationError as error:
+                raise ConfigError(format_validation_error(
+                    error, type(config), f"{exp.config_path or '<config>'}: modalities.{modality}.model.options")) from None
+        torch.manual_seed(exp.cfg.seed)
+        train = exp.studies(modality, "train")
         model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
                                     preprocess=exp.preprocess(modality)).to(exp.device)
         if exp.cfg.pretrain.text_mlm_steps:
