@@ -121,3 +121,13 @@ def test_bad_study_raises_naming_it_or_is_skipped_and_listed(tmp_path):
     assert list(listed) == ["xray/train"] and "s07.npy" in listed["xray/train"][0]
     # the skip survives a reload from the cache
     assert _experiment(tmp_path, manifest, on_error="skip").studies("xray", "train").skipped[0].row == 8
+
+
+def test_building_the_cache_leaves_the_global_rng_alone(tmp_path):
+    # Training after a cold cache must draw the same dropout masks as after a warm one.
+    manifest = _cohort(tmp_path, n=6)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _experiment(tmp_path, manifest).studies("xray", "train")
+    assert torch.equal(torch.rand(3), expected)

@@ -112,7 +112,10 @@ def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_
 
     dataset = _Attempts(StudyDataset(manifest, transform, limits))
     workers = default_workers() if workers is None else workers
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_all)
+    # The loader's own generator: drawing worker seeds from the global RNG would make training
+    # after a cold cache differ from training after a warm one (LoRA dropout uses that RNG).
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_all,
+                        generator=torch.Generator().manual_seed(0))
     kept: list[dict] = []
     skipped: list[SkippedItem] = []
     done = 0
