@@ -1,0 +1,80 @@
+"""The GPU check and the MFU benchmark in their CPU modes, so that they keep running where CI has no GPU."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    # No GPU is visible, whatever the machine: the CPU mode is what is under test.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=600)
+
+
+@pytest.fixture
+def binding_bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import binding_bench
+
+    return binding_bench
+
+
+def test_device_watch_names_what_is_not_on_the_device(binding_bench):
+    watch = binding_bench.DeviceWatch(torch.device("meta"))
+    layer = nn.Linear(2, 3)
+    watch.start()
+    layer(torch.zeros(1, 2))
+    watch.stop()
+    layer(torch.zeros(1, 2))  # no longer watched
+    assert watch.calls == 1
+    assert watch.problems == ["Linear parameter weight (3, 2) on cpu", "Linear parameter bias (3,) on cpu",
+                              "Linear input 0 (1, 2) on cpu"]
+    watch.check_parameters({"head": layer})
+    assert watch.problems[-1] == "head.bias (3,) on cpu after binding"
+
+    on_cpu = binding_bench.DeviceWatch(torch.device("cpu"))
+    on_cpu.start()
+    layer(torch.zeros(1, 2))
+    on_cpu.stop()
+    assert on_cpu.calls == 1 and on_cpu.problems == []
+
+
+def test_gpu_check_runs_its_cpu_version_and_exits_zero():
+    result = run_script("gpu_check.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no CUDA device: skipping the quick demo" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| binding step, paper-tiny.yaml"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    steps_per_second, samples_per_second = float(cells[1]), float(cells[2])
+    assert steps_per_second > 0
+    # 5 modalities x 8 image-text pairs + 8 alignment texts per step.
+    assert samples_per_second == pytest.approx(48 * steps_per_second, rel=0.01)
+    calls = int(re.search(r"(\d+) module calls checked: every parameter, buffer and tensor input was on cpu",
+                          result.stdout).group(1))
+    assert calls > 100
+
+
+def test_mfu_counts_flops_and_compares_with_the_matmul_peak():
+    result = run_script("mfu.py", "--models", "demo", "--steps", "1", "--image-batch", "4", "--text-batch", "4",
+                        "--matmul-size", "512")
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if "GFLOP |" in line)
+    flops, seconds, achieved, peak, mfu = (cell.strip() for cell in row.strip("|").split("|"))
+    flops = float(flops.split()[0])
+    seconds = float(seconds)
+    # Five text encoders (2 layers of width 128) and heads on 4 + 4 x 5 texts: well above 0.1 GFLOP.
+    assert flops > 0.1 and seconds > 0
+    assert float(achieved.split()[0]) == pytest.approx(flops / seconds, rel=0.02, abs=0.05)
+    assert 0 < float(mfu.strip("*%")) < 100
+    assert "FLOPs by operator: aten." in result.stdout
