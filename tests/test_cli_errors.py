@@ -208,8 +208,6 @@ def test_index_with_a_bad_manifest_is_one_line(bad, saved_model, manifest, probl
                                    "--out", bad.root / "index", "--workers", "0"), f"{bad.root / manifest}: ", problem)
 
 
-@pytest.mark.xfail(strict=True, reason="the search commands' own error handler (search/commands.py) catches only "
-                                       "M3BindError: an OS error escapes as a traceback with exit code 1")
 def test_index_into_a_file_instead_of_a_folder_is_one_line(bad, saved_model):
     _assert_one_error_line(_invoke("index", saved_model, bad.manifest, "--modality", "xray", "--out", bad.a_file,
                                    "--workers", "0"), str(bad.a_file), "Not a directory")

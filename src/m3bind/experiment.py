@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from m3bind.config import ExperimentConfig, load_config, resolve_path
 from m3bind.data.datasets import StudySet
@@ -100,8 +101,10 @@ class Experiment:
         overrides = self._modality(modality).preprocess
         try:
             return type(base).model_validate({**base.model_dump(), **overrides})
-        except ValueError as exc:
-            raise ConfigError(f"modalities.{modality}.preprocess: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+            raise ConfigError(f"{self.config_path or '<config>'}: modalities.{modality}.preprocess: {problems} "
+                              f"(allowed keys: {', '.join(type(base).model_fields)})") from None
 
     def studies(self, modality: str, split: str, *, paired: bool = False) -> StudySet:
         """Preprocessed studies of one split: read once through a DataLoader into the on-disk cache

@@ -5,7 +5,6 @@ options, call the library, print a summary; library errors become one red line a
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -14,10 +13,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from m3bind.errors import ConfigError, M3BindError
+from m3bind.errors import ConfigError
+from m3bind.output import friendly_errors as friendly_errors_on
+from m3bind.output import progress_display
 
 _MAX_SKIPS_SHOWN = 10
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -26,19 +26,10 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 def register(app: typer.Typer, console: Console) -> None:
     """Add the search commands to ``app``; they print to ``console``."""
 
-    def friendly_errors(command):
-        @functools.wraps(command)
-        def wrapper(*args, **kwargs):
-            try:
-                return command(*args, **kwargs)
-            except M3BindError as error:
-                console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
-                raise typer.Exit(code=2) from None
-        return wrapper
+    friendly_errors = friendly_errors_on(console)
 
-    def progress_bar() -> Progress:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    def progress_bar():
+        return progress_display(console)
 
     @app.command("index")
     @friendly_errors
