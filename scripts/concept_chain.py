@@ -10,7 +10,8 @@ studies / reports with the finding minus the mean of those without) in the share
   concept link    query-modality reports vs gallery-modality reports, both under the gallery encoder
   other txt~img   the gallery modality's text direction vs its image direction
   END             image direction of the query modality vs that of the gallery modality
-Images come from the paired test set, reports from the training manifests.
+Images come from the paired VALIDATION set (a diagnostic used while tuning never reads test),
+reports from the training manifests.
 
 Usage: python scripts/concept_chain.py OUTPUT_DIR/config.yaml [unbound]
 """
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from m3bind.experiment import Experiment
-from m3bind.eval.protocol import embed_images
+from m3bind.eval.protocol import TUNING_SPLIT, embed_images, paired_studies
 from m3bind.stages.artifacts import load_bound, prepare_bound
 
 CHAINS = [(("ecg", "left ventricular hypertrophy"), ("xray", "cardiomegaly")),
@@ -43,7 +44,7 @@ def main(config: str, unbound: bool) -> None:
         module.eval()
 
     def image_dir(m, label):
-        studies = exp.studies(m, "test", paired=True)
+        studies = paired_studies(exp, m, TUNING_SPLIT)
         return direction(embed_images(bound[m].encode_image, studies.images), [label in ls for ls in studies.labels])
 
     def text_dir(m, label, encoder):

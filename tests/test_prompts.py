@@ -9,9 +9,11 @@ import torch
 from m3bind.errors import DataError
 from m3bind.eval.prompts import (
     available_prompt_sets,
+    empty_prompt_set,
     expert_prompts,
     load_prompt_file,
     load_prompt_set,
+    missing_classes,
     naive_prompts,
     presence_pairs,
     presence_probabilities,
@@ -147,13 +149,24 @@ attributes:
     assert len(draws) > 1
 
 
-def test_unknown_class_names_the_file_and_class(tmp_path):
-    path = _write(tmp_path, "classes: {normal: [healthy]}\n")
-    prompt_set = load_prompt_file(path)
-    with pytest.raises(DataError, match=r"my_prompts\.yaml.*'glaucoma' has no prompts"):
-        expert_prompts(prompt_set, ["glaucoma"])
-    with pytest.raises(DataError, match="'glaucoma' has no prompts"):
-        sampled_prompts(prompt_set, ["glaucoma"], n=2, seed=0)
+def test_a_class_without_an_entry_falls_back_to_its_naive_prompt(tmp_path):
+    prompt_set = load_prompt_file(_write(tmp_path, 'template: "Findings: {}."\nclasses: {normal: [healthy]}\n'))
+    assert missing_classes(prompt_set, ["Normal", "glaucoma"]) == ["glaucoma"]
+    naive = {"glaucoma": ["Findings: glaucoma."]}
+    assert expert_prompts(prompt_set, ["glaucoma"]) == naive
+    assert expert_prompts(prompt_set, ["glaucoma"], class_name=False) == naive
+    assert sampled_prompts(prompt_set, ["glaucoma"], n=2, seed=0, use_template=True) == naive
+    # a modality with no prompt file at all: every class is named in the plain "{}" template
+    empty = empty_prompt_set("dermatology")
+    assert missing_classes(empty, ["melanoma"]) == ["melanoma"]
+    assert expert_prompts(empty, ["melanoma"]) == {"melanoma": ["melanoma"]}
+
+
+def test_expert_prompts_without_the_class_name(tmp_path):
+    prompt_set = load_prompt_file(_write(tmp_path, "classes: {glaucoma: [optic disc cupping, glaucoma]}\n"))
+    assert expert_prompts(prompt_set, ["glaucoma"], class_name=False) == {"glaucoma": ["optic disc cupping", "glaucoma"]}
+    assert expert_prompts(load_prompt_set("xray"), ["pneumothorax"], class_name=False)["pneumothorax"] == [
+        "Impression: " + d + "." for d in load_prompt_set("xray").classes["pneumothorax"]]
 
 
 @pytest.mark.parametrize("text, message", [

@@ -111,7 +111,7 @@ def make_report() -> dict:
             {"setting": {"modalities": ["xray", "ecg"], "amb": True, "seskd": False},
              "retrieval": {"xray->ecg": hand_retrieval(0.05, 0.2, 0.3)}, "zero_shot": {"xray": 0.61}},
             {"setting": {"modalities": ["xray", "ecg", "ct"], "amb": False, "seskd": True},
-             "retrieval": {"xray->ecg": hand_retrieval(0.07, 0.25, 0.35)},
+             "retrieval": {"xray->ecg": {**hand_retrieval(0.07, 0.25, 0.35), "concept_auc_ci": [0.4, 0.5]}},
              "zero_shot": {"xray": {"naive": 0.5, "expert": 0.6}}},
         ]},
         "notes": ["Synthetic cohort: numbers are not comparable with the paper's."],
@@ -304,9 +304,10 @@ def test_markdown_ablation_table_with_check_marks(written):
     md = (out / "report.md").read_text(encoding="utf-8")
     section = md.split("## Ablations", 1)[1].split("## Figures", 1)[0]
     assert ("| xray | ecg | ct | amb | seskd | xray->ecg R@1 | xray->ecg R@5 | xray->ecg R@10 | "
-            "xray zero-shot acc | xray zero-shot naive | xray zero-shot expert |") in section
-    assert "| ✓ | ✓ |  | ✓ |  | 0.050 | 0.200 | 0.300 | 0.610 | – | – |" in section
-    assert "| ✓ | ✓ | ✓ |  | ✓ | 0.070 | 0.250 | 0.350 | – | 0.500 | 0.600 |" in section
+            "xray->ecg concept AUC | xray zero-shot acc | xray zero-shot naive | xray zero-shot expert |") in section
+    assert "| ✓ | ✓ |  | ✓ |  | 0.050 | 0.200 | 0.300 | 0.400 | 0.610 | – | – |" in section
+    # an interval, when the row has one, is printed beside the concept AUC
+    assert "| ✓ | ✓ | ✓ |  | ✓ | 0.070 | 0.250 | 0.350 | 0.450 (0.400–0.500) | – | 0.500 | 0.600 |" in section
 
 
 def test_markdown_links_figures_and_notes(written):
@@ -415,7 +416,8 @@ def test_every_schema_field_is_documented():
     doc = (Path(__file__).parents[1] / "docs" / "report-schema.md").read_text(encoding="utf-8")
     models = [report_schema.Report, report_schema.ZeroShotEntry, report_schema.ClassificationScores,
               report_schema.PresenceScores, report_schema.FewShotResult, report_schema.ShotResult,
-              report_schema.RetrievalScores, report_schema.TextSpaceScores, report_schema.AblationRow]
+              report_schema.RetrievalScores, report_schema.TextSpaceScores, report_schema.AblationRow,
+              report_schema.Difference]
     undocumented = [f"{model.__name__}.{field}" for model in models for field in model.model_fields
                     if f"`{field}`" not in doc and f'"{field}"' not in doc]
     assert not undocumented

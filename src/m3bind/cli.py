@@ -249,7 +249,8 @@ def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) wit
 
 
 def _print_report_summary(report: dict) -> None:
-    table = Table(title="summary (test splits; zero-shot with expert prompts)")
+    table = Table(title=f"summary (test splits; zero-shot with expert prompts, "
+                        f"{report['protocol']['prototype_rule']} prototypes)")
     table.add_column("metric")
     for variant in report["variants"]:
         table.add_column(variant, justify="right")
@@ -266,7 +267,7 @@ def _print_report_summary(report: dict) -> None:
 
     for m in report["modalities"]:
         table.add_row(f"{m} zero-shot acc", *cells(lambda v: report["zero_shot"][m][v]["expert"]["accuracy"]))
-    for pair, unbound in report["retrieval"].get("unbound", {}).items():
+    for pair, unbound in report["retrieval"].get("random_heads", {}).items():
         k = max(unbound["recall"], key=int)
         table.add_row(f"{pair} R@{k} (chance {unbound['recall_chance'][k]:.3f})",
                       *cells(lambda v: report["retrieval"][v][pair]["recall"][k]))
@@ -278,7 +279,7 @@ def _print_report_summary(report: dict) -> None:
 
 
 def _print_bind_summary(summary: dict) -> None:
-    table = Table(title="binding: before -> after")
+    table = Table(title=f"binding: before -> after (validation splits; zero-shot: {summary['zero_shot_prompts']})")
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")

@@ -118,6 +118,16 @@ class DistillConfig(Section):
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N steps.")
 
 
+class StudentCheckConfig(Section):
+    enabled: bool = Field(False, description="Evaluate the final model against the bound teachers on a second "
+                                             "synthetic cohort (another seed, report wording the student never saw; "
+                                             "built-in modalities only). Written into <output_dir>/student_check.")
+    seed: int = Field(1, description="Seed of the second cohort (use one the training cohort does not).")
+    patients: int = Field(400, ge=10, description="Cohort size knob of the second cohort (its plan); only its "
+                                                  "test splits are rendered.")
+    test_patients: int = Field(150, ge=1, description="Test studies per modality in the second cohort.")
+
+
 class EvalConfig(Section):
     shots: list[int] = Field(default_factory=lambda: [1, 5, 10], description="Few-shot shots per class.")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="Seeds for few-shot sampling.")
@@ -125,6 +135,23 @@ class EvalConfig(Section):
     retrieval_pairs: list[tuple[str, str]] | None = Field(
         None, description="(query, gallery) modality pairs for cross-modal retrieval on the paired test set "
                           "(default: every ordered pair of the modalities in paired_manifests).")
+    prototypes: Literal["auto", "mean+name", "mean", "renormalised+name", "renormalised"] = Field(
+        "auto", description="Zero-shot class prototypes: FLAIR's unnormalised prompt mean ('mean') or CLIP's "
+                            "renormalised ensemble ('renormalised'), '+name' with the bare class name among the "
+                            "prompts; 'auto' chooses on the validation splits, for every variant alike (stage "
+                            "diagnostics then use 'renormalised').")
+    bootstrap_resamples: int = Field(1000, ge=10, description="Bootstrap resamples (of test studies or queries) "
+                                                              "for the 95% intervals.")
+    bootstrap_seed: int = Field(0, description="Seed of the bootstrap resamples.")
+    lambda0_control: bool = Field(False, description="Also bind with lambda_text = 0 (same LoRA, heads and steps, "
+                                                     "CLIP terms only) into <output_dir>/control and report it as "
+                                                     "the 'control' variant; costs a second binding run.")
+    student_check: StudentCheckConfig = Field(default_factory=StudentCheckConfig,
+                                              description="The student check on a second cohort.")
+    real_reports: bool = Field(True, description="Classify the real Indiana University chest X-ray reports shipped "
+                                                 "in the torchxrayvision package (read from the installed package; "
+                                                 "skipped with a note when it is not installed or there is no "
+                                                 "'xray' modality) with the bound X-ray text encoder and the student.")
 
 
 class DataConfig(Section):
@@ -157,8 +184,9 @@ class ExperimentConfig(Section):
     modalities: dict[str, ModalityConfig] = Field(default_factory=dict,
                                                   description="Modality name -> its model and data.")
     paired_manifests: dict[str, str] = Field(default_factory=dict,
-                                             description="Modality -> manifest of the paired test set "
-                                                         "(equal patient_id = same patient).")
+                                             description="Modality -> manifest of the paired set (equal "
+                                                         "patient_id = same patient; split 'val' rows for "
+                                                         "tuning, 'test' rows for the report).")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="The pretrain stage (built-in models).")
     bind: BindConfig = Field(default_factory=BindConfig, description="The bind stage.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="The distill stage (SESKD).")
@@ -223,9 +251,12 @@ def load_config(path: str | Path) -> ExperimentConfig:
     if not path.exists():
         raise ConfigError(f"{path}: config file does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "is a folder, not a file" if path.is_dir() else getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{path}: cannot read the config: {reason}") from None
     return parse_config(data, str(path))
 
 

@@ -25,14 +25,17 @@ Protocols (the caller embeds every prompt and, per class, averages the embedding
 :mod:`m3bind.eval.zeroshot`):
 
 - :func:`naive_prompts`: one prompt per class, the template filled with the class name.
-- :func:`expert_prompts`: FLAIR's expert knowledge: the class's descriptions plus its name.
+- :func:`expert_prompts`: FLAIR's expert knowledge: the class's descriptions, plus its name
+  when asked (see :mod:`m3bind.eval.zeroshot` for why that is a choice).
 - :func:`sampled_prompts`: CheXpert 5x200 / GLoRIA: n prompts per class sampled from the
   attribute combinations (or from the descriptions when a class has no attributes).
 - :func:`presence_pairs` and :func:`presence_probabilities`: CT-RATE's "{} is present." /
   "{} is not present." pair per finding, softmax over the pair.
 
 Class names are matched case-insensitively ("Pleural Effusion" finds "pleural effusion");
-results are keyed by the names the caller asked for.
+results are keyed by the names the caller asked for. A class the file does not list falls back
+to its naive prompt in every protocol (:func:`missing_classes` names them, so a report can say
+so): a dataset's labels work without a prompt file entry for each.
 """
 from __future__ import annotations
 
@@ -72,14 +75,21 @@ class PromptSet:
     def class_names(self) -> list[str]:
         return list(self.classes)
 
-    def resolve(self, name: str) -> str:
-        """The file's spelling of class ``name`` (case-insensitive); a clear error if it has none."""
+    def find(self, name: str) -> str | None:
+        """The file's spelling of class ``name`` (case-insensitive), or None if it has none."""
         wanted = _normalise(name)
-        for known in self.classes:
-            if _normalise(known) == wanted:
-                return known
-        raise DataError(self.source, f"class '{name}' has no prompts here; classes in this file: "
-                                     f"{', '.join(self.classes)}")
+        return next((known for known in self.classes if _normalise(known) == wanted), None)
+
+
+def empty_prompt_set(modality: str) -> PromptSet:
+    """A prompt set with no class entries (every class gets its naive prompt, the template "{}"):
+    what a modality without a shipped set or a prompt file gets."""
+    return PromptSet(source=f"<no prompt file for {modality}>", classes={}, modality=modality)
+
+
+def missing_classes(prompt_set: PromptSet, classes: Sequence[str]) -> list[str]:
+    """The classes ``prompt_set`` has no entry for (they fall back to their naive prompt)."""
+    return [name for name in classes if prompt_set.find(name) is None]
 
 
 def available_prompt_sets() -> list[str]:
@@ -116,17 +126,20 @@ def naive_prompts(prompt_set: PromptSet, classes: Sequence[str]) -> dict[str, li
     return {name: [prompt_set.template.format(name)] for name in classes}
 
 
-def expert_prompts(prompt_set: PromptSet, classes: Sequence[str], use_template: bool = True) -> dict[str, list[str]]:
-    """FLAIR's expert-knowledge prompts (pi_EK): the class's descriptions plus the class name.
+def expert_prompts(prompt_set: PromptSet, classes: Sequence[str], use_template: bool = True,
+                   class_name: bool = True) -> dict[str, list[str]]:
+    """FLAIR's expert-knowledge prompts (pi_EK): the class's descriptions, plus the bare class
+    name when ``class_name`` (FLAIR adds it; not when a description already is the name).
 
     As in FLAIR, each one is put into the template ("A fundus photograph of {}") unless
-    ``use_template`` is False. The caller embeds them all and averages per class.
+    ``use_template`` is False. The caller embeds them all and averages per class. A class the
+    file does not list gets its naive prompt (the name, in the template).
     """
     out = {}
     for name in classes:
-        known = prompt_set.resolve(name)
-        phrases = list(prompt_set.classes[known])
-        if not any(_normalise(p) == _normalise(name) for p in phrases):
+        known = prompt_set.find(name)
+        phrases = list(prompt_set.classes[known]) if known is not None else [name]
+        if class_name and not any(_normalise(p) == _normalise(name) for p in phrases):
             phrases.append(name)
         out[name] = [prompt_set.template.format(p) for p in phrases] if use_template else phrases
     return out
@@ -140,16 +153,20 @@ def sampled_prompts(prompt_set: PromptSet, classes: Sequence[str], n: int, seed:
     list, in file order, joined by spaces); otherwise from its descriptions. When fewer than
     ``n`` exist, all of them are returned. Each class is sampled from its own generator, seeded
     by ``seed`` and the class name, so a class's prompts do not change when other classes are
-    added or reordered.
+    added or reordered. A class the file does not list gets its naive prompt.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     out = {}
     for name in classes:
-        known = prompt_set.resolve(name)
-        pool = _attribute_combinations(prompt_set.attributes[known]) if known in prompt_set.attributes \
-            else list(prompt_set.classes[known])
-        rng = np.random.default_rng([seed, zlib.crc32(_normalise(known).encode("utf-8"))])
+        known = prompt_set.find(name)
+        if known is None:
+            pool = [name]
+        elif known in prompt_set.attributes:
+            pool = _attribute_combinations(prompt_set.attributes[known])
+        else:
+            pool = list(prompt_set.classes[known])
+        rng = np.random.default_rng([seed, zlib.crc32(_normalise(known or name).encode("utf-8"))])
         chosen = [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
         out[name] = [prompt_set.template.format(p) for p in chosen] if use_template else chosen
     return out

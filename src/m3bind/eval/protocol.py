@@ -1,6 +1,11 @@
 """The evaluation protocol of an experiment: which studies, prompts, pairs and baselines every
 stage and the report use, so that a number means the same thing wherever it appears.
 
+Splits: every choice (prototype rule, chaining profile, any setting tuned by hand) and every
+stage's own diagnostic line reads the validation split (:data:`TUNING_SPLIT`); the test split
+is read once, by the ``evaluate`` stage, for the reported numbers. Each function takes the split
+it reads as an argument, so a caller cannot read test by accident.
+
 Everything here takes an :class:`~m3bind.experiment.Experiment` (for its data and settings)
 and encoder views (anything with ``encode_image``, ``encode_texts``, ``logit_scale`` and
 ``eval``: :class:`m3bind.models.base.EncoderView`).
@@ -15,16 +20,22 @@ import torch
 
 from m3bind.data.manifest import parse_labels
 from m3bind.data.store import take_rows
-from m3bind.eval.retrieval import retrieval_scores
-from m3bind.eval.zeroshot import accuracy, class_prototypes, single_label_targets, zero_shot_logits
+from m3bind.errors import DataError
+from m3bind.eval.retrieval import QueryScores, embedding_query_scores, mean_query_scores
+from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, class_prototypes, single_label_targets
 from m3bind.experiment import Experiment
 from m3bind.models.embedding import embed_in_batches
 from m3bind.models.view import native_view
 
 # Images per forward pass when evaluating (kept fixed: the numbers must not depend on it).
 EVAL_BATCH = 128
-# Random head draws averaged for the unbound retrieval baseline (see unbound_retrieval).
-UNBOUND_HEAD_DRAWS = 10
+# Random head draws averaged for the chance-level retrieval baseline (see random_head_scores).
+RANDOM_HEAD_DRAWS = 10
+TUNING_SPLIT = "val"
+REPORT_SPLIT = "test"
+# The prototype rule of the stages' own diagnostic lines when eval.prototypes is "auto" (the
+# evaluate stage chooses its rule on validation; see choose_prototype_rule).
+STAGE_PROTOTYPE_RULE = "renormalised"
 
 
 def embed_images(encode_image, images) -> torch.Tensor:
@@ -39,59 +50,134 @@ def embed_texts(encode_texts, texts) -> torch.Tensor:
 
 # --- zero-shot ------------------------------------------------------------------------------
 def prompt_set_for(exp: Experiment, modality: str):
-    """The modality's zero-shot prompt set: the config's file, else the built-in one."""
+    """The modality's zero-shot prompt set: the config's file, else the built-in one, else an
+    empty set (every class then gets naive prompts from its name; see class_prompts)."""
     from m3bind.config import resolve_path
-    from m3bind.eval.prompts import load_prompt_file, load_prompt_set
+    from m3bind.eval.prompts import available_prompt_sets, empty_prompt_set, load_prompt_file, load_prompt_set
 
     path = exp.cfg.modalities[modality].prompts
-    return load_prompt_file(resolve_path(exp.config_path, path)) if path else load_prompt_set(modality)
+    if path:
+        return load_prompt_file(resolve_path(exp.config_path, path))
+    return load_prompt_set(modality) if modality in available_prompt_sets() else empty_prompt_set(modality)
 
 
-def class_prompts(exp: Experiment, modality: str, classes: Sequence[str], style: str = "expert") -> dict:
-    """Prompts per class: 'naive' (the class name in the template) or 'expert' (FLAIR-style ensemble)."""
+def class_prompts(exp: Experiment, modality: str, classes: Sequence[str], style: str = "expert",
+                  rule: PrototypeRule | None = None) -> dict[str, list[str]]:
+    """Prompts per class: 'naive' (the class name in the template) or 'expert' (the prompt file's
+    descriptions, with the bare class name when ``rule`` says so; a class the file does not list
+    falls back to its naive prompt)."""
     from m3bind.eval.prompts import expert_prompts, naive_prompts
 
     prompt_set = prompt_set_for(exp, modality)
-    return (expert_prompts if style == "expert" else naive_prompts)(prompt_set, classes)
+    if style == "naive":
+        return naive_prompts(prompt_set, classes)
+    return expert_prompts(prompt_set, classes, class_name=(rule or stage_prototype_rule(exp)).class_name)
 
 
 def modality_classes(exp: Experiment, modality: str) -> list[str]:
     return ["normal", *exp.manifest(modality).label_names()]
 
 
+def configured_rule(exp: Experiment) -> PrototypeRule | None:
+    """``eval.prototypes`` as a rule, or None when it is 'auto' (chosen on validation)."""
+    name = exp.cfg.eval.prototypes
+    return None if name == "auto" else PROTOTYPE_RULES[name]
+
+
+def stage_prototype_rule(exp: Experiment) -> PrototypeRule:
+    """The rule of the stages' diagnostic lines: the configured one, or STAGE_PROTOTYPE_RULE."""
+    return configured_rule(exp) or PROTOTYPE_RULES[STAGE_PROTOTYPE_RULE]
+
+
 @torch.no_grad()
-def zero_shot_accuracy(view, studies, classes: Sequence[str], prompts: dict[str, list[str]]) -> dict[str, float]:
-    """Single-label zero-shot accuracy over normal + findings (multi-finding studies left out)."""
-    view.eval()
+def zero_shot_scores(view, studies, classes: Sequence[str], prompts: Mapping[str, Sequence[str]],
+                     rule: PrototypeRule, image_emb: torch.Tensor | None = None) -> ZeroShotScores | None:
+    """Per-study zero-shot scores over normal + findings (multi-finding studies left out); None
+    when no study is single-label. ``image_emb``: the studies' embeddings, when already computed."""
     keep, targets = single_label_targets(studies.labels, classes)
     if len(keep) == 0:
-        return {"accuracy": float("nan"), "n": 0, "chance": 1.0 / len(classes)}
-    image_emb = embed_images(view.encode_image, take_rows(studies.images, keep))
-    logits = zero_shot_logits(image_emb, class_prototypes(view.encode_texts, prompts))
-    return {"accuracy": accuracy(logits, targets), "n": int(len(keep)), "chance": 1.0 / len(classes)}
+        return None
+    if image_emb is None:
+        view.eval()
+        kept = embed_images(view.encode_image, take_rows(studies.images, keep))
+    else:
+        kept = image_emb[torch.as_tensor(keep)]
+    prototypes = class_prototypes(view.encode_texts, prompts, renormalise=rule.renormalise)
+    return ZeroShotScores(targets=targets, scores=(kept @ prototypes.T).numpy(), classes=list(classes))
 
 
-def modality_zero_shot(exp: Experiment, modality: str, view, style: str = "expert") -> dict[str, float]:
-    """Zero-shot accuracy of ``view`` on the modality's test split with its prompt set."""
+def modality_zero_shot(exp: Experiment, modality: str, view, style: str = "expert", split: str = TUNING_SPLIT,
+                       rule: PrototypeRule | None = None) -> dict:
+    """Zero-shot accuracy of ``view`` on one split of the modality, with its prompt set; the
+    result names the split, the prompt style and the prototype rule."""
+    rule = rule or stage_prototype_rule(exp)
     classes = modality_classes(exp, modality)
-    return zero_shot_accuracy(view, exp.studies(modality, "test"), classes,
-                              class_prompts(exp, modality, classes, style))
+    scores = zero_shot_scores(view, exp.studies(modality, split), classes,
+                              class_prompts(exp, modality, classes, style, rule), rule)
+    described = {"split": split, "prompts": style, "prototypes": rule.name, "chance": 1.0 / len(classes)}
+    if scores is None:
+        return {"accuracy": float("nan"), "n": 0, **described}
+    return {"accuracy": scores.metrics()["accuracy"], "n": scores.n, **described}
 
 
-def zero_shot_by_modality(exp: Experiment, views: Mapping) -> dict[str, dict]:
-    """:func:`modality_zero_shot` for every modality of ``views``."""
-    return {m: modality_zero_shot(exp, m, view) for m, view in views.items()}
+def zero_shot_by_modality(exp: Experiment, views: Mapping, split: str = TUNING_SPLIT) -> dict[str, dict]:
+    """:func:`modality_zero_shot` (expert prompts) for every modality of ``views``."""
+    return {m: modality_zero_shot(exp, m, view, split=split) for m, view in views.items()}
+
+
+def describe_zero_shot(result: Mapping) -> str:
+    """One line for a stage's log: '0.512 on 60 val studies (expert prompts, renormalised
+    prototypes; chance 0.167)'."""
+    return (f"{result['accuracy']:.3f} on {result['n']} {result['split']} studies ({result['prompts']} prompts, "
+            f"{result['prototypes']} prototypes; chance {result['chance']:.3f})")
+
+
+@torch.no_grad()
+def choose_prototype_rule(exp: Experiment, variants: Mapping[str, Mapping]) -> dict:
+    """Choose the prototype rule on validation, for every variant alike.
+
+    For each variant and rule: mean expert-prompt zero-shot accuracy over the modalities, on
+    their validation splits. The chosen rule has the best mean over the variants (ties: the
+    order of PROTOTYPE_RULES). Returns {"chosen", "validation": {variant: {rule: accuracy}},
+    "best_per_variant", "agree"} (agree: every variant's own best is the chosen rule).
+    """
+    table: dict[str, dict[str, float]] = {}
+    for variant, views in variants.items():
+        per_rule: dict[str, list[float]] = {name: [] for name in PROTOTYPE_RULES}
+        for m, view in views.items():
+            studies = exp.studies(m, TUNING_SPLIT)
+            classes = modality_classes(exp, m)
+            keep, _ = single_label_targets(studies.labels, classes)
+            if len(keep) == 0:
+                continue
+            view.eval()
+            image_emb = embed_images(view.encode_image, studies.images)
+            for name, rule in PROTOTYPE_RULES.items():
+                scores = zero_shot_scores(view, studies, classes, class_prompts(exp, m, classes, "expert", rule),
+                                          rule, image_emb)
+                per_rule[name].append(scores.metrics()["accuracy"])
+        if any(per_rule.values()):
+            table[variant] = {name: float(np.mean(values)) for name, values in per_rule.items()}
+    if not table:
+        raise DataError(None, "no single-label validation study in any modality: the prototype rule cannot be "
+                              "chosen on validation; set eval.prototypes to a rule")
+    overall = {name: float(np.mean([t[name] for t in table.values()])) for name in PROTOTYPE_RULES}
+    chosen = max(PROTOTYPE_RULES, key=lambda name: (overall[name], -list(PROTOTYPE_RULES).index(name)))
+    best = {v: max(PROTOTYPE_RULES, key=lambda name: (t[name], -list(PROTOTYPE_RULES).index(name)))
+            for v, t in table.items()}
+    return {"chosen": chosen, "validation": table, "validation_mean": overall, "best_per_variant": best,
+            "agree": all(b == chosen for b in best.values())}
 
 
 def heldout_texts(exp: Experiment, modalities: Sequence[str], per_modality: int = 32) -> list[str]:
     """Validation texts from every corpus (never trained on) for the text-agreement metric."""
     texts = []
     for m in modalities:
-        texts.extend(exp.manifest(m).split("val").texts()[:per_modality])
+        texts.extend(exp.manifest(m).split(TUNING_SPLIT).texts()[:per_modality])
     return texts
 
 
-# --- cross-modal retrieval on the paired set ----------------------------------------------------
+# --- the paired set and its concepts ------------------------------------------------------------
 def retrieval_pairs(exp: Experiment) -> list[tuple[str, str]]:
     """The (query, gallery) pairs to score: ``eval.retrieval_pairs``, else every ordered pair of
     the modalities with a paired manifest."""
@@ -100,24 +186,55 @@ def retrieval_pairs(exp: Experiment) -> list[tuple[str, str]]:
     return list(permutations(exp.cfg.paired_manifests, 2))
 
 
+def paired_studies(exp: Experiment, modality: str, split: str):
+    """The modality's paired studies of one split; a clear error when the manifest has none."""
+    manifest = exp.paired_manifest(modality)
+    if not (manifest.table["split"] == split).any():
+        raise DataError(manifest.source, f"no '{split}' rows in this paired manifest; the paired set needs "
+                                         f"'val' rows (for tuning) and 'test' rows (for the report), with "
+                                         f"disjoint patients")
+    return exp.studies(modality, split, paired=True)
+
+
+def concepts_from_column(exp: Experiment) -> bool:
+    """Whether every paired manifest has a ``concepts`` column (else concepts come from labels)."""
+    return all("concepts" in exp.paired_manifest(m).table for m in exp.cfg.paired_manifests)
+
+
+def study_concepts(exp: Experiment, modality: str, split: str, studies) -> list[frozenset]:
+    """Each paired study's cross-modal concepts: its ``concepts`` cell, or, when the paired
+    manifests have no such column, its labels (a pair then compares the labels both of its
+    modalities use, see pair_query_scores)."""
+    table = exp.paired_manifest(modality).split(split).table
+    column = "concepts" if concepts_from_column(exp) else "labels"
+    return [frozenset(parse_labels(table.at[row - 1, column])) for row in studies.rows]
+
+
+def concept_names(exp: Experiment, split: str = TUNING_SPLIT) -> list[str]:
+    """The cross-modal concepts of the paired set (read from the tuning split by default), for
+    the chaining baseline's shared prompt list: concepts two paired modalities can both show."""
+    visible = {m: frozenset().union(*study_concepts(exp, m, split, paired_studies(exp, m, split)))
+               for m in exp.cfg.paired_manifests}
+    shared = {c for a, b in permutations(visible, 2) for c in visible[a] & visible[b]}
+    return sorted(shared)
+
+
 @torch.no_grad()
-def paired_test_embeddings(exp: Experiment, encoders: Mapping) -> dict:
-    """{modality: (image embeddings, patient ids, concept sets)} on the paired test set, for each
-    modality that has an encoder (``encode_image`` callables) and a paired manifest."""
+def paired_embeddings(exp: Experiment, encoders: Mapping, split: str) -> dict:
+    """{modality: (image embeddings, patient ids, concept sets)} on one split of the paired set,
+    for each modality that has an encoder (``encode_image`` callables) and a paired manifest."""
     cache = {}
     for m, encode_image in encoders.items():
         if m not in exp.cfg.paired_manifests:
             continue
-        studies = exp.studies(m, "test", paired=True)
-        table = exp.paired_manifest(m).split("test").table
-        concepts = [frozenset(parse_labels(table.at[row - 1, "concepts"])) if "concepts" in table else frozenset()
-                    for row in studies.rows]
-        cache[m] = (embed_images(encode_image, studies.images), studies.patient_ids, concepts)
+        studies = paired_studies(exp, m, split)
+        cache[m] = (embed_images(encode_image, studies.images), studies.patient_ids,
+                    study_concepts(exp, m, split, studies))
     return cache
 
 
-def pair_scores(exp: Experiment, cache: Mapping, pairs: Sequence[tuple[str, str]]) -> dict:
-    """Recall@K, concept precision@K and concept AUC for each (query, gallery) pair in ``cache``."""
+def pair_query_scores(exp: Experiment, cache: Mapping, pairs: Sequence[tuple[str, str]]) -> dict[str, QueryScores]:
+    """Per-query retrieval values for each (query, gallery) pair in ``cache``."""
     # A concept counts for a pair only if both modalities can show it (cardiomegaly for X-ray and
     # ECG, but not an effusion that only X-ray sees).
     visible = {m: frozenset().union(*concepts) for m, (_, _, concepts) in cache.items()}
@@ -126,35 +243,49 @@ def pair_scores(exp: Experiment, cache: Mapping, pairs: Sequence[tuple[str, str]
         if query in cache and gallery in cache:
             q, g = cache[query], cache[gallery]
             shared = visible[query] & visible[gallery]
-            results[f"{query}->{gallery}"] = retrieval_scores(q[0], g[0], q[1], g[1], [c & shared for c in q[2]],
-                                                              [c & shared for c in g[2]], exp.cfg.eval.recall_at)
+            results[f"{query}->{gallery}"] = embedding_query_scores(
+                q[0], g[0], q[1], g[1], [c & shared for c in q[2]], [c & shared for c in g[2]], exp.cfg.eval.recall_at)
     return results
 
 
-def paired_retrieval(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]]) -> dict:
-    """Image-image retrieval on the paired test set in the shared space of ``views``."""
+def _wanted(pairs: Sequence[tuple[str, str]], views: Mapping) -> set[str]:
+    return {m for pair in pairs for m in pair} & set(views)
+
+
+def paired_query_scores(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]],
+                        split: str) -> dict[str, QueryScores]:
+    """Image-image retrieval on one split of the paired set, in the shared space of ``views``."""
     for view in views.values():
         view.eval()
-    wanted = {m for pair in pairs for m in pair} & set(views)
-    return pair_scores(exp, paired_test_embeddings(exp, {m: views[m].encode_image for m in wanted}), pairs)
+    return pair_query_scores(exp, paired_embeddings(exp, {m: views[m].encode_image for m in _wanted(pairs, views)},
+                                                    split), pairs)
 
 
+def paired_retrieval(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]],
+                     split: str = TUNING_SPLIT) -> dict:
+    """:func:`paired_query_scores` as reported numbers."""
+    return {pair: scores.summary() for pair, scores in paired_query_scores(exp, views, pairs, split).items()}
+
+
+# --- baselines -----------------------------------------------------------------------------------
 @torch.no_grad()
-def unbound_retrieval(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str, str]],
-                      draws: int = UNBOUND_HEAD_DRAWS) -> dict:
-    """Retrieval between the unbound models, averaged over ``draws`` random head draws.
+def random_head_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str, str]], split: str,
+                       draws: int = RANDOM_HEAD_DRAWS) -> tuple[dict[str, QueryScores], dict[str, float | None]]:
+    """Chance level: retrieval between the unbound models through random orthogonal heads.
 
     Before binding the spaces are unrelated: comparing them needs some map into one space, and
     with random orthogonal heads every score is a random variable whose mean is chance (flipping
     one head's sign turns a concept AUC a into 1 - a). One draw can land far from it either way,
-    so the baseline is the mean over draws, with the spread of the concept AUC beside it.
+    so this is the mean over ``draws`` draws (per query), with the spread of the concept AUC
+    over the draws. It says what chance looks like on this set, not what a user could do
+    without binding (see chaining_scores and the lambda = 0 control for that).
     """
     from m3bind.models.heads import BindingHead
 
-    wanted = {m for pair in pairs for m in pair} & set(unbound)
+    wanted = _wanted(pairs, unbound)
     for m in wanted:
         unbound[m].eval()
-    native = paired_test_embeddings(exp, {m: native_view(unbound[m].model).encode_image for m in wanted})
+    native = paired_embeddings(exp, {m: native_view(unbound[m].model).encode_image for m in wanted}, split)
     runs = []
     for draw in range(draws):
         cache = {}
@@ -163,21 +294,69 @@ def unbound_retrieval(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[s
             seed = exp.cfg.seed + list(unbound).index(m) + 1000 * draw
             head = BindingHead(emb.shape[1], exp.cfg.shared_dim, torch.Generator().manual_seed(seed))
             cache[m] = (head(emb), ids, concepts)
-        runs.append(pair_scores(exp, cache, pairs))
-    return {pair: mean_scores([run[pair] for run in runs]) for pair in runs[0]}
+        runs.append(pair_query_scores(exp, cache, pairs))
+    means = {pair: mean_query_scores([run[pair] for run in runs]) for pair in runs[0]}
+    spread = {}
+    for pair in means:
+        aucs = [run[pair].summary()["concept_auc"] for run in runs]
+        spread[pair] = float(np.std(aucs)) if all(a is not None for a in aucs) else None
+    return means, spread
 
 
-def mean_scores(runs: list[dict]) -> dict:
-    """Average retrieval_scores outputs leaf by leaf; adds the draw count and concept-AUC spread."""
-    def mean(values):
-        if isinstance(values[0], dict):
-            return {k: mean([v[k] for v in values]) for k in values[0]}
-        if values[0] is None or isinstance(values[0], int):
-            return values[0]
-        return float(np.mean(values))
+def random_head_retrieval(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str, str]],
+                          split: str = TUNING_SPLIT, draws: int = RANDOM_HEAD_DRAWS) -> dict:
+    """:func:`random_head_scores` as reported numbers, with ``head_draws`` and ``concept_auc_std``."""
+    means, spread = random_head_scores(exp, unbound, pairs, split, draws)
+    return {pair: {**scores.summary(), "head_draws": draws, "concept_auc_std": spread[pair]}
+            for pair, scores in means.items()}
 
-    out = mean(runs)
-    out["head_draws"] = len(runs)
-    aucs = [run["concept_auc"] for run in runs if run["concept_auc"] is not None]
-    out["concept_auc_std"] = float(np.std(aucs)) if aucs else None
-    return out
+
+CHAINING_PROFILES = ("standardised", "raw")
+
+
+def chaining_profiles(image_emb: torch.Tensor, concept_emb: torch.Tensor, profile: str) -> torch.Tensor:
+    """Unit-length concept score profiles of studies: each study's similarity to every concept
+    prompt (one modality's own image and text encoders), each concept's scores standardised
+    over the studies first when ``profile`` is 'standardised' (a model's similarities share a
+    large common offset that would otherwise dominate the cosine)."""
+    scores = image_emb.float() @ concept_emb.float().T
+    if profile == "standardised":
+        scores = (scores - scores.mean(0)) / scores.std(0).clamp(min=1e-8)
+    elif profile != "raw":
+        raise ValueError(f"unknown chaining profile '{profile}'; choose one of {', '.join(CHAINING_PROFILES)}")
+    return torch.nn.functional.normalize(scores, dim=-1)
+
+
+@torch.no_grad()
+def chaining_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str, str]], split: str,
+                    profile: str, concepts: Sequence[str]) -> dict[str, QueryScores]:
+    """Zero-shot concept chaining, what a user can do without binding: each modality's own
+    unbound model scores its studies against one shared list of concept prompts (``concepts``
+    in the modality's prompt template), and studies of two modalities are compared by the cosine
+    of their concept score profiles (:func:`chaining_profiles`)."""
+    cache = {}
+    for m in _wanted(pairs, unbound):
+        if m not in exp.cfg.paired_manifests:
+            continue
+        view = native_view(unbound[m].model)
+        view.eval()
+        studies = paired_studies(exp, m, split)
+        template = prompt_set_for(exp, m).template
+        concept_emb = embed_texts(view.encode_texts, [template.format(c) for c in concepts])
+        profiles = chaining_profiles(embed_images(view.encode_image, studies.images), concept_emb, profile)
+        cache[m] = (profiles, studies.patient_ids, study_concepts(exp, m, split, studies))
+    return pair_query_scores(exp, cache, pairs)
+
+
+def choose_chaining_profile(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str, str]]) -> dict:
+    """Choose the chaining profile on validation: the best mean concept AUC over the pairs."""
+    concepts = concept_names(exp)
+    table = {}
+    for profile in CHAINING_PROFILES:
+        scores = chaining_scores(exp, unbound, pairs, TUNING_SPLIT, profile, concepts)
+        aucs = [s.summary()["concept_auc"] for s in scores.values()]
+        aucs = [a for a in aucs if a is not None]
+        table[profile] = float(np.mean(aucs)) if aucs else None
+    chosen = max(CHAINING_PROFILES, key=lambda p: -1.0 if table[p] is None else table[p])
+    return {"chosen": chosen, "validation_concept_auc": table, "concepts": concepts}
+

@@ -26,6 +26,18 @@ def fmt_number(value: float | None, digits: int = 3) -> str:
     return MISSING if value is None else f"{value:.{digits}f}"
 
 
+def fmt_ci(value: float | None, ci: Sequence[float] | None, digits: int = 3) -> str:
+    """'0.512 (0.441–0.580)': a number with its interval; the number alone without one."""
+    if value is None or ci is None:
+        return fmt_number(value, digits)
+    return f"{fmt_number(value, digits)} ({fmt_number(ci[0], digits)}–{fmt_number(ci[1], digits)})"
+
+
+def _extra(model: Any, key: str) -> Any:
+    """An extra (undeclared) key of a leaf model, e.g. an interval, or None."""
+    return (getattr(model, "model_extra", None) or {}).get(key)
+
+
 def fmt_percent(mean: float | None, std: float | None = None, digits: int = 1) -> str:
     """A fraction as a percentage with its std: '85.3 ± 1.2', '85.3' without std, '–' for a null."""
     if mean is None:
@@ -90,6 +102,11 @@ def _zero_shot_section(report: Report) -> list[str]:
         return lines + ["_No zero-shot results in this run._"]
     lines += ["Naive prompts (one per class) and expert-knowledge prompt ensembles (FLAIR's "
               "π_naive / π_EK); F1 and precision are macro averages; ACA is the average class accuracy.", ""]
+    protocol = report.protocol or {}
+    if protocol.get("prototype_rule"):
+        lines += [f"Class prototypes: '{protocol['prototype_rule']}' ({protocol.get('prototype_rule_description', '')}), "
+                  f"chosen on the {protocol.get('tuning_split', 'val')} splits; numbers on the "
+                  f"{protocol.get('report_split', 'test')} splits, with 95% bootstrap intervals in brackets.", ""]
     header = ["variant", "naive acc", "naive F1", "naive prec", "naive AUC",
               "expert acc", "expert F1", "expert prec", "expert AUC", "expert ACA"]
     for modality in _ordered(report.zero_shot, report.modalities):
@@ -111,6 +128,14 @@ def _zero_shot_section(report: Report) -> list[str]:
             rows = [[v, fmt_number(c.accuracy), fmt_number(c.f1_macro), fmt_number(c.auc_macro), fmt_number(c.aca)]
                     for v, c in sampled]
             lines += md_table(["variant", "acc", "F1", "AUC", "ACA"], rows) + [""]
+        by_rule = [(v, e.expert_by_rule) for v, e in entries if e.expert_by_rule]
+        if by_rule:
+            rules = list(dict.fromkeys(r for _, table in by_rule for r in table))
+            lines += [f"Expert-prompt accuracy ({modality}) under every prototype rule (test split; the tables "
+                      "above use the one chosen on validation):", ""]
+            rows = [[v, *(fmt_number(table[r].accuracy) if table.get(r) is not None else MISSING for r in rules)]
+                    for v, table in by_rule]
+            lines += md_table(["variant", *rules], rows) + [""]
         presence = [(v, e.presence) for v, e in entries if e.presence is not None]
         if presence:
             lines += [f"Presence ({modality}, CT-RATE style \"<finding> is present.\" vs \"... is not present.\", "
@@ -125,8 +150,8 @@ def _zero_shot_section(report: Report) -> list[str]:
 def _classification_cells(scores: ClassificationScores | None, with_aca: bool) -> list[str]:
     if scores is None:
         return [MISSING] * (5 if with_aca else 4)
-    cells = [fmt_number(scores.accuracy), fmt_number(scores.f1_macro), fmt_number(scores.precision_macro),
-             fmt_number(scores.auc_macro)]
+    cells = [fmt_ci(scores.accuracy, _extra(scores, "accuracy_ci")), fmt_number(scores.f1_macro),
+             fmt_number(scores.precision_macro), fmt_ci(scores.auc_macro, _extra(scores, "auc_macro_ci"))]
     return (cells + [fmt_number(scores.aca)]) if with_aca else cells
 
 
@@ -188,8 +213,13 @@ def _few_shot_sizes(entries: list[tuple[str, FewShotResult]], shots: list[str]) 
 
 def _auc_cell(scores: RetrievalScores) -> str:
     if scores.concept_auc is not None and scores.concept_auc_std is not None:
-        return f"{fmt_number(scores.concept_auc)} ± {fmt_number(scores.concept_auc_std)}"
-    return fmt_number(scores.concept_auc)
+        return f"{fmt_ci(scores.concept_auc, _extra(scores, 'concept_auc_ci'))} ± {fmt_number(scores.concept_auc_std)}"
+    return fmt_ci(scores.concept_auc, _extra(scores, "concept_auc_ci"))
+
+
+def _variant_label(variant: str) -> str:
+    """Table label of a variant; the random-head draws are chance, and say so."""
+    return "random_heads (chance)" if variant == "random_heads" else variant
 
 
 def _retrieval_table(results: Mapping[str, Mapping[str, RetrievalScores]], variants: Mapping[str, str],
@@ -205,8 +235,9 @@ def _retrieval_table(results: Mapping[str, Mapping[str, RetrievalScores]], varia
     for key in keys:
         scored = [(v, results[v][key]) for v in variants if key in results.get(v, {})]
         for variant, s in scored:
-            rows.append([label(key), variant, *(fmt_number(s.recall.get(k)) for k in ks),
-                         *(fmt_number(s.concept_precision.get(k)) for k in ks), _auc_cell(s),
+            recall_ci, precision_ci = _extra(s, "recall_ci") or {}, _extra(s, "concept_precision_ci") or {}
+            rows.append([label(key), _variant_label(variant), *(fmt_ci(s.recall.get(k), recall_ci.get(k)) for k in ks),
+                         *(fmt_ci(s.concept_precision.get(k), precision_ci.get(k)) for k in ks), _auc_cell(s),
                          str(s.queries), str(s.gallery)])
         first = scored[0][1]
         rows.append([label(key), "*chance*", *(fmt_number(first.recall_chance.get(k)) for k in ks),
@@ -222,7 +253,9 @@ def _retrieval_section(report: Report) -> list[str]:
     lines += ["A study of the query modality ranks every gallery study of the other modality by cosine "
               "similarity in the shared space; no paired images were used in training. R@K: the query "
               "patient's own study is in the top K. Concept P@K: share of the top K with the query's "
-              "concept set.", ""]
+              "concept set. Baselines: random_heads is chance (random maps of the unbound models, ± the "
+              "spread over draws); chaining and control are what a user could do without binding's text "
+              "alignment (see the compared models).", ""]
     return lines + _retrieval_table(report.retrieval, report.variants, "pair")
 
 
@@ -247,6 +280,97 @@ def _text_space_section(report: Report) -> list[str]:
     return lines + md_table(["variant", "agreement", "text recall"], rows)
 
 
+def _protocol_section(report: Report) -> list[str]:
+    protocol = report.protocol
+    if not protocol:
+        return []
+    lines = ["## Choices made on validation", ""]
+    choice = protocol.get("prototype_choice") or {}
+    if choice.get("validation"):
+        rules = list(next(iter(choice["validation"].values())))
+        rows = [[v, *(fmt_number(table.get(r)) for r in rules)] for v, table in choice["validation"].items()]
+        rows.append(["*mean*", *(fmt_number(choice["validation_mean"].get(r)) for r in rules)])
+        lines += [f"Prototype rule: mean expert-prompt zero-shot accuracy over the modalities' validation splits; "
+                  f"chosen: **{choice['chosen']}**" + ("" if choice.get("agree") else
+                                                      " (the variants disagree; see expert_by_rule)") + ".", "",
+                  *md_table(["variant", *rules], rows), ""]
+    elif protocol.get("prototype_rule"):
+        lines += [f"Prototype rule: {protocol['prototype_rule']} (set in the config).", ""]
+    chaining = protocol.get("chaining")
+    if chaining:
+        table = chaining.get("validation_concept_auc", {})
+        lines += [f"Chaining baseline: concept prompts {', '.join(chaining.get('concepts', []))}; score profiles "
+                  f"**{chaining['chosen']}** (validation mean concept AUC: "
+                  + ", ".join(f"{p} {fmt_number(v)}" for p, v in table.items()) + ").", ""]
+    boot = protocol.get("bootstrap")
+    if boot:
+        lines += [f"Intervals: {int(boot['level'] * 100)}% percentile bootstrap, {boot['resamples']} resamples, "
+                  f"seed {boot['seed']}.", ""]
+    return lines
+
+
+def _differences_section(report: Report) -> list[str]:
+    if not report.differences:
+        return []
+    lines = ["## Differences, with paired bootstrap intervals", "",
+             "Each difference resamples the same test studies or queries for both sides. ✓: the 95% interval "
+             "excludes zero. *bound - best baseline* compares with the baseline whose test estimate is highest.", ""]
+    rows = [[d.claim, d.where, d.metric, f"{d.a} - {d.b}", fmt_ci(d.difference, d.ci),
+             CHECK if d.excludes_zero else ""] for d in report.differences]
+    return lines + md_table(["claim", "where", "metric", "variants", "difference (95% CI)", "excludes 0"], rows)
+
+
+def _student_check_section(report: Report) -> list[str]:
+    check = report.student_check
+    if not check:
+        return []
+    cohort = check.get("cohort", {})
+    lines = ["## Student check: a second cohort in unseen wording", "",
+             f"A second synthetic cohort (seed {cohort.get('seed')}, {cohort.get('report_vocabulary')} report "
+             f"vocabulary, {cohort.get('test_patients')} test studies per modality) that no model was trained on. "
+             "*image*: image zero-shot with the modality's prompts; *image, new wording*: with the alternative "
+             "vocabulary's class descriptions; *reports*: each report classified by its text against those "
+             f"descriptions. Bar: the final model within {fmt_number(100 * check.get('bar', 0.05), 0)} points of "
+             "the teachers in accuracy and AUC.", ""]
+    rows = []
+    for modality, measures in check.get("modalities", {}).items():
+        for measure, result in measures.items():
+            t, f, d = result["teachers"], result["final"], result["difference"]
+            rows.append([modality, measure.replace("image_alternative", "image, new wording"),
+                         fmt_ci(t["accuracy"], t.get("accuracy_ci")), fmt_ci(f["accuracy"], f.get("accuracy_ci")),
+                         fmt_ci(d.get("accuracy"), d.get("accuracy_ci")),
+                         fmt_number(t.get("auc_macro")), fmt_number(f.get("auc_macro")),
+                         fmt_ci(d.get("auc_macro"), d.get("auc_macro_ci")), CHECK if result["within_bar"] else ""])
+    lines += md_table(["modality", "measure", "teachers acc", "final acc", "final - teachers acc", "teachers AUC",
+                       "final AUC", "final - teachers AUC", "within bar"], rows)
+    worst = check.get("worst_difference")
+    lines += ["", f"_Meets the bar everywhere: {'yes' if check.get('meets_bar') else 'no'}; largest shortfall "
+                  f"{fmt_number(worst)}._"]
+    return lines
+
+
+def _real_reports_section(report: Report) -> list[str]:
+    real = report.real_reports
+    if not real:
+        return []
+    lines = ["## Real clinical language: Indiana University chest X-ray reports", ""]
+    if real.get("skipped"):
+        return lines + [f"_Skipped: {real['skipped']}_"]
+    counts = ", ".join(f"{c} {n}" for c, n in real.get("per_class", {}).items())
+    lines += [f"{real['reports']} real reports ({counts}) whose MeSH major findings name one X-ray class, classified "
+              f"by their text embedding against the X-ray class prototypes ({real.get('prototypes')}). Source: "
+              f"{real.get('licence')}, read from the installed package.", ""]
+    rows = [[v, fmt_ci(r["accuracy"], r.get("accuracy_ci")), fmt_ci(r.get("auc_macro"), r.get("auc_macro_ci")),
+             fmt_number(r.get("aca")), fmt_number(r.get("majority_rate"))] for v, r in real.get("variants", {}).items()]
+    lines += md_table(["text encoder", "accuracy", "macro AUC", "ACA", "majority class"], rows)
+    agreement = real.get("agreement")
+    if agreement:
+        a, b = agreement["between"]
+        lines += ["", f"Agreement of {a} and {b} on the predicted class: {fmt_ci(agreement['share'], agreement.get('share_ci'))}"
+                      f" (Cohen's kappa {fmt_number(agreement.get('kappa'))})."]
+    return lines
+
+
 def _ablation_section(report: Report) -> list[str]:
     if not report.ablations:
         return []
@@ -261,13 +385,16 @@ def _ablation_section(report: Report) -> list[str]:
         pair_ks = {p: _k_values([r.retrieval[p].recall for r in rows if p in r.retrieval]) for p in pairs}
         zero_shot = [_zero_shot_dict(r) for r in rows]
         zs_columns = list(dict.fromkeys((m, style) for z in zero_shot for m, by_style in z.items() for style in by_style))
+        auc_pairs = [p for p in pairs if any(p in r.retrieval and r.retrieval[p].concept_auc is not None for r in rows)]
         header = [*flag_header, *(f"{p} R@{k}" for p in pairs for k in pair_ks[p]),
+                  *(f"{p} concept AUC" for p in auc_pairs),
                   *(f"{m} zero-shot {'acc' if style == 'accuracy' else style}" for m, style in zs_columns)]
         table = []
         for row, flags, zs in zip(rows, flag_cells, zero_shot):
             recalls = [fmt_number(row.retrieval[p].recall.get(k)) if p in row.retrieval else MISSING
                        for p in pairs for k in pair_ks[p]]
-            table.append([*flags, *recalls, *(fmt_number(zs.get(m, {}).get(style)) for m, style in zs_columns)])
+            aucs = [_auc_cell(row.retrieval[p]) if p in row.retrieval else MISSING for p in auc_pairs]
+            table.append([*flags, *recalls, *aucs, *(fmt_number(zs.get(m, {}).get(style)) for m, style in zs_columns)])
         lines += md_table(header, table) + [""]
     return lines
 
@@ -336,9 +463,11 @@ def render_markdown(report: Report, figures: Mapping[str, str | None]) -> str:
 
     ``figures``: PNG file name -> ``None`` when it was drawn, or the reason it was skipped.
     """
-    sections = [_header_section(report), _zero_shot_section(report), _few_shot_section(report),
-                _retrieval_section(report), _text_to_image_section(report), _text_space_section(report),
-                _ablation_section(report), _figures_section(figures), _notes_section(report)]
+    sections = [_header_section(report), _protocol_section(report), _zero_shot_section(report),
+                _few_shot_section(report), _retrieval_section(report), _differences_section(report),
+                _text_to_image_section(report), _text_space_section(report), _student_check_section(report),
+                _real_reports_section(report), _ablation_section(report), _figures_section(figures),
+                _notes_section(report)]
     lines: list[str] = []
     for section in sections:
         while section and not section[-1]:     # one blank line between sections, not two

@@ -73,6 +73,7 @@ class ZeroShotEntry(_Node):
     expert: ClassificationScores | None
     presence: PresenceScores | None = None
     sampled: ClassificationScores | None = None     # CheXpert 5x200 / GLoRIA-style sampled prompts
+    expert_by_rule: dict[str, ClassificationScores | None] | None = None   # expert prompts under every prototype rule
 
 
 class ShotResult(_Leaf):
@@ -138,6 +139,20 @@ class TextSpaceScores(_Leaf):
     text_recall: float | None
 
 
+class Difference(_Node):
+    """A paired bootstrap interval of one difference the README claims, e.g. bound minus the best
+    baseline in concept AUC on xray->ecg."""
+    claim: str                     # "bound - best baseline", "final - bound", ...
+    section: str                   # "retrieval" or "zero_shot (expert)"
+    where: str                     # the pair or the modality
+    metric: str                    # "concept_auc", "accuracy", "auc_macro"
+    a: str                         # the variant subtracted from ...
+    b: str                         # ... this one is subtracted: a - b
+    difference: float | None
+    ci: list[float] | None         # [low, high]
+    excludes_zero: bool | None
+
+
 class AblationRow(_Leaf):
     """One setting of an ablation study (paper Tables 4 and 5).
 
@@ -169,6 +184,10 @@ class Report(_Node):
     retrieval: dict[str, dict[str, RetrievalScores]]
     text_to_image: dict[str, dict[str, RetrievalScores]]
     text_space: dict[str, TextSpaceScores]
+    protocol: dict[str, Any] | None = None          # what was chosen on validation, bootstrap settings
+    differences: list[Difference] = Field(default_factory=list)
+    student_check: dict[str, Any] | None = None     # the final model vs its teachers on a second cohort
+    real_reports: dict[str, Any] | None = None      # real IU chest X-ray reports -> class prompts
     ablations: dict[str, list[AblationRow]] | None = None
     notes: list[str]
 
@@ -211,6 +230,9 @@ class Report(_Node):
         for variant, by_modality in self.text_to_image.items():
             check(f"text_to_image.{variant}", by_modality, modalities, "modality")
         check("text_space", self.text_space, variants, "variant")
+        for difference in self.differences:
+            check(f"differences ({difference.claim}, {difference.where})", (difference.a, difference.b), variants,
+                  "variant")
         return self
 
 

@@ -1,21 +1,61 @@
-"""Zero-shot classification: compare image embeddings with class prompt embeddings.
+"""Zero-shot classification: compare image embeddings with class prototypes made from prompts.
 
-Class prototypes are the mean of a class's prompt embeddings (FLAIR-style expert-knowledge
-ensembles; a naive prompt set is just one prompt per class), not renormalised, as FLAIR does.
+A class prototype averages the embeddings of the class's prompts. Two published rules differ
+in what they do next, and in whether the bare class name is one of the prompts:
+
+- FLAIR: the plain mean of the prompt embeddings, not renormalised. A class with more varied
+  prompts gets a shorter prototype, and so lower scores for every image.
+- CLIP's prompt ensembles: the mean renormalised to unit length, so every class competes on
+  equal terms.
+
+FLAIR also appends the bare class name to the descriptions; a name the text encoder never saw
+in training pulls the prototype away from the descriptions. :data:`PROTOTYPE_RULES` holds the
+four combinations; the evaluation chooses one on validation (``eval.prototypes``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from m3bind.eval.bootstrap import Bootstrap, macro_auc_statistic, mean_statistic
+from m3bind.eval.metrics import classification_metrics
+
+
+@dataclass(frozen=True)
+class PrototypeRule:
+    """How class prototypes are made: renormalised or not, with the bare class name or not."""
+
+    renormalise: bool
+    class_name: bool
+
+    @property
+    def name(self) -> str:
+        return ("renormalised" if self.renormalise else "mean") + ("+name" if self.class_name else "")
+
+    @property
+    def description(self) -> str:
+        kind = "CLIP's renormalised prompt ensemble" if self.renormalise else "FLAIR's unnormalised prompt mean"
+        return f"{kind}, {'with' if self.class_name else 'without'} the bare class name"
+
+
+PROTOTYPE_RULES: dict[str, PrototypeRule] = {rule.name: rule for rule in (
+    PrototypeRule(renormalise=False, class_name=True),   # FLAIR, the protocol of earlier releases
+    PrototypeRule(renormalise=False, class_name=False),
+    PrototypeRule(renormalise=True, class_name=True),
+    PrototypeRule(renormalise=True, class_name=False),
+)}
+
 
 @torch.no_grad()
 def class_prototypes(encode_texts: Callable[[list[str]], torch.Tensor],
-                     class_prompts: Mapping[str, Sequence[str]]) -> torch.Tensor:
-    """(n_classes, dim): the mean prompt embedding of each class, in ``class_prompts`` order."""
-    return torch.stack([encode_texts(list(prompts)).float().mean(0).cpu() for prompts in class_prompts.values()])
+                     class_prompts: Mapping[str, Sequence[str]], renormalise: bool = False) -> torch.Tensor:
+    """(n_classes, dim): the mean prompt embedding of each class, in ``class_prompts`` order;
+    renormalised to unit length when ``renormalise``."""
+    means = torch.stack([encode_texts(list(prompts)).float().mean(0).cpu() for prompts in class_prompts.values()])
+    return torch.nn.functional.normalize(means, dim=-1) if renormalise else means
 
 
 def single_label_targets(labels: Sequence[Sequence[str]], classes: Sequence[str],
@@ -40,3 +80,30 @@ def zero_shot_logits(image_embeddings: torch.Tensor, prototypes: torch.Tensor) -
 
 def accuracy(logits: torch.Tensor, targets: np.ndarray) -> float:
     return float((logits.argmax(1).cpu().numpy() == targets).mean())
+
+
+@dataclass(frozen=True)
+class ZeroShotScores:
+    """Per-study zero-shot results: class index and score row of each evaluated study."""
+
+    targets: np.ndarray     # (N,)
+    scores: np.ndarray      # (N, C)
+    classes: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.targets)
+
+    def metrics(self) -> dict:
+        return classification_metrics(self.targets, self.scores, self.classes)
+
+    def resampled(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        """{"accuracy", "auc_macro"}: (B,) values on each resample of the studies."""
+        correct = (self.scores.argmax(1) == self.targets).astype(float)
+        return {"accuracy": mean_statistic(correct, counts),
+                "auc_macro": macro_auc_statistic(self.targets, self.scores, counts)}
+
+    def intervals(self, bootstrap: Bootstrap) -> dict:
+        """``accuracy_ci`` and ``auc_macro_ci``: bootstrap intervals over the studies."""
+        values = self.resampled(bootstrap.counts(self.n))
+        return {f"{name}_ci": bootstrap.interval(v) for name, v in values.items()}

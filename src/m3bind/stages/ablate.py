@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from m3bind.errors import ConfigError
-from m3bind.eval.protocol import modality_zero_shot, paired_retrieval, retrieval_pairs
+from m3bind.eval.bootstrap import Bootstrap
+from m3bind.eval.protocol import REPORT_SPLIT, modality_zero_shot, paired_query_scores, retrieval_pairs
 from m3bind.experiment import Experiment
 from m3bind.fileio import atomic_write_text
 from m3bind.stages.artifacts import load_bound, model_dir
@@ -31,9 +32,9 @@ def ablation_path(exp: Experiment, study: str) -> Path:
     return exp.out_dir / "ablations" / study / "ablation.json"
 
 
-def _child(exp: Experiment, name: str, study: str, bind_updates: dict) -> Experiment:
-    out = exp.out_dir / "ablations" / study / name
-    # Children start from the parent's pretrained models instead of pretraining again.
+def child_experiment(exp: Experiment, out: Path, bind_updates: dict) -> Experiment:
+    """A variant of ``exp`` writing into ``out``: the parent's pretrained models (no second
+    pretraining) and preprocessed-study cache, with ``bind_updates`` applied to its bind config."""
     modalities = {m: spec.model_copy(update={"model": spec.model.model_copy(
         update={"path": str(exp.pretrained_dir(m))} if exp.trains_from_scratch(m) else {})})
         for m, spec in exp.cfg.modalities.items()}
@@ -42,7 +43,13 @@ def _child(exp: Experiment, name: str, study: str, bind_updates: dict) -> Experi
     return Experiment(cfg, exp.config_path, cache_dir=exp.cache_dir)
 
 
+def _child(exp: Experiment, name: str, study: str, bind_updates: dict) -> Experiment:
+    return child_experiment(exp, exp.out_dir / "ablations" / study / name, bind_updates)
+
+
 def _measure(child: Experiment, seskd: bool) -> dict:
+    """A setting's row: retrieval on the paired test set (with bootstrap intervals over the
+    queries) and naive-prompt zero-shot accuracy on the test splits."""
     if seskd:
         from m3bind.models.bound import M3Bind
 
@@ -52,11 +59,13 @@ def _measure(child: Experiment, seskd: bool) -> dict:
         views = load_bound(child)
     for view in views.values():
         view.eval()
-    retrieval = paired_retrieval(child, views, retrieval_pairs(child))
-    zero_shot = {m: modality_zero_shot(child, m, view, "naive")["accuracy"] for m, view in views.items()}
+    bootstrap = Bootstrap(child.cfg.eval.bootstrap_resamples, child.cfg.eval.bootstrap_seed)
+    scores = paired_query_scores(child, views, retrieval_pairs(child), REPORT_SPLIT)
+    retrieval = {pair: {**s.summary(), **s.intervals(bootstrap)} for pair, s in scores.items()}
+    zero_shot = {m: modality_zero_shot(child, m, view, "naive", split=REPORT_SPLIT)["accuracy"] for m, view in views.items()}
     return {"retrieval": {pair: {key: ({str(k): v for k, v in value.items()} if isinstance(value, dict) else value)
-                                 for key, value in scores.items()} for pair, scores in retrieval.items()},
-            "zero_shot_prompts": "naive", "zero_shot": zero_shot}
+                                 for key, value in entry.items()} for pair, entry in retrieval.items()},
+            "zero_shot_prompts": "naive", "split": REPORT_SPLIT, "zero_shot": zero_shot}
 
 
 def run_ablation(exp: Experiment, study: str, *, progress=None, log=print) -> list[dict]:

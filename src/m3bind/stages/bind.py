@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from m3bind.eval.protocol import (heldout_texts, paired_retrieval, retrieval_pairs, unbound_retrieval,
-                                  zero_shot_by_modality)
+from m3bind.eval.protocol import (heldout_texts, paired_retrieval, random_head_retrieval, retrieval_pairs,
+                                  stage_prototype_rule, zero_shot_by_modality)
 from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.stages.artifacts import bind_dir, prepare_bound, save_bound, write_summary
@@ -24,7 +24,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     train = {m: exp.studies(m, "train") for m in names}
     texts = heldout_texts(exp, names)
     params = parameter_report(bound)
-    before = {"text_agreement": text_agreement(bound, texts), "retrieval": unbound_retrieval(exp, bound, pairs),
+    before = {"text_agreement": text_agreement(bound, texts), "retrieval": random_head_retrieval(exp, bound, pairs),
               "zero_shot": zero_shot_by_modality(exp, bound)}
     log(f"before binding: text agreement {before['text_agreement']:.3f}")
     outcome = bind_models(bound, train, exp.cfg.bind, bind_dir(exp), heldout_texts=texts, seed=exp.cfg.seed,
@@ -37,7 +37,8 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     summary = {"modalities": names, "steps": outcome.steps_done, "parameters": params,
                "balance": {"probabilities": balance.probabilities, "lr_scales": balance.lr_scales,
                            "loss_weights": balance.loss_weights},
-               "zero_shot_prompts": "expert", "before": before, "after": after,
+               "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
+               "before": before, "after": after,
                "skipped_studies": exp.skipped_studies()}
     on_main_process(lambda: write_summary(bind_dir(exp) / "summary.json", summary))
     return summary

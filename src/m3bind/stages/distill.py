@@ -2,7 +2,8 @@
 text encoder; writes distill/summary.json and the final model."""
 from __future__ import annotations
 
-from m3bind.eval.protocol import modality_zero_shot, paired_retrieval, retrieval_pairs
+from m3bind.eval.protocol import (describe_zero_shot, modality_zero_shot, paired_retrieval, retrieval_pairs,
+                                  stage_prototype_rule)
 from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.models.view import SharedSpaceView
@@ -33,12 +34,13 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     final = export_model(bound, student)
     on_main_process(lambda: final.save_pretrained(model_dir(exp)))
     summary = {"steps": outcome.steps_done, "update_heads": exp.cfg.distill.update_heads,
-               "student": exp.cfg.distill.student.model_dump(), "zero_shot_prompts": "expert",
+               "student": exp.cfg.distill.student.model_dump(),
+               "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
                "zero_shot_student": zero_shot, "retrieval_before": before_retrieval,
                "retrieval_after": after_retrieval, "final_losses": outcome.history[-1] if outcome.history else {},
                "skipped_studies": exp.skipped_studies()}
     on_main_process(lambda: write_summary(exp.out_dir / "distill" / "summary.json", summary))
     for m, z in zero_shot.items():
-        log(f"{m}: zero-shot accuracy (expert prompts) with the student text encoder {z['accuracy']:.3f}")
+        log(f"{m}: zero-shot accuracy with the student text encoder {describe_zero_shot(z)}")
     log(f"bound model saved to {model_dir(exp)}")
     return summary

@@ -1,32 +1,46 @@
 """The ``evaluate`` stage: the paper's experiments as one call, every table comparing the
-original unbound models, the bound models and the final M3Bind model.
+original unbound models, baselines a user could run without binding, the bound models and the
+final M3Bind model.
 
 Variants (in table order):
-- ``unbound``: the pretrained / published models (the paper's baselines), each with its own text encoder, mapped
-  to the shared width by the untrained semi-orthogonal heads binding starts from (an isometry,
-  so their own zero-shot and few-shot numbers are exactly the original models').
+- ``unbound``: the pretrained / published models (the paper's baselines), each with its own text
+  encoder, mapped to the shared width by the untrained semi-orthogonal heads binding starts from
+  (an isometry, so their own zero-shot and few-shot numbers are exactly the original models').
+- ``random_heads`` (retrieval only): the unbound models through random orthogonal heads, the mean
+  of several draws: what chance looks like on the paired set.
+- ``chaining`` (retrieval only): zero-shot concept chaining, each unbound model scoring its studies
+  against one shared list of concept prompts, studies compared by their score profiles.
+- ``control``: binding with lambda = 0 (same LoRA, heads and steps; CLIP terms only), when
+  ``eval.lambda0_control``.
 - ``bound``: after binding, each modality with its own bound text encoder.
 - ``m3bind``: the final model: bound image encoders + the SESKD student text encoder.
+
+Choices (the prototype rule, the chaining profile) are made on the validation splits first;
+the test splits are then read once for the reported numbers, each with a bootstrap interval,
+and the differences the README claims with paired bootstrap intervals.
 """
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from m3bind.eval.fewshot import linear_probe
-from m3bind.eval.metrics import classification_metrics, multilabel_metrics
-from m3bind.eval.prompts import (expert_prompts, naive_prompts, presence_pairs, presence_probabilities,
-                                 sampled_prompts)
 from m3bind.data.store import take_rows
-from m3bind.eval.protocol import (UNBOUND_HEAD_DRAWS, embed_images, embed_texts, heldout_texts, modality_classes,
-                                  paired_retrieval, prompt_set_for, retrieval_pairs, unbound_retrieval)
-from m3bind.eval.retrieval import retrieval_scores
-from m3bind.eval.zeroshot import class_prototypes, single_label_targets
 from m3bind.devices import on_main_process
+from m3bind.eval.bootstrap import Bootstrap
+from m3bind.eval.fewshot import linear_probe, sample_shots
+from m3bind.eval.metrics import multilabel_metrics
+from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts, presence_pairs,
+                                 presence_probabilities, sampled_prompts)
+from m3bind.eval.protocol import (RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores, choose_chaining_profile,
+                                  choose_prototype_rule, concept_names, concepts_from_column, configured_rule,
+                                  embed_images, embed_texts, heldout_texts, modality_classes, paired_query_scores,
+                                  prompt_set_for, random_head_scores, retrieval_pairs, zero_shot_scores)
+from m3bind.eval.retrieval import QueryScores, embedding_query_scores
+from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, single_label_targets
 from m3bind.experiment import Experiment
 from m3bind.stages.artifacts import bind_dir, load_bound, model_dir
 
@@ -34,20 +48,30 @@ SAMPLED_PROMPTS = 10  # prompts per class for the sampled (CheXpert 5x200 style)
 
 VARIANTS = {
     "unbound": "pretrained models, each with its own text encoder (the paper's baselines)",
+    "random_heads": f"chance level: the unbound models through random orthogonal heads, mean of "
+                    f"{RANDOM_HEAD_DRAWS} draws (retrieval only)",
+    "chaining": "baseline without binding: each unbound model scores its studies against one shared list of concept "
+                "prompts; studies compared by the cosine of their score profiles (retrieval only)",
+    "control": "lambda = 0 control: the same LoRA, heads and binding steps with the CLIP terms only",
     "bound": "after binding, each modality with its own bound text encoder",
     "m3bind": "final model: bound image encoders + the SESKD student text encoder",
 }
+BASELINES = ("random_heads", "chaining", "control")
 
 
 def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
-    """{variant: {modality: encoder view}} for the variants whose files exist."""
+    """{variant: {modality: encoder view}} for the model variants whose files exist."""
     from m3bind.models.binding import BoundModality
     from m3bind.models.bound import M3Bind
+    from m3bind.stages.control import control_experiment
 
     unbound = {}
     for index, m in enumerate(names):
         unbound[m] = BoundModality(exp.load_unbound(m), exp.cfg.shared_dim, seed=exp.cfg.seed + index).to(exp.device)
     variants = {"unbound": unbound}
+    control = control_experiment(exp)
+    if exp.cfg.eval.lambda0_control and (bind_dir(control) / "model" / "bound.json").exists():
+        variants["control"] = load_bound(control)
     if (bind_dir(exp) / "model" / "bound.json").exists():
         variants["bound"] = load_bound(exp)
     if (model_dir(exp) / "m3bind.json").exists():
@@ -59,62 +83,86 @@ def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
     return variants
 
 
+class TestEmbeddings:
+    """Test-split image embeddings per (variant, modality), computed once and shared by the tables."""
+
+    def __init__(self, exp: Experiment):
+        self.exp = exp
+        self._cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    def __call__(self, variant: str, modality: str, view) -> torch.Tensor:
+        key = (variant, modality)
+        if key not in self._cache:
+            self._cache[key] = embed_images(view.encode_image, self.exp.studies(modality, REPORT_SPLIT).images)
+        return self._cache[key]
+
+
+def _with_intervals(scores: ZeroShotScores | None, bootstrap: Bootstrap) -> dict | None:
+    return None if scores is None else {**scores.metrics(), **scores.intervals(bootstrap)}
+
+
 @torch.no_grad()
-def zero_shot_tables(exp: Experiment, modality: str, view) -> dict:
-    """naive / expert single-label metrics and CT-RATE style presence metrics for one modality."""
-    studies = exp.studies(modality, "test")
+def zero_shot_tables(exp: Experiment, modality: str, view, image_emb: torch.Tensor, rule: PrototypeRule,
+                     bootstrap: Bootstrap) -> tuple[dict, dict[str, ZeroShotScores | None]]:
+    """The zero-shot entry of one modality and variant on the test split (naive / expert with the
+    chosen rule, expert under every rule, sampled, presence), and the per-study naive and expert
+    scores (for the paired differences)."""
+    studies = exp.studies(modality, REPORT_SPLIT)
     classes = modality_classes(exp, modality)
     prompt_set = prompt_set_for(exp, modality)
-    keep, targets = single_label_targets(studies.labels, classes)
-    image_emb = embed_images(view.encode_image, studies.images)
-    out = {}
-    styles = {"naive": naive_prompts(prompt_set, classes), "expert": expert_prompts(prompt_set, classes),
-              # CheXpert 5x200 / GLoRIA: several prompts sampled per class, their embeddings averaged.
-              "sampled": sampled_prompts(prompt_set, classes, n=SAMPLED_PROMPTS, seed=exp.cfg.seed, use_template=True)}
-    for style, prompts in styles.items():
-        protos = class_prototypes(view.encode_texts, prompts)
-        scores = (image_emb[torch.as_tensor(keep)] @ protos.T).numpy()
-        out[style] = classification_metrics(targets, scores, classes)
+    by_rule = {name: zero_shot_scores(view, studies, classes, expert_prompts(prompt_set, classes, class_name=r.class_name),
+                                      r, image_emb) for name, r in PROTOTYPE_RULES.items()}
+    naive = zero_shot_scores(view, studies, classes, naive_prompts(prompt_set, classes), rule, image_emb)
+    # CheXpert 5x200 / GLoRIA: several prompts sampled per class, their embeddings averaged.
+    sampled = zero_shot_scores(view, studies, classes, sampled_prompts(prompt_set, classes, n=SAMPLED_PROMPTS,
+                                                                       seed=exp.cfg.seed, use_template=True),
+                               rule, image_emb)
+    entry = {"naive": _with_intervals(naive, bootstrap), "expert": _with_intervals(by_rule[rule.name], bootstrap),
+             "sampled": None if sampled is None else sampled.metrics(),
+             "expert_by_rule": {name: None if s is None else s.metrics() for name, s in by_rule.items()}}
     findings = classes[1:]
     pairs = presence_pairs(prompt_set, findings)
     pos = embed_texts(view.encode_texts, [pairs[f][0] for f in findings])
     neg = embed_texts(view.encode_texts, [pairs[f][1] for f in findings])
     probs = presence_probabilities(image_emb, pos, neg, float(view.logit_scale())).numpy()
     truth = np.array([[f in labels for f in findings] for labels in studies.labels], dtype=int)
-    out["presence"] = multilabel_metrics(truth, probs, classes=findings)
-    return out
+    entry["presence"] = multilabel_metrics(truth, probs, classes=findings)
+    return entry, {"naive": naive, "expert": by_rule[rule.name]}
 
 
 @torch.no_grad()
-def few_shot_table(exp: Experiment, modality: str, view) -> dict:
+def few_shot_table(exp: Experiment, modality: str, view, test_image_emb: torch.Tensor) -> dict:
     classes = modality_classes(exp, modality)
-    train, test = exp.studies(modality, "train"), exp.studies(modality, "test")
+    train, test = exp.studies(modality, "train"), exp.studies(modality, REPORT_SPLIT)
     train_keep, train_y = single_label_targets(train.labels, classes)
     test_keep, test_y = single_label_targets(test.labels, classes)
-    train_emb = embed_images(view.encode_image, take_rows(train.images, train_keep)).numpy()
-    test_emb = embed_images(view.encode_image, take_rows(test.images, test_keep)).numpy()
+    # The probes only ever see the sampled shots, so only those training studies are embedded
+    # (the other rows stay zero and are never read): the same numbers, a fraction of the work.
+    needed = sorted({int(i) for k in exp.cfg.eval.shots for seed in exp.cfg.eval.seeds
+                     for i in sample_shots(train_y, k, seed, len(classes))[0]})
+    train_emb = np.zeros((len(train_keep), test_image_emb.shape[1]), dtype=np.float32)
+    train_emb[needed] = embed_images(view.encode_image, take_rows(train.images, train_keep[needed])).numpy()
+    test_emb = test_image_emb[torch.as_tensor(test_keep)].numpy()
     result = linear_probe(train_emb, train_y, test_emb, test_y, exp.cfg.eval.shots, exp.cfg.eval.seeds, classes)
     return {str(k): v for k, v in result.items()}
 
 
 @torch.no_grad()
-def text_to_image(exp: Experiment, modality: str, view) -> dict:
+def text_to_image(exp: Experiment, modality: str, view, image_emb: torch.Tensor) -> dict:
     """Each test report retrieves its own study among the test studies (concept = finding set)."""
-    studies = exp.studies(modality, "test")
+    studies = exp.studies(modality, REPORT_SPLIT)
     text_emb = embed_texts(view.encode_texts, studies.texts)
-    image_emb = embed_images(view.encode_image, studies.images)
     ids = [str(r) for r in studies.rows]
     findings = [frozenset(labels) for labels in studies.labels]
-    return retrieval_scores(text_emb, image_emb, ids, ids, findings, findings, exp.cfg.eval.recall_at)
+    return embedding_query_scores(text_emb, image_emb, ids, ids, findings, findings, exp.cfg.eval.recall_at).summary()
 
 
-@torch.no_grad()
-def embedding_sample(exp: Experiment, views: dict) -> dict:
+def embedding_sample(exp: Experiment, views: dict, variant: str, embeddings: TestEmbeddings) -> dict:
     """Test-split image embeddings of every modality, with modality and finding names (for the map)."""
     embs, modality, concept = [], [], []
     for m, view in views.items():
-        studies = exp.studies(m, "test")
-        embs.append(embed_images(view.encode_image, studies.images).numpy())
+        studies = exp.studies(m, REPORT_SPLIT)
+        embs.append(embeddings(variant, m, view).numpy())
         modality += [m] * len(studies)
         concept += ["|".join(sorted(labels)) or "normal" for labels in studies.labels]
     return {"emb": np.concatenate(embs), "modality": modality, "concept": concept}
@@ -126,56 +174,207 @@ def _stringify_k(scores: dict) -> dict:
             for key, value in scores.items()}
 
 
-def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_shot: bool = True) -> dict:
+def _retrieval_entry(scores: QueryScores, bootstrap: Bootstrap, **extra) -> dict:
+    return _stringify_k({**scores.summary(), **scores.intervals(bootstrap), **extra})
+
+
+def retrieval_query_scores(exp: Experiment, variants: Mapping[str, Mapping], pairs: Sequence[tuple[str, str]],
+                           chaining_profile: str) -> tuple[dict[str, dict[str, QueryScores]], dict[str, dict]]:
+    """{variant: {pair: QueryScores}} on the paired test set for every retrieval variant, and the
+    random-head extras (draw count and concept-AUC spread per pair)."""
+    unbound = variants["unbound"]
+    heads, spread = random_head_scores(exp, unbound, pairs, REPORT_SPLIT)
+    scores = {"random_heads": heads,
+              "chaining": chaining_scores(exp, unbound, pairs, REPORT_SPLIT, chaining_profile, concept_names(exp))}
+    for v in ("control", "bound", "m3bind"):
+        if v in variants:
+            scores[v] = paired_query_scores(exp, variants[v], pairs, REPORT_SPLIT)
+    extras = {pair: {"head_draws": RANDOM_HEAD_DRAWS, "concept_auc_std": spread[pair]} for pair in heads}
+    return scores, extras
+
+
+def _difference(claim: str, section: str, where: str, metric: str, a: str, b: str, values_a: np.ndarray,
+                values_b: np.ndarray, point: float, bootstrap: Bootstrap) -> dict:
+    interval = bootstrap.interval(values_a - values_b)
+    return {"claim": claim, "section": section, "where": where, "metric": metric, "a": a, "b": b,
+            "difference": point, "ci": interval,
+            "excludes_zero": None if interval is None else bool(interval[0] > 0 or interval[1] < 0)}
+
+
+def retrieval_differences(scores: Mapping[str, Mapping[str, QueryScores]], bootstrap: Bootstrap) -> list[dict]:
+    """Paired bootstrap intervals (same resampled queries) of concept AUC differences: bound
+    minus the best baseline (the highest test point estimate of the baselines, the hardest
+    comparison), and final minus bound."""
+    out = []
+    for pair, bound in scores.get("bound", {}).items():
+        counts = bootstrap.counts(bound.queries)
+        bound_auc = bound.summary()["concept_auc"]
+        if bound_auc is None:
+            continue
+        resampled = {v: scores[v][pair].resampled(counts)["concept_auc"] for v in scores if pair in scores[v]}
+        points = {v: scores[v][pair].summary()["concept_auc"] for v in BASELINES if v in scores and pair in scores[v]}
+        points = {v: p for v, p in points.items() if p is not None}
+        if points:
+            best = max(points, key=points.get)
+            out.append(_difference("bound - best baseline", "retrieval", pair, "concept_auc", "bound", best,
+                                   resampled["bound"], resampled[best], bound_auc - points[best], bootstrap))
+        if "m3bind" in resampled:
+            final_auc = scores["m3bind"][pair].summary()["concept_auc"]
+            out.append(_difference("final - bound", "retrieval", pair, "concept_auc", "m3bind", "bound",
+                                   resampled["m3bind"], resampled["bound"], final_auc - bound_auc, bootstrap))
+    return out
+
+
+ZERO_SHOT_CLAIMS = (("final - bound", "m3bind", "bound"), ("bound - unbound", "bound", "unbound"),
+                    ("bound - control", "bound", "control"))
+
+
+def zero_shot_differences(raw: Mapping[str, Mapping[str, Mapping[str, ZeroShotScores | None]]],
+                          bootstrap: Bootstrap, style: str = "expert") -> list[dict]:
+    """Paired bootstrap intervals (same resampled test studies) of zero-shot accuracy and AUC
+    differences per modality: final minus bound, bound minus unbound, bound minus control."""
+    out = []
+    for modality, by_variant in raw.items():
+        for claim, a, b in ZERO_SHOT_CLAIMS:
+            first, second = by_variant.get(a, {}).get(style), by_variant.get(b, {}).get(style)
+            if first is None or second is None:
+                continue
+            counts = bootstrap.counts(first.n)
+            values_a, values_b = first.resampled(counts), second.resampled(counts)
+            metrics_a, metrics_b = first.metrics(), second.metrics()
+            for metric in ("accuracy", "auc_macro"):
+                if metrics_a[metric] is None or metrics_b[metric] is None:
+                    continue
+                out.append(_difference(claim, f"zero_shot ({style})", modality, metric, a, b, values_a[metric],
+                                       values_b[metric], metrics_a[metric] - metrics_b[metric], bootstrap))
+    return out
+
+
+def _prompt_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
+    notes = []
+    for m in names:
+        missing = missing_classes(prompt_set_for(exp, m), modality_classes(exp, m))
+        if missing:
+            notes.append(f"{m}: no prompt-file entry for {', '.join(missing)}: these classes use naive prompts made "
+                         f"from the label name in the modality's template, in the expert and sampled tables too "
+                         f"(only their expert descriptions are missing).")
+    return notes
+
+
+def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_shot: bool = True,
+             progress=None) -> dict:
     """Compute every table for the variants available and write the report next to the outputs."""
     import m3bind
+    from m3bind.eval.real_reports import real_report_check
     from m3bind.eval.report import write_report
+    from m3bind.eval.student_check import run_student_check
+    from m3bind.stages.control import run_control
     from m3bind.train.bind import cross_encoder_text_recall, text_agreement
 
     start = time.perf_counter()
     names = exp.cfg.bind.modalities or exp.modalities
+    bootstrap = Bootstrap(exp.cfg.eval.bootstrap_resamples, exp.cfg.eval.bootstrap_seed)
+    if exp.cfg.eval.lambda0_control and (bind_dir(exp) / "model" / "bound.json").exists():
+        run_control(exp, progress=progress, log=log)
     variants = load_variants(exp, names)
+    pairs = retrieval_pairs(exp) if exp.cfg.paired_manifests else []
+
+    # --- choices, on the validation splits only ---
+    fixed = configured_rule(exp)
+    rule_choice = ({"chosen": fixed.name, "configured": True} if fixed is not None
+                   else choose_prototype_rule(exp, variants))
+    rule = PROTOTYPE_RULES[rule_choice["chosen"]]
+    chaining_choice = choose_chaining_profile(exp, variants["unbound"], pairs) if pairs else None
+    log(f"chosen on validation: prototypes '{rule.name}' ({rule.description})"
+        + (f", chaining profile '{chaining_choice['chosen']}'" if chaining_choice else ""))
+
+    present = [v for v in VARIANTS if v in variants or (v in ("random_heads", "chaining") and pairs)]
     report: dict = {"m3bind_version": m3bind.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "command": command, "modalities": list(names),
-                    "variants": {v: VARIANTS[v] for v in variants}, "zero_shot": {}, "few_shot": {},
-                    "retrieval": {}, "text_to_image": {}, "text_space": {}, "notes": []}
+                    "command": command, "modalities": list(names), "variants": {v: VARIANTS[v] for v in present},
+                    "protocol": {"tuning_split": "val", "report_split": REPORT_SPLIT, "prototype_rule": rule.name,
+                                 "prototype_rule_description": rule.description, "prototype_choice": rule_choice,
+                                 "chaining": chaining_choice,
+                                 "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed,
+                                               "level": bootstrap.level}},
+                    "zero_shot": {}, "few_shot": {}, "retrieval": {}, "text_to_image": {}, "text_space": {},
+                    "differences": [], "notes": []}
+
+    # --- the test splits, read once ---
+    embeddings = TestEmbeddings(exp)
+    raw: dict[str, dict[str, dict]] = {}
     for m in names:
-        report["zero_shot"][m] = {v: zero_shot_tables(exp, m, views[m]) for v, views in variants.items() if m in views}
+        report["zero_shot"][m], raw[m] = {}, {}
+        for v, views in variants.items():
+            if m in views:
+                report["zero_shot"][m][v], raw[m][v] = zero_shot_tables(exp, m, views[m], embeddings(v, m, views[m]),
+                                                                        rule, bootstrap)
         if few_shot:
-            report["few_shot"][m] = {v: few_shot_table(exp, m, views[m]) for v, views in variants.items() if m in views}
+            report["few_shot"][m] = {v: few_shot_table(exp, m, views[m], embeddings(v, m, views[m]))
+                                     for v, views in variants.items() if m in views}
         log(f"evaluated {m}")
     texts = heldout_texts(exp, names)
-    pairs = retrieval_pairs(exp)
+    if pairs:
+        scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"])
+        for v, by_pair in scores.items():
+            report["retrieval"][v] = {pair: _retrieval_entry(s, bootstrap, **(extras[pair] if v == "random_heads" else {}))
+                                      for pair, s in by_pair.items()}
+        report["differences"] += retrieval_differences(scores, bootstrap)
+    report["differences"] += zero_shot_differences(raw, bootstrap)
     for v, views in variants.items():
-        scores = (unbound_retrieval(exp, views, pairs) if v == "unbound" else paired_retrieval(exp, views, pairs))
-        report["retrieval"][v] = {pair: _stringify_k(s) for pair, s in scores.items()}
-        report["text_to_image"][v] = {m: _stringify_k(text_to_image(exp, m, views[m])) for m in names if m in views}
+        report["text_to_image"][v] = {m: _stringify_k(text_to_image(exp, m, views[m], embeddings(v, m, views[m])))
+                                      for m in names if m in views}
         if v != "m3bind":
             report["text_space"][v] = {"agreement": text_agreement(views, texts),
                                        "text_recall": cross_encoder_text_recall(views, texts)}
-    report["notes"].append("Image-image retrieval compares two image modalities in the shared space; no paired "
-                           "image data was used in training. Concept precision counts a hit when the retrieved "
-                           "study shows the same cross-modal concepts as the query (synthetic patients with the "
-                           "same findings are interchangeable). Concept AUC asks whether studies showing the "
-                           "query's concept rank above those that do not (chance 0.5). The unbound models live in "
-                           f"unrelated spaces, so their retrieval is averaged over {UNBOUND_HEAD_DRAWS} random head "
-                           "draws (± the spread of the concept AUC).")
-    report["notes"].append("Few-shot probes use frozen image embeddings; binding trains text-side LoRA and linear "
-                           "heads, so the probes of the three variants differ only through the heads.")
-    for split, items in exp.skipped_studies().items():
-        report["notes"].append(f"{len(items)} unreadable {split} studies were left out (data.on_error: skip): "
-                               + "; ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+    if exp.cfg.eval.student_check.enabled and {"bound", "m3bind"} <= set(variants):
+        report["student_check"] = run_student_check(exp, variants["bound"], variants["m3bind"], rule, bootstrap, log=log)
+    if exp.cfg.eval.real_reports and "xray" in names:
+        report["real_reports"] = real_report_check({v: variants[v]["xray"] for v in ("bound", "m3bind")
+                                                    if v in variants and "xray" in variants[v]},
+                                                   prompt_set_for(exp, "xray"), rule, bootstrap)
+        if report["real_reports"].get("skipped"):
+            report["notes"].append(f"Real-report check skipped: {report['real_reports']['skipped']}")
+
+    report["notes"] += _notes(exp, names, rule_choice, pairs)
     ablations = {path.parent.name: json.loads(path.read_text())
                  for path in sorted((exp.out_dir / "ablations").glob("*/ablation.json"))}
     if ablations:
         report["ablations"] = ablations
-    embeddings = {"before": embedding_sample(exp, variants["unbound"])}
-    if "m3bind" in variants:
-        embeddings["after"] = embedding_sample(exp, variants["m3bind"])
-    elif "bound" in variants:
-        embeddings["after"] = embedding_sample(exp, variants["bound"])
+    maps = {"before": embedding_sample(exp, variants["unbound"], "unbound", embeddings)}
+    after = "m3bind" if "m3bind" in variants else "bound" if "bound" in variants else None
+    if after:
+        maps["after"] = embedding_sample(exp, variants[after], after, embeddings)
     report["seconds"] = time.perf_counter() - start
     out_dir = exp.out_dir / "report"
-    if on_main_process(lambda: write_report(report, out_dir, embeddings=embeddings)) is not None:
+    if on_main_process(lambda: write_report(report, out_dir, embeddings=maps)) is not None:
         log(f"report written to {out_dir / 'report.md'}")
     return report
+
+
+def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list) -> list[str]:
+    notes = []
+    if not rule_choice.get("configured") and not rule_choice["agree"]:
+        notes.append("The variants disagree on the best prototype rule on validation ("
+                     + ", ".join(f"{v}: {r}" for v, r in rule_choice["best_per_variant"].items())
+                     + f"); every table uses '{rule_choice['chosen']}' (best mean), and each zero-shot entry's "
+                       "expert_by_rule lists the test numbers under every rule.")
+    notes += _prompt_notes(exp, names)
+    if pairs and not concepts_from_column(exp):
+        notes.append("The paired manifests have no 'concepts' column: concepts are the labels, and each pair is "
+                     "scored on the labels both of its modalities use.")
+    if pairs:
+        notes.append("Image-image retrieval compares two image modalities in the shared space; no paired image data "
+                     "was used in training. Concept precision counts a hit when the retrieved study shows the same "
+                     "cross-modal concepts as the query. Concept AUC asks whether studies showing the query's "
+                     "concept rank above those that do not (chance 0.5). random_heads is chance, not a method: "
+                     f"the mean over {RANDOM_HEAD_DRAWS} random head draws (± the spread of the concept AUC). "
+                     "chaining and control are what a user could do without binding, or with binding's extra "
+                     "training but no text alignment.")
+    notes.append("Intervals are 95% percentile bootstrap intervals over test studies (zero-shot) or queries "
+                 "(retrieval); differences use the same resamples for both sides (paired).")
+    notes.append("Few-shot probes use frozen image embeddings; binding trains text-side LoRA and linear heads, so "
+                 "the probes of the variants differ only through the heads.")
+    for split, items in exp.skipped_studies().items():
+        notes.append(f"{len(items)} unreadable {split} studies were left out (data.on_error: skip): "
+                     + "; ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+    return notes

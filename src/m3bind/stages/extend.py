@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from m3bind.errors import ConfigError
-from m3bind.eval.protocol import modality_zero_shot, paired_retrieval, retrieval_pairs
+from m3bind.eval.protocol import modality_zero_shot, paired_retrieval, retrieval_pairs, stage_prototype_rule
 from m3bind.experiment import Experiment
 from m3bind.stages.artifacts import write_summary
 
@@ -36,7 +36,8 @@ def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *,
     zero_shot = modality_zero_shot(exp, modality, views[modality])
     retrieval = paired_retrieval(exp, views, retrieval_pairs(exp))
     summary = {"modality": modality, "base": str(base_dir), "steps": outcome.steps_done,
-               "zero_shot_prompts": "expert", "zero_shot_student": zero_shot, "retrieval": retrieval}
+               "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
+               "zero_shot_student": zero_shot, "retrieval": retrieval}
     write_summary(out_dir / "summary.json", summary)
     log(f"extended {base_dir} with {modality}; saved to {out_dir / 'model'}")
     return summary

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from m3bind.config import format_validation_error
 from m3bind.errors import ConfigError
-from m3bind.eval.protocol import modality_zero_shot
+from m3bind.eval.protocol import describe_zero_shot, modality_zero_shot
 from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.models.view import native_view
@@ -21,7 +21,7 @@ from m3bind.stages.artifacts import write_summary
 
 def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, resume: bool = False,
                  progress=None, log=print) -> dict[str, dict]:
-    """Pretrain every built-in modality model: train, save, report zero-shot accuracy on test."""
+    """Pretrain every built-in modality model: train, save, report zero-shot accuracy on validation."""
     from m3bind.models.builtin import build_builtin_model, builtin_config
     from m3bind.train.pretrain import pretrain_modality
 
@@ -54,8 +54,7 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         results[modality] = {"train_studies": len(train), "final_loss": outcome.history[-1]["loss"]
                              if outcome.history else None, "zero_shot": zero_shot,
                              "skipped_studies": [str(item) for item in train.skipped]}
-        log(f"{modality}: zero-shot accuracy (expert prompts) {zero_shot['accuracy']:.3f} on {zero_shot['n']} "
-            f"test studies (chance {zero_shot['chance']:.3f})")
+        log(f"{modality}: zero-shot accuracy {describe_zero_shot(zero_shot)}")
     summary = exp.out_dir / "pretrain" / "summary.json"
     previous = json.loads(summary.read_text()) if summary.exists() else {}
     on_main_process(lambda: write_summary(summary, {**previous, **results}))

@@ -1,0 +1,245 @@
+"""The evaluation protocol end to end on a tiny cohort and tiny built-in models: choices made on
+validation only, baselines a user could run without binding (chaining, the lambda = 0 control)
+beside chance, intervals on every headline number, paired differences, the student check on a
+second cohort, and the prompt and concept fallbacks for a user's own data."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from m3bind.config import parse_config
+from m3bind.eval import protocol
+from m3bind.eval.protocol import (chaining_profiles, choose_chaining_profile, choose_prototype_rule,
+                                  modality_zero_shot, retrieval_pairs)
+from m3bind.eval.retrieval import embedding_query_scores
+from m3bind.experiment import Experiment
+
+TEXT_TOWER = {"text_hidden_size": 16, "text_layers": 1, "text_heads": 2, "text_intermediate_size": 32,
+              "native_dim": 8, "vocab_size": 120}
+MODALITIES = ("xray", "ct", "ecg")
+
+
+def _config(root: Path, output: str, **eval_settings) -> dict:
+    return {
+        "seed": 0, "output_dir": str(root / output), "shared_dim": 16, "demo_sizes": True,
+        "modalities": {m: {"manifest": str(root / "cohort" / m / "manifest.csv"),
+                           "model": {"options": {"width": 4, "depth": 1, **TEXT_TOWER}},
+                           **({"preprocess": {"normalize": "none"}} if m == "ecg" else {})} for m in MODALITIES},
+        "paired_manifests": {m: str(root / "cohort" / "paired" / f"{m}.csv") for m in MODALITIES},
+        "pretrain": {"steps": 2, "batch_size": 4, "warmup_steps": 0, "augment": False},
+        "bind": {"steps": 3, "image_batch_size": 4, "text_batch_size": 8, "warmup_steps": 1, "lr": 1.0e-3,
+                 "lambda_text": 100.0},
+        "distill": {"kd_steps": 2, "contrastive_steps": 2, "batch_size": 4},
+        "eval": {"shots": [1], "seeds": [0], "bootstrap_resamples": 50, "lambda0_control": True,
+                 "student_check": {"enabled": True, "patients": 30, "test_patients": 6},
+                 "real_reports": False, **eval_settings},  # the real-report check: tests/test_real_reports.py
+        "data": {"workers": 0},
+    }
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny cohort, pretrain -> bind -> distill -> evaluate (control and student check included)."""
+    from m3bind.cohort import generate_cohort
+    from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
+
+    root = tmp_path_factory.mktemp("protocol")
+    generate_cohort(root / "cohort", n_patients=40, seed=0, workers=1, test_patients=12, paired_patients=30)
+    exp = Experiment(parse_config(_config(root, "run")))
+    run_pretrain(exp, log=lambda _: None)
+    run_bind(exp, log=lambda _: None)
+    run_distill(exp, log=lambda _: None)
+    report = run_eval(exp, command="test", log=lambda _: None)
+    return root, exp, report
+
+
+def test_report_has_baselines_control_and_intervals(run):
+    _, exp, report = run
+    assert list(report["variants"]) == ["unbound", "random_heads", "chaining", "control", "bound", "m3bind"]
+    pairs = [f"{q}->{g}" for q, g in retrieval_pairs(exp)]
+    for variant in ("random_heads", "chaining", "control", "bound", "m3bind"):
+        assert sorted(report["retrieval"][variant]) == sorted(pairs), variant
+        for scores in report["retrieval"][variant].values():
+            assert scores["queries"] == 24  # the paired test patients (30 paired: 6 val, 24 test)
+            if scores["concept_auc"] is not None:
+                low, high = scores["concept_auc_ci"]
+                assert low <= scores["concept_auc"] <= high
+            low, high = scores["recall_ci"]["1"]
+            assert low <= scores["recall"]["1"] <= high
+    assert report["retrieval"]["random_heads"]["xray->ecg"]["head_draws"] == protocol.RANDOM_HEAD_DRAWS
+    for m in MODALITIES:
+        assert set(report["zero_shot"][m]) == {"unbound", "control", "bound", "m3bind"}
+        expert = report["zero_shot"][m]["bound"]["expert"]
+        low, high = expert["accuracy_ci"]
+        assert low <= expert["accuracy"] <= high
+        assert set(report["zero_shot"][m]["bound"]["expert_by_rule"]) == {"mean+name", "mean", "renormalised+name",
+                                                                         "renormalised"}
+    assert report["text_space"]["control"]["agreement"] is not None
+    protocol_info = report["protocol"]
+    assert protocol_info["tuning_split"] == "val" and protocol_info["report_split"] == "test"
+    assert protocol_info["prototype_choice"]["chosen"] == protocol_info["prototype_rule"]
+    assert set(protocol_info["prototype_choice"]["validation"]) == {"unbound", "control", "bound", "m3bind"}
+    assert protocol_info["chaining"]["chosen"] in ("standardised", "raw")
+
+
+def test_differences_are_paired_and_name_the_best_baseline(run):
+    _, _, report = run
+    claims = {(d["claim"], d["where"], d["metric"]) for d in report["differences"]}
+    for pair in report["retrieval"]["bound"]:
+        if report["retrieval"]["bound"][pair]["concept_auc"] is not None:
+            assert ("bound - best baseline", pair, "concept_auc") in claims
+            assert ("final - bound", pair, "concept_auc") in claims
+    for m in MODALITIES:
+        assert ("final - bound", m, "accuracy") in claims and ("bound - control", m, "accuracy") in claims
+    for d in report["differences"]:
+        if d["claim"] == "bound - best baseline":
+            baselines = {v: report["retrieval"][v][d["where"]]["concept_auc"] for v in ("random_heads", "chaining",
+                                                                                        "control")}
+            best = max((v for v in baselines if baselines[v] is not None), key=baselines.get)
+            assert d["b"] == best
+            assert d["difference"] == pytest.approx(report["retrieval"]["bound"][d["where"]]["concept_auc"] - baselines[best])
+        if d["claim"] == "final - bound" and d["section"] == "retrieval":
+            # distill.update_heads is off: the image embeddings, hence retrieval, do not change
+            assert d["difference"] == pytest.approx(0.0) and d["ci"] == pytest.approx([0.0, 0.0])
+
+
+def test_report_files_show_the_new_sections(run):
+    root, _, _ = run
+    md = (root / "run" / "report" / "report.md").read_text(encoding="utf-8")
+    for heading in ("## Choices made on validation", "## Differences, with paired bootstrap intervals",
+                    "## Student check: a second cohort in unseen wording"):
+        assert heading in md
+    assert "| xray->ecg | random_heads (chance) |" in md
+    saved = json.loads((root / "run" / "report" / "report.json").read_text())
+    assert saved["differences"] and saved["student_check"]["cohort"]["report_vocabulary"] == "alternative"
+
+
+def test_student_check_compares_final_and_teachers_on_the_second_cohort(run):
+    root, _, report = run
+    check = report["student_check"]
+    assert set(check["modalities"]) == set(MODALITIES)
+    cohort = json.loads((root / "run" / "student_check" / "cohort" / "cohort.json").read_text())
+    assert cohort["seed"] == 1 and cohort["report_vocabulary"] == "alternative"
+    for measures in check["modalities"].values():
+        assert set(measures) == {"image", "image_alternative", "reports"}
+        for result in measures.values():
+            d = result["difference"]
+            assert d["accuracy"] == pytest.approx(result["final"]["accuracy"] - result["teachers"]["accuracy"])
+            assert result["within_bar"] == (d["accuracy"] >= -0.05 and d.get("auc_macro", 0.0) >= -0.05)
+    assert check["meets_bar"] == all(r["within_bar"] for m in check["modalities"].values() for r in m.values())
+
+
+def test_the_control_is_bound_with_lambda_zero_and_reused(run):
+    from m3bind.stages.control import control_experiment, control_is_current
+
+    _, exp, _ = run
+    control = control_experiment(exp)
+    assert control.cfg.bind.lambda_text == 0.0 and control.cfg.bind.steps == exp.cfg.bind.steps
+    assert control_is_current(exp)
+
+
+class _NoTest(Experiment):
+    """An experiment that fails loudly when anything reads a test split."""
+
+    def studies(self, modality, split, *, paired=False):
+        assert split != "test", f"read the test split of {modality} (paired={paired}) while tuning"
+        return super().studies(modality, split, paired=paired)
+
+
+def _poison_test_files(cohort: Path) -> None:
+    """Overwrite every test study file of the cohort (paired ones too) with garbage."""
+    for manifest in [*cohort.glob("*/manifest.csv"), *cohort.glob("paired/*.csv")]:
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        for path in table[table.split == "test"].path:
+            (manifest.parent / path).write_bytes(b"not a study")
+
+
+def test_tuning_never_reads_the_test_split(run, tmp_path):
+    from m3bind.stages.evaluate import load_variants
+
+    root, exp, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    _poison_test_files(tmp_path / "cohort")
+    config = _config(tmp_path, "run")
+    config["modalities"] = {m: {**spec, "model": {"type": "builtin", "path": str(exp.pretrained_dir(m))}}
+                            for m, spec in config["modalities"].items()}
+    spy = _NoTest(parse_config(config))
+    (tmp_path / "run").mkdir()
+    shutil.copytree(root / "run" / "bind", tmp_path / "run" / "bind")
+    shutil.copytree(root / "run" / "model", tmp_path / "run" / "model")
+    variants = load_variants(spy, list(MODALITIES))
+    choice = choose_prototype_rule(spy, variants)
+    assert choice["chosen"] in ("mean+name", "mean", "renormalised+name", "renormalised")
+    assert choose_chaining_profile(spy, variants["unbound"], retrieval_pairs(spy))["chosen"] in ("standardised", "raw")
+    result = modality_zero_shot(spy, "xray", variants["bound"]["xray"])
+    assert result["split"] == "val"
+    # the stage diagnostics (bind's before/after lines) read validation too
+    from m3bind.stages.bind import run_bind
+
+    summary = run_bind(spy, log=lambda _: None)
+    assert summary["after"]["zero_shot"]["xray"]["split"] == "val"
+    # and the poisoned test files really are unreadable: evaluation proper would fail on them
+    from m3bind.errors import DataError
+
+    with pytest.raises(DataError):
+        Experiment(parse_config(config)).studies("xray", "test")
+
+
+def test_chaining_retrieves_the_same_concept_on_a_constructed_case():
+    """Two modalities with unrelated embedding spaces (12 and 20 dimensions), each model's own
+    image and text encoders agreeing on three concepts (orthonormal concept directions, a little
+    noise on the images): chaining by concept score profiles finds each query's concept, so
+    concept AUC is 1 and the nearest gallery study always shows the query's concept."""
+    gen = torch.Generator().manual_seed(0)
+    concepts = ["a", "b", "c"]
+    labels = [i % 3 for i in range(30)]
+    text_x = torch.linalg.qr(torch.randn(12, 3, generator=gen))[0].T
+    text_y = torch.linalg.qr(torch.randn(20, 3, generator=gen))[0].T
+    image_x = torch.nn.functional.normalize(text_x[labels] + 0.05 * torch.randn(30, 12, generator=gen), dim=-1)
+    image_y = torch.nn.functional.normalize(text_y[labels] + 0.05 * torch.randn(30, 20, generator=gen), dim=-1)
+    ids = [f"p{i}" for i in range(30)]
+    sets = [frozenset({concepts[c]}) for c in labels]
+    for profile in ("standardised", "raw"):
+        q, g = chaining_profiles(image_x, text_x, profile), chaining_profiles(image_y, text_y, profile)
+        assert q.shape == (30, 3) and torch.allclose(q.norm(dim=-1), torch.ones(30))
+        scores = embedding_query_scores(q, g, ids, ids, sets, sets, ks=(1,)).summary()
+        assert scores["concept_auc"] == pytest.approx(1.0)
+        assert scores["concept_precision"][1] == 1.0
+    with pytest.raises(ValueError, match="profile"):
+        chaining_profiles(image_x, text_x, "cubed")
+
+
+def test_prompt_and_concept_fallbacks_are_used_and_reported(run, tmp_path):
+    """A prompt file without an entry for one class and paired manifests without a concepts
+    column: evaluation runs, the class gets naive prompts, concepts come from shared labels,
+    and the report says both."""
+    from m3bind.stages import run_eval
+
+    root, exp, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    for m in MODALITIES:
+        path = tmp_path / "cohort" / "paired" / f"{m}.csv"
+        pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["concepts"]).to_csv(path, index=False)
+    prompts = tmp_path / "xray_prompts.yaml"
+    prompts.write_text('template: "Impression: {}."\nclasses:\n  normal: [the lungs are clear]\n'
+                       '  cardiomegaly: [the heart is enlarged]\n')
+    config = _config(tmp_path, "run", lambda0_control=False, student_check={"enabled": False})
+    config["modalities"] = {m: {**spec, "model": {"type": "builtin", "path": str(exp.pretrained_dir(m))}}
+                            for m, spec in config["modalities"].items()}
+    config["modalities"]["xray"]["prompts"] = str(prompts)
+    fallback = Experiment(parse_config(config))
+    (tmp_path / "run").mkdir()
+    shutil.copytree(root / "run" / "bind", tmp_path / "run" / "bind")
+    report = run_eval(fallback, command="test", log=lambda _: None, few_shot=False)
+    notes = " ".join(report["notes"])
+    assert "no prompt-file entry for consolidation, lung nodule, pleural effusion, pneumothorax" in notes
+    assert "no 'concepts' column" in notes
+    # X-ray and CT share cardiomegaly, pleural effusion and lung nodule by name; ECG shares none
+    assert report["retrieval"]["bound"]["xray->ct"]["concept_auc"] is not None
+    assert report["retrieval"]["bound"]["xray->ecg"]["concept_auc"] is None
+    assert report["protocol"]["chaining"]["concepts"] == ["cardiomegaly", "lung nodule", "pleural effusion"]
