@@ -301,3 +301,53 @@ def test_a_whole_slide_is_one_study_of_a_bound_model(slide_40x):
     top = bound.encode_slide(path, magnification=10.0, tile_size=64, pool="top", top_k=2, query="Adenocarcinoma of the colon.")
     expected = pool_tile_embeddings(tiles.embeddings, "top", 2, scores=tiles.embeddings @ query)
     assert torch.allclose(top, expected, atol=1e-6)
+
+
+def test_a_slide_in_a_manifest_is_indexed_as_one_study(slide_40x, tmp_path):
+    import pandas as pd
+
+    from m3bind.config import StudentConfig
+    from m3bind.data.manifest import write_manifest
+    from m3bind.data.wsi import is_whole_slide
+    from m3bind.models.bound import M3Bind
+    from m3bind.models.heads import BindingHead
+    from m3bind.models.student import build_student
+    from m3bind.search.building import build_index
+    from m3bind.search.index import SearchIndex
+    from m3bind.search.model_identity import SearchModel
+
+    path, base = slide_40x
+    tile = tmp_path / "tile.png"
+    from PIL import Image
+    Image.fromarray(base[256:512, 512:768]).save(tile)
+    assert is_whole_slide(path) and not is_whole_slide(tile)
+    texts = ["Benign colonic mucosa.", "Adenocarcinoma of the colon."]
+    model = build_builtin_model("pathology", texts, preprocess=default_preprocess("pathology", demo=True))
+    bound = M3Bind({"pathology": model}, {"pathology": BindingHead(model.native_dim, 32, torch.Generator().manual_seed(0))},
+                   build_student(StudentConfig(), texts, 32, seed=0))
+    bound.save_pretrained(tmp_path / "model")
+    manifest = write_manifest(pd.DataFrame([
+        {"path": str(path), "text": "slide", "labels": "", "modality": "pathology", "patient_id": "P1"},
+        {"path": str(tile), "text": "tile", "labels": "", "modality": "pathology", "patient_id": "P2"}]),
+        tmp_path / "manifest.csv")
+    loaded = M3Bind.from_pretrained(tmp_path / "model")
+    report = build_index(SearchModel.load(tmp_path / "model"), [manifest], tmp_path / "index", workers=0)
+    assert report.embedded == 2
+    index = SearchIndex.open(tmp_path / "index")
+    query = loaded.encode_slide(path, magnification=20.0).numpy()
+    hits = index.search(query, 2)
+    assert hits[0].study.path == str(path) and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_slide_has_a_preview_thumbnail(slide_40x):
+    import io as _io
+
+    from PIL import Image
+
+    from m3bind.search.thumbnails import render_thumbnail
+
+    path, _ = slide_40x
+    image = Image.open(_io.BytesIO(render_thumbnail(path)))
+    assert image.mode == "RGB" and max(image.size) > 0
+    # the overview keeps the slide's aspect (1536 x 1024)
+    assert image.size[0] > image.size[1]

@@ -95,6 +95,24 @@ def tissue_fraction(rgb: np.ndarray, min_saturation: float = 0.07) -> float:
     return float(np.mean(saturated & (high > _BLACK_LEVEL)))
 
 
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif")
+
+
+def is_whole_slide(path: str | Path) -> bool:
+    """Whether ``path`` is a whole-slide image (a scanner format, or a tiled TIFF pyramid) rather
+    than a single image tile, which the ordinary image reader takes."""
+    path = Path(path)
+    if path.suffix.lower() in SLIDE_SUFFIXES:
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.series) and len(tif.series[0].levels) > 1 and tif.pages[0].is_tiled
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return False
+
+
 class WholeSlide:
     """An open pyramidal TIFF / SVS slide. Use as a context manager, or call :meth:`close`."""
 

@@ -126,8 +126,26 @@ def embed_studies(model: M3Bind, manifests: Sequence[Manifest], studies: Sequenc
     With ``on_error="raise"`` the first unusable file raises a DataError naming it and its
     manifest row; the batches yielded before it are complete.
     """
+    from m3bind.data.wsi import is_whole_slide
+
     for modality in dict.fromkeys(study.modality for study in studies):
         group = [study for study in studies if study.modality == modality]
+        # A whole-slide image is one study too: its tissue tiles are embedded and pooled.
+        slides = [study for study in group if is_whole_slide(study.path)]
+        for study in slides:
+            try:
+                vector = model.encode_slide(study.path, modality).numpy()[None]
+                yield EmbeddedBatch(modality, [study], vector, [])
+            except DataError as error:
+                problem = f"{study.path}: {error.problem} ({manifests[study.manifest].source}, row {study.row + 1})"
+                if on_error == "raise":
+                    raise DataError(None, problem) from error
+                yield EmbeddedBatch(modality, [], np.empty((0, model.shared_dim), np.float32),
+                                    [SkippedStudy(study.path, problem)])
+        slide_paths = {study.path for study in slides}
+        group = [study for study in group if study.path not in slide_paths]
+        if not group:
+            continue
         dataset = _StudyFiles(manifests, group, model.models[modality].transform())
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                             prefetch_factor=2 if workers else None)

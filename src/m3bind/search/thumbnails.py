@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from m3bind.data.readers import read_study
+from m3bind.errors import DataError
 
 SIZE = 256                      # longest side of a 2D thumbnail, pixels
 _SLICE_SIZE = 160               # side of each CT slice
@@ -33,6 +34,10 @@ def render_thumbnail(path: str | Path, kind: object | None = None) -> bytes:
     ``kind`` is the modality's signal kind (a :class:`SignalKind`), so that a ``.npy`` array
     is drawn as what it is; the reader raises DataError naming the file when it cannot be read.
     """
+    from m3bind.data.wsi import is_whole_slide
+
+    if is_whole_slide(path):
+        return _png(_slide_overview(path))
     study = read_study(path, expect=kind)
     array = study.array
     kind_name = getattr(study.meta.get("kind"), "value", None) or _guess_kind(array)
@@ -43,9 +48,30 @@ def render_thumbnail(path: str | Path, kind: object | None = None) -> bytes:
         image = _three_slices(array)
     else:
         image = _picture(array)
+    return _png(image)
+
+
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# The smallest level of a slide pyramid is read whole for its preview; refuse absurd ones.
+_MAX_OVERVIEW_PIXELS = 16_000_000
+
+
+def _slide_overview(path: str | Path) -> Image.Image:
+    """A whole-slide image's preview: its smallest pyramid level, fitted."""
+    from m3bind.data.wsi import WholeSlide
+
+    with WholeSlide(path) as slide:
+        level = min(slide.levels, key=lambda lv: lv.height * lv.width)
+        if level.height * level.width > _MAX_OVERVIEW_PIXELS:
+            raise DataError(path, f"the slide's smallest level ({level.width} x {level.height}) is too large "
+                                  "for a preview")
+        pixels = slide.read_region(level, 0, 0, level.width, level.height)
+    return _fit(Image.fromarray(np.ascontiguousarray(pixels), mode="RGB"), SIZE)
 
 
 def _guess_kind(array: np.ndarray) -> str:
