@@ -1,8 +1,11 @@
 """Integration: `m3bind demo --quick` end to end (cohort -> pretrain -> bind -> distill -> eval).
 
-Asserts what the method is for: binding lifts cross-modal retrieval between image modalities
-above chance and above the unbound models (concept AUC on the paired test set), and keeps each
-modality's zero-shot performance close to its pretrained model.
+Asserts the evaluation protocol on the real pipeline: choices made on validation, every
+retrieval pair scored for binding and for each baseline (chance, zero-shot chaining, the
+lambda = 0 control) with bootstrap intervals and a paired interval of bound minus the best
+baseline, the student check on a second cohort, and the real-report check; and what the quick
+cohort can show about the method: binding aligns the text spaces, keeps zero-shot accuracy
+close to the pretrained models, and the random-head baseline sits at chance.
 """
 import json
 
@@ -11,10 +14,15 @@ from typer.testing import CliRunner
 
 from m3bind.cli import app
 
-
-# This run measured X-ray <-> ECG concept AUC 0.722 bound vs 0.438 unbound; the margin sits well
-# below that lift so the test fails when binding stops aligning concepts, not on noise.
-BOUND_AUC_LIFT = 0.15
+PAIRS = ("xray->ct", "xray->ecg", "ct->xray", "ct->ecg", "ecg->xray", "ecg->ct")
+# Pairs on which the quick demo's bound concept AUC beats the BEST baseline with a 95% interval
+# above zero. None does on the quick cohort: measured (seed 0, 102 paired test patients, 40 binding
+# steps), bound - best baseline was xray->ct -0.051 (-0.079, -0.026) vs control, xray->ecg -0.571
+# vs control, ct->xray -0.001 (-0.042, 0.038) vs chaining, ct->ecg -0.564 vs control, ecg->xray
+# -0.638 vs chaining, ecg->ct -0.008 (-0.017, 0.002) vs random heads (docs/findings.md). The
+# quick demo's models (80 pretraining and 40 binding steps) are too weak for binding's retrieval
+# lift; the full demo is where it is measured. A pair that starts passing belongs here.
+BEATS_BEST_BASELINE: frozenset[str] = frozenset()
 
 
 @pytest.mark.slow
@@ -25,29 +33,45 @@ def test_quick_demo_end_to_end(tmp_path):
     report = json.loads((out / "report" / "report.json").read_text())
     for name in ("report.md", "retrieval.png", "embedding_map.png", "fewshot.png"):
         assert (out / "report" / name).exists(), name
-    assert set(report["variants"]) == {"unbound", "bound", "m3bind"}
-    assert {"naive", "expert", "sampled", "presence"} <= set(report["zero_shot"]["xray"]["unbound"])
-    assert "Sampled prompts (xray" in (out / "report" / "report.md").read_text()
+    assert list(report["variants"]) == ["unbound", "random_heads", "chaining", "control", "bound", "m3bind"]
+    assert {"naive", "expert", "sampled", "presence", "expert_by_rule"} <= set(report["zero_shot"]["xray"]["unbound"])
+    md = (out / "report" / "report.md").read_text()
+    assert "Sampled prompts (xray" in md and "## Choices made on validation" in md
+    assert report["protocol"]["tuning_split"] == "val" and report["protocol"]["bootstrap"]["resamples"] == 1000
+    assert report["protocol"]["prototype_rule"] in report["protocol"]["prototype_choice"]["validation_mean"]
 
-    # Text spaces: unrelated before binding, aligned after.
+    # Text spaces: unrelated before binding and with lambda = 0, aligned after binding.
     assert abs(report["text_space"]["unbound"]["agreement"]) < 0.2
+    assert abs(report["text_space"]["control"]["agreement"]) < 0.2
     assert report["text_space"]["bound"]["agreement"] > report["text_space"]["unbound"]["agreement"] + 0.3
 
-    # Cross-modal retrieval, X-ray <-> ECG (the paper's Table 3 pair): mean concept AUC (chance
-    # 0.5; the unbound baseline is a mean over random head draws, so it sits near 0.5 too). The
-    # quick cohort has 56 paired patients and a CT model trained on a few dozen volumes, so the CT
-    # pairs are noise here; the full demo shows all six pairs (README, "Results").
-    def mean_concept_auc(variant, pairs=("xray->ecg", "ecg->xray")):
-        return sum(report["retrieval"][variant][p]["concept_auc"] for p in pairs) / len(pairs)
-    assert report["retrieval"]["unbound"]["xray->ecg"]["head_draws"] == 10
-    assert abs(mean_concept_auc("unbound", tuple(report["retrieval"]["unbound"])) - 0.5) < 0.05
-    assert mean_concept_auc("bound") > 0.6
-    assert mean_concept_auc("bound") > mean_concept_auc("unbound") + BOUND_AUC_LIFT
+    # Every pair, every retrieval variant, with intervals; chance is chance.
+    retrieval = report["retrieval"]
+    for variant in ("random_heads", "chaining", "control", "bound", "m3bind"):
+        assert set(retrieval[variant]) == set(PAIRS), variant
+        for scores in retrieval[variant].values():
+            low, high = scores["concept_auc_ci"]
+            assert low <= scores["concept_auc"] <= high
+    assert retrieval["random_heads"]["xray->ecg"]["head_draws"] == 10
+    assert abs(sum(retrieval["random_heads"][p]["concept_auc"] for p in PAIRS) / len(PAIRS) - 0.5) < 0.05
+    versus_best = {d["where"]: d for d in report["differences"] if d["claim"] == "bound - best baseline"}
+    assert set(versus_best) == set(PAIRS)
+    for pair, d in versus_best.items():
+        baselines = {v: retrieval[v][pair]["concept_auc"] for v in ("random_heads", "chaining", "control")}
+        assert d["b"] == max(baselines, key=baselines.get)
+        assert d["ci"][0] <= d["difference"] <= d["ci"][1]
+        assert (d["ci"][0] > 0) == (pair in BEATS_BEST_BASELINE), (pair, d)
 
     # Zero-shot retention: bound models stay close to their pretrained models on average.
     zs = report["zero_shot"]
     drops = [zs[m]["unbound"]["naive"]["accuracy"] - zs[m]["bound"]["naive"]["accuracy"] for m in zs]
     assert sum(drops) / len(drops) < 0.05
+
+    # The student check ran on its second cohort, and the real reports were read.
+    check = report["student_check"]
+    assert set(check["modalities"]) == {"xray", "ct", "retina", "ecg", "pathology"}
+    assert check["cohort"]["report_vocabulary"] == "alternative" and check["cohort"]["test_patients"] == 40
+    assert report["real_reports"]["reports"] > 1500 and set(report["real_reports"]["variants"]) == {"bound", "m3bind"}
 
     # The final model loads through the public API and embeds files of every modality.
     from m3bind.api import M3Bind
