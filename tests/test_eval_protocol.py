@@ -18,6 +18,7 @@ from m3bind.eval.protocol import (chaining_profiles, choose_chaining_profile, ch
                                   modality_zero_shot, retrieval_pairs)
 from m3bind.eval.retrieval import embedding_query_scores
 from m3bind.experiment import Experiment
+from m3bind.stages.artifacts import load_bound
 
 TEXT_TOWER = {"text_hidden_size": 16, "text_layers": 1, "text_heads": 2, "text_intermediate_size": 32,
               "native_dim": 8, "vocab_size": 120}
@@ -214,17 +215,19 @@ def test_chaining_retrieves_the_same_concept_on_a_constructed_case():
         chaining_profiles(image_x, text_x, "cubed")
 
 
-def test_prompt_and_concept_fallbacks_are_used_and_reported(run, tmp_path):
-    """A prompt file without an entry for one class and paired manifests without a concepts
-    column: evaluation runs, the class gets naive prompts, concepts come from shared labels,
-    and the report says both."""
+def test_prompt_concept_and_test_only_paired_fallbacks_are_used_and_reported(run, tmp_path):
+    """A prompt file without an entry for one class, and an older paired set: test rows only and
+    no concepts column. Evaluation runs, the class gets naive prompts, concepts come from shared
+    labels, the chaining profile falls back to its default, and the report says all three; the
+    stage diagnostics show no retrieval rather than read the test rows."""
     from m3bind.stages import run_eval
 
     root, exp, _ = run
     shutil.copytree(root / "cohort", tmp_path / "cohort")
     for m in MODALITIES:
         path = tmp_path / "cohort" / "paired" / f"{m}.csv"
-        pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["concepts"]).to_csv(path, index=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table[table.split == "test"].drop(columns=["concepts"]).to_csv(path, index=False)
     prompts = tmp_path / "xray_prompts.yaml"
     prompts.write_text('template: "Impression: {}."\nclasses:\n  normal: [the lungs are clear]\n'
                        '  cardiomegaly: [the heart is enlarged]\n')
@@ -235,8 +238,10 @@ def test_prompt_and_concept_fallbacks_are_used_and_reported(run, tmp_path):
     fallback = Experiment(parse_config(config))
     (tmp_path / "run").mkdir()
     shutil.copytree(root / "run" / "bind", tmp_path / "run" / "bind")
+    assert protocol.paired_retrieval(fallback, load_bound(fallback), retrieval_pairs(fallback)) == {}
     report = run_eval(fallback, command="test", log=lambda _: None, few_shot=False)
     notes = " ".join(report["notes"])
+    assert "no 'val' rows" in notes and report["protocol"]["chaining"]["validated"] is False
     assert "no prompt-file entry for consolidation, lung nodule, pleural effusion, pneumothorax" in notes
     assert "no 'concepts' column" in notes
     # X-ray and CT share cardiomegaly, pleural effusion and lung nodule by name; ECG shares none

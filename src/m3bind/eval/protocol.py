@@ -196,6 +196,11 @@ def paired_studies(exp: Experiment, modality: str, split: str):
     return exp.studies(modality, split, paired=True)
 
 
+def paired_has_split(exp: Experiment, split: str) -> bool:
+    """Whether every paired manifest has rows of ``split`` (older paired sets are test-only)."""
+    return all((exp.paired_manifest(m).table["split"] == split).any() for m in exp.cfg.paired_manifests)
+
+
 def concepts_from_column(exp: Experiment) -> bool:
     """Whether every paired manifest has a ``concepts`` column (else concepts come from labels)."""
     return all("concepts" in exp.paired_manifest(m).table for m in exp.cfg.paired_manifests)
@@ -227,6 +232,8 @@ def paired_embeddings(exp: Experiment, encoders: Mapping, split: str) -> dict:
     for m, encode_image in encoders.items():
         if m not in exp.cfg.paired_manifests:
             continue
+        if split == TUNING_SPLIT and not paired_has_split(exp, split):
+            continue  # a test-only paired set: stage diagnostics show no retrieval rather than read test
         studies = paired_studies(exp, m, split)
         cache[m] = (embed_images(encode_image, studies.images), studies.patient_ids,
                     study_concepts(exp, m, split, studies))
@@ -348,8 +355,16 @@ def chaining_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str
     return pair_query_scores(exp, cache, pairs)
 
 
+DEFAULT_CHAINING_PROFILE = "standardised"
+
+
 def choose_chaining_profile(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str, str]]) -> dict:
-    """Choose the chaining profile on validation: the best mean concept AUC over the pairs."""
+    """Choose the chaining profile on validation: the best mean concept AUC over the pairs. A
+    paired set without validation rows gets DEFAULT_CHAINING_PROFILE and the concept names of
+    its test rows (names only), and says so (``validated``: false)."""
+    if not paired_has_split(exp, TUNING_SPLIT):
+        return {"chosen": DEFAULT_CHAINING_PROFILE, "validation_concept_auc": None, "validated": False,
+                "concepts": concept_names(exp, REPORT_SPLIT)}
     concepts = concept_names(exp)
     table = {}
     for profile in CHAINING_PROFILES:
@@ -358,5 +373,5 @@ def choose_chaining_profile(exp: Experiment, unbound: Mapping, pairs: Sequence[t
         aucs = [a for a in aucs if a is not None]
         table[profile] = float(np.mean(aucs)) if aucs else None
     chosen = max(CHAINING_PROFILES, key=lambda p: -1.0 if table[p] is None else table[p])
-    return {"chosen": chosen, "validation_concept_auc": table, "concepts": concepts}
+    return {"chosen": chosen, "validation_concept_auc": table, "validated": True, "concepts": concepts}
 

@@ -298,10 +298,11 @@ def _protocol_section(report: Report) -> list[str]:
         lines += [f"Prototype rule: {protocol['prototype_rule']} (set in the config).", ""]
     chaining = protocol.get("chaining")
     if chaining:
-        table = chaining.get("validation_concept_auc", {})
+        table = chaining.get("validation_concept_auc")
+        chosen = ("validation mean concept AUC: " + ", ".join(f"{p} {fmt_number(v)}" for p, v in table.items())
+                  if table else "not chosen on validation: the paired set has no val rows")
         lines += [f"Chaining baseline: concept prompts {', '.join(chaining.get('concepts', []))}; score profiles "
-                  f"**{chaining['chosen']}** (validation mean concept AUC: "
-                  + ", ".join(f"{p} {fmt_number(v)}" for p, v in table.items()) + ").", ""]
+                  f"**{chaining['chosen']}** ({chosen}).", ""]
     boot = protocol.get("bootstrap")
     if boot:
         lines += [f"Intervals: {int(boot['level'] * 100)}% percentile bootstrap, {boot['resamples']} resamples, "

@@ -35,10 +35,11 @@ from m3bind.eval.fewshot import linear_probe, sample_shots
 from m3bind.eval.metrics import multilabel_metrics
 from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts, presence_pairs,
                                  presence_probabilities, sampled_prompts)
-from m3bind.eval.protocol import (RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores, choose_chaining_profile,
-                                  choose_prototype_rule, concept_names, concepts_from_column, configured_rule,
-                                  embed_images, embed_texts, heldout_texts, modality_classes, paired_query_scores,
-                                  prompt_set_for, random_head_scores, retrieval_pairs, zero_shot_scores)
+from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores,
+                                  choose_chaining_profile, choose_prototype_rule, concepts_from_column,
+                                  configured_rule, embed_images, embed_texts, heldout_texts, modality_classes,
+                                  paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
+                                  retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
 from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, single_label_targets
 from m3bind.experiment import Experiment
@@ -179,13 +180,14 @@ def _retrieval_entry(scores: QueryScores, bootstrap: Bootstrap, **extra) -> dict
 
 
 def retrieval_query_scores(exp: Experiment, variants: Mapping[str, Mapping], pairs: Sequence[tuple[str, str]],
-                           chaining_profile: str) -> tuple[dict[str, dict[str, QueryScores]], dict[str, dict]]:
+                           chaining_profile: str, concepts: Sequence[str]) -> tuple[dict[str, dict[str, QueryScores]],
+                                                                                   dict[str, dict]]:
     """{variant: {pair: QueryScores}} on the paired test set for every retrieval variant, and the
     random-head extras (draw count and concept-AUC spread per pair)."""
     unbound = variants["unbound"]
     heads, spread = random_head_scores(exp, unbound, pairs, REPORT_SPLIT)
     scores = {"random_heads": heads,
-              "chaining": chaining_scores(exp, unbound, pairs, REPORT_SPLIT, chaining_profile, concept_names(exp))}
+              "chaining": chaining_scores(exp, unbound, pairs, REPORT_SPLIT, chaining_profile, concepts)}
     for v in ("control", "bound", "m3bind"):
         if v in variants:
             scores[v] = paired_query_scores(exp, variants[v], pairs, REPORT_SPLIT)
@@ -314,7 +316,8 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
         log(f"evaluated {m}")
     texts = heldout_texts(exp, names)
     if pairs:
-        scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"])
+        scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"],
+                                                chaining_choice["concepts"])
         for v, by_pair in scores.items():
             report["retrieval"][v] = {pair: _retrieval_entry(s, bootstrap, **(extras[pair] if v == "random_heads" else {}))
                                       for pair, s in by_pair.items()}
@@ -359,6 +362,10 @@ def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list
                      + f"); every table uses '{rule_choice['chosen']}' (best mean), and each zero-shot entry's "
                        "expert_by_rule lists the test numbers under every rule.")
     notes += _prompt_notes(exp, names)
+    if pairs and not paired_has_split(exp, "val"):
+        notes.append("The paired manifests have no 'val' rows: the chaining profile could not be chosen on "
+                     f"validation ('{DEFAULT_CHAINING_PROFILE}' is used) and its concept names come from the test "
+                     "rows. Add paired validation patients (split 'val') for choices that never see test.")
     if pairs and not concepts_from_column(exp):
         notes.append("The paired manifests have no 'concepts' column: concepts are the labels, and each pair is "
                      "scored on the labels both of its modalities use.")

@@ -1,0 +1,87 @@
+"""Why does the student fall short of its teachers? Measure student options on VALIDATION data.
+
+Each option distils a fresh student from the experiment's bound model (``bind`` must have run)
+with other ``distill`` settings, into ``<output_dir>/student_options/<option>``, and compares it
+with the bound teachers:
+  val zero-shot   image zero-shot on each modality's validation split (the modality's prompts)
+  new wording     image zero-shot and report -> class on a cohort in the alternative report
+                  vocabulary, seed 2 (a validation cohort: the evaluation's student check uses
+                  another seed)
+Numbers are final minus teachers, in accuracy (mean over modalities, and the worst modality).
+
+Usage: python scripts/student_options.py OUTPUT_DIR/config.yaml [option ...]
+Options: demo (the config's distill settings), long_kd (4x the KD steps), minilm (the pretrained
+all-MiniLM-L6-v2 student, same steps).
+"""
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from m3bind.eval.bootstrap import Bootstrap
+from m3bind.eval.protocol import modality_zero_shot, stage_prototype_rule
+from m3bind.experiment import Experiment
+from m3bind.stages.ablate import child_experiment
+from m3bind.stages.artifacts import bind_dir, load_bound, model_dir
+
+VALIDATION_COHORT_SEED = 2
+
+
+def options(exp: Experiment) -> dict[str, dict]:
+    distill = exp.cfg.distill
+    return {"demo": {},
+            "long_kd": {"kd_steps": 4 * distill.kd_steps},
+            "minilm": {"student": distill.student.model_copy(update={"type": "minilm"})}}
+
+
+def child(exp: Experiment, name: str, updates: dict) -> Experiment:
+    """The option's experiment: the parent's pretrained models and bound model, other distill settings."""
+    out = exp.out_dir / "student_options" / name
+    (out / "bind").mkdir(parents=True, exist_ok=True)
+    if not (out / "bind" / "model").exists():
+        shutil.copytree(bind_dir(exp) / "model", out / "bind" / "model")
+    base = child_experiment(exp, out, {})
+    student_check = exp.cfg.eval.student_check.model_copy(update={"enabled": True, "seed": VALIDATION_COHORT_SEED})
+    cfg = base.cfg.model_copy(update={"distill": exp.cfg.distill.model_copy(update=updates),
+                                      "eval": exp.cfg.eval.model_copy(update={"student_check": student_check})})
+    return Experiment(cfg, exp.config_path, cache_dir=exp.cache_dir)
+
+
+def measure(option: Experiment, teachers: dict) -> dict:
+    from m3bind.eval.student_check import run_student_check
+    from m3bind.models.bound import M3Bind
+
+    final = M3Bind.from_pretrained(model_dir(option)).to(option.device)
+    views = {m: final.view(m) for m in final.modalities}
+    rule = stage_prototype_rule(option)
+    val = {m: modality_zero_shot(option, m, views[m])["accuracy"] - modality_zero_shot(option, m, teachers[m])["accuracy"]
+           for m in views}
+    check = run_student_check(option, teachers, views, rule, Bootstrap(resamples=200), log=lambda _: None)
+    wording = {m: r["image_alternative"]["difference"]["accuracy"] for m, r in check["modalities"].items()}
+    reports = {m: r["reports"]["difference"]["accuracy"] for m, r in check["modalities"].items()}
+    return {"val": val, "new_wording_images": wording, "new_wording_reports": reports}
+
+
+def main(config: str, names: list[str]) -> None:
+    from m3bind.stages.distill import run_distill
+
+    exp = Experiment.from_file(config)
+    teachers = load_bound(exp)
+    for view in teachers.values():
+        view.eval()
+    chosen = options(exp)
+    for name in names or list(chosen):
+        option = child(exp, name, chosen[name])
+        start = time.perf_counter()
+        if not (model_dir(option) / "m3bind.json").exists():
+            run_distill(option, log=lambda _: None)
+        seconds = time.perf_counter() - start
+        result = measure(option, teachers)
+        line = " | ".join(f"{key} mean {np.mean(list(v.values())):+.3f} worst {min(v.values()):+.3f} "
+                          f"({', '.join(f'{m} {d:+.3f}' for m, d in v.items())})" for key, v in result.items())
+        print(f"{name} (distill {seconds:.0f} s): {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
