@@ -82,7 +82,7 @@ def paper_setup(root: Path, config_name: str, sizes, *, image_batch: int | None 
     """The modalities of ``configs/<config_name>`` on random checkpoints of ``sizes`` written under ``root``.
 
     Every modality gets ``image_batch`` studies (the config's ``bind.image_batch_size`` by
-    default), CT ``ct_studies`` (the paper binds CT-CLIP with 8 per batch).
+    default), CT at most ``ct_studies`` (the paper binds CT-CLIP with 8 per batch).
     """
     from m3bind.models.adapters.random_checkpoints import write_random_checkpoints
     from m3bind.stages.artifacts import prepare_bound
@@ -100,8 +100,9 @@ def paper_setup(root: Path, config_name: str, sizes, *, image_batch: int | None 
     write_random_checkpoints(cfg, config_path, sizes)
     exp = Experiment(cfg, config_path)
     bound = prepare_bound(exp, exp.modalities)
-    train = {m: synthetic_studies(exp.preprocess(m).output_shape(),
-                                  ct_studies if m == "ct" else cfg.bind.image_batch_size, seed=index)
+    batch = cfg.bind.image_batch_size
+    train = {m: synthetic_studies(exp.preprocess(m).output_shape(), min(ct_studies, batch) if m == "ct" else batch,
+                                  seed=index)
              for index, m in enumerate(exp.modalities)}
     return BindingSetup(config_name, bound, train, cfg.bind, heldout=list(REPORTS), device=exp.device)
 
@@ -133,13 +134,16 @@ class StepClock:
     """The ``progress`` object of the training loop, timing each optimizer step.
 
     The loop reports a step as done after it finished (optimizer step included); ``marks[s]``
-    is the time step ``s`` was reported. ``at_step`` runs callbacks right after step ``s`` was
-    reported, i.e. right before step ``s + 1`` starts.
+    is the wall-clock time step ``s`` was reported, ``cpu_marks[s]`` this process's CPU time then
+    (all its threads; on a shared CPU it leaves out the time other processes had the cores).
+    ``at_step`` runs callbacks right after step ``s`` was reported, i.e. right before step
+    ``s + 1`` starts.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.marks: dict[int, float] = {}
+        self.cpu_marks: dict[int, float] = {}
         self.at_step: dict[int, list[Callable[[], None]]] = {}
 
     def add_task(self, description: str, total=None, completed: int = 0, **_) -> int:
@@ -151,12 +155,14 @@ class StepClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.marks[completed] = time.perf_counter()
+        self.cpu_marks[completed] = time.process_time()
         for callback in self.at_step.get(completed, []):
             callback()
 
-    def seconds_per_step(self, first: int, last: int) -> float:
-        """Mean duration of steps ``first + 1 .. last``."""
-        return (self.marks[last] - self.marks[first]) / (last - first)
+    def seconds_per_step(self, first: int, last: int, cpu_time: bool = False) -> float:
+        """Mean duration of steps ``first + 1 .. last``, wall clock or this process's CPU time."""
+        marks = self.cpu_marks if cpu_time else self.marks
+        return (marks[last] - marks[first]) / (last - first)
 
 
 def run_binding(setup: BindingSetup, steps: int, run_dir: Path, clock: StepClock) -> None:
