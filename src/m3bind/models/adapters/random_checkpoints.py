@@ -166,21 +166,21 @@ def _model_writer(model_type: str, cls, options: AdapterOptions, path: Path, pla
         return cls.build(options).network.state_dict()
 
     if model_type == "mgca":
-        plan.bert_folder(Path(options.tokenizer), "clinical")
+        plan.bert_folder(_folder_option(options, "tokenizer", model_type), "clinical")
         return lambda: writers.write_lightning_checkpoint(path, state(), _mgca_hyperparameters(options),
                                                           _mgca_training_heads(options))
     if model_type == "ct_clip":
-        plan.bert_folder(Path(options.text_model), "cxr")
+        plan.bert_folder(_folder_option(options, "text_model", model_type), "cxr")
         # The released file still holds BERT's position-id buffer and the unused CLOOB projection.
         extras = {"text_transformer.embeddings.position_ids": _position_ids(sizes),
                   "to_text_latent_extra.weight": torch.zeros(options.dim_latent, sizes.bert["hidden_size"])}
         return lambda: writers.write_state_dict(path, {**state(), **extras})
     if model_type == "flair":
-        plan.bert_folder(Path(options.text_model), "clinical")
+        plan.bert_folder(_folder_option(options, "text_model", model_type), "clinical")
         legacy = {"text_model.model.embeddings.position_ids": _position_ids(sizes)}
         return lambda: writers.write_state_dict(path, {**state(), **legacy})
     if model_type == "ecg_clip":
-        plan.bert_folder(Path(options.text_model), "clinical")
+        plan.bert_folder(_folder_option(options, "text_model", model_type), "clinical")
         return lambda: writers.write_state_dict(path, state())
     if model_type == "open_clip":
         if options.text_model is not None:
@@ -190,6 +190,13 @@ def _model_writer(model_type: str, cls, options: AdapterOptions, path: Path, pla
             raise ConfigError(f"{path}: no open_clip model config to write (options.config or RandomSizes.open_clip)")
         return lambda: writers.write_open_clip_folder(path, config, seed=seed)
     raise ConfigError(f"model type '{model_type}' has no original format to write random weights in")
+
+
+def _folder_option(options: AdapterOptions, name: str, model_type: str) -> Path:
+    value = getattr(options, name)
+    if value is None:
+        raise ConfigError(f"model type '{model_type}' needs options.{name}: the text-model folder to write")
+    return Path(value)
 
 
 def _position_ids(sizes: RandomSizes) -> Tensor:
