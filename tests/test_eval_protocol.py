@@ -248,3 +248,22 @@ def test_prompt_concept_and_test_only_paired_fallbacks_are_used_and_reported(run
     assert report["retrieval"]["bound"]["xray->ct"]["concept_auc"] is not None
     assert report["retrieval"]["bound"]["xray->ecg"]["concept_auc"] is None
     assert report["protocol"]["chaining"]["concepts"] == ["cardiomegaly", "lung nodule", "pleural effusion"]
+
+
+def test_a_dataset_without_validation_rows_gets_no_stage_zero_shot_line(run, tmp_path):
+    """Stage diagnostics read validation; a manifest without val rows gives an empty result
+    (n 0) instead of failing the stage or falling back to test."""
+    root, exp, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    manifest = tmp_path / "cohort" / "xray" / "manifest.csv"
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table[table.split != "val"].to_csv(manifest, index=False)
+    config = _config(tmp_path, "run")
+    config["modalities"] = {m: {**spec, "model": {"type": "builtin", "path": str(exp.pretrained_dir(m))}}
+                            for m, spec in config["modalities"].items()}
+    spy = _NoTest(parse_config(config))
+    from m3bind.models.binding import BoundModality
+
+    view = BoundModality(spy.load_unbound("xray"), spy.cfg.shared_dim)
+    result = modality_zero_shot(spy, "xray", view)
+    assert result["n"] == 0 and result["split"] == "val"

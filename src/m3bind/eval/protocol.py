@@ -78,6 +78,11 @@ def modality_classes(exp: Experiment, modality: str) -> list[str]:
     return ["normal", *exp.manifest(modality).label_names()]
 
 
+def has_rows(exp: Experiment, modality: str, split: str) -> bool:
+    """Whether the modality's manifest has rows of ``split`` (a dataset may have no val rows)."""
+    return bool((exp.manifest(modality).table["split"] == split).any())
+
+
 def configured_rule(exp: Experiment) -> PrototypeRule | None:
     """``eval.prototypes`` as a rule, or None when it is 'auto' (chosen on validation)."""
     name = exp.cfg.eval.prototypes
@@ -112,9 +117,11 @@ def modality_zero_shot(exp: Experiment, modality: str, view, style: str = "exper
     result names the split, the prompt style and the prototype rule."""
     rule = rule or stage_prototype_rule(exp)
     classes = modality_classes(exp, modality)
+    described = {"split": split, "prompts": style, "prototypes": rule.name, "chance": 1.0 / len(classes)}
+    if not has_rows(exp, modality, split):
+        return {"accuracy": float("nan"), "n": 0, **described}
     scores = zero_shot_scores(view, exp.studies(modality, split), classes,
                               class_prompts(exp, modality, classes, style, rule), rule)
-    described = {"split": split, "prompts": style, "prototypes": rule.name, "chance": 1.0 / len(classes)}
     if scores is None:
         return {"accuracy": float("nan"), "n": 0, **described}
     return {"accuracy": scores.metrics()["accuracy"], "n": scores.n, **described}
@@ -145,6 +152,8 @@ def choose_prototype_rule(exp: Experiment, variants: Mapping[str, Mapping]) -> d
     for variant, views in variants.items():
         per_rule: dict[str, list[float]] = {name: [] for name in PROTOTYPE_RULES}
         for m, view in views.items():
+            if not has_rows(exp, m, TUNING_SPLIT):
+                continue
             studies = exp.studies(m, TUNING_SPLIT)
             classes = modality_classes(exp, m)
             keep, _ = single_label_targets(studies.labels, classes)
