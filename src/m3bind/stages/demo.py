@@ -71,6 +71,6 @@ def index_test_studies(exp: Experiment, out: Path, workers: int | None = None) -
         test = exp.manifest(modality).split("test")
         manifests.append(write_manifest(test.table, test.source.with_name("search-test.csv")))
     manifests += [exp.paired_manifest(m).source for m in exp.cfg.paired_manifests]
-    build_index(SearchModel.load(model_dir(exp)), manifests, out,
+    build_index(SearchModel.load(model_dir(exp), device=str(exp.device)), manifests, out,
                 workers=default_workers() if workers is None else workers)
     return out
