@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from m3bind.experiment import Experiment
 from m3bind.models.student import build_student

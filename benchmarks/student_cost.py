@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from m3bind.config import StudentConfig
 from m3bind.models.student import build_student

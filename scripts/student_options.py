@@ -11,7 +11,10 @@ Numbers are final minus teachers, in accuracy (mean over modalities, and the wor
 
 Usage: python scripts/student_options.py OUTPUT_DIR/config.yaml [option ...]
 Options: demo (the config's distill settings), long_kd (4x the KD steps), mean_pool (the built-in
-student with mean pooling instead of its [CLS] state), mean_pool_long_kd (both), minilm (the
+student with mean pooling instead of its [CLS] state), mean_pool_long_kd (both), prompts (KD on
+the zero-shot prompt texts too, distill.prompt_texts), prompts_long_kd (and 4x the KD steps), kd_only / prompts_kd_only (every step KD, no contrastive
+phase; the same step count), kd_weight_dim / prompts_kd_weight_dim (L_KD weighted by the shared
+width in the contrastive steps: a sum over dimensions instead of a mean), minilm (the
 pretrained all-MiniLM-L6-v2 student, same steps; about 17x the cost of a built-in step).
 Also printed: the student's mean pairwise cosine over a few validation reports and prompts (1.0 =
 it answers every text with the same vector).
@@ -39,6 +42,13 @@ def options(exp: Experiment) -> dict[str, dict]:
             "long_kd": {"kd_steps": 4 * distill.kd_steps},
             "mean_pool": {"student": mean_pool},
             "mean_pool_long_kd": {"student": mean_pool, "kd_steps": 4 * distill.kd_steps},
+            "prompts": {"prompt_texts": True},
+            "prompts_long_kd": {"prompt_texts": True, "kd_steps": 4 * distill.kd_steps},
+            "kd_only": {"kd_steps": distill.kd_steps + distill.contrastive_steps, "contrastive_steps": 0},
+            "prompts_kd_only": {"prompt_texts": True, "kd_steps": distill.kd_steps + distill.contrastive_steps,
+                                "contrastive_steps": 0},
+            "kd_weight_dim": {"kd_weight": float(exp.cfg.shared_dim)},
+            "prompts_kd_weight_dim": {"prompt_texts": True, "kd_weight": float(exp.cfg.shared_dim)},
             "minilm": {"student": distill.student.model_copy(update={"type": "minilm"})}}
 
 

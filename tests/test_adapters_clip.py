@@ -187,3 +187,26 @@ def test_hf_clip_broken_weights_are_named(tmp_path):
         load_adapter("hf_clip", folder, {})
     assert "text_projection.weight" in str(error.value) and "visual_projection.weight" in str(error.value)
     assert str(folder) in str(error.value)
+
+
+def test_experiment_preprocesses_with_the_published_models_own_settings(tmp_path):
+    """A published model used for a modality (here a PLIP-like CLIP folder as the X-ray model)
+    gets its own preprocessing (RGB, its size and mean/std), not the modality's defaults; the
+    config's overrides still apply on top; built-in models keep the modality defaults."""
+    from m3bind.config import parse_config
+    from m3bind.data.preprocess_specs import PathologyPreprocess, XrayPreprocess
+    from m3bind.experiment import Experiment
+
+    folder = write_hf_clip_folder(tmp_path / "plip")
+    config = {"output_dir": str(tmp_path / "out"),
+              "modalities": {"xray": {"model": {"type": "hf_clip", "path": str(folder)}},
+                             "ecg": {}}}
+    exp = Experiment(parse_config(config, "<test>"))
+    spec = exp.preprocess("xray")
+    assert isinstance(spec, PathologyPreprocess)
+    assert spec.size == 32 and spec.std == (0.3, 0.3, 0.3) and spec.mean == (0.5, 0.5, 0.5)
+    config["modalities"]["xray"]["preprocess"] = {"size": 48}
+    assert Experiment(parse_config(config, "<test>")).preprocess("xray").size == 48
+    assert not isinstance(exp.preprocess("ecg"), XrayPreprocess)
+    from m3bind.data.transforms import default_preprocess
+    assert exp.preprocess("ecg") == default_preprocess("ecg", demo=exp.cfg.demo_sizes)

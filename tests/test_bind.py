@@ -1,5 +1,4 @@
 """Binding: AMB quantities, the loss terms by hand, LoRA/heads, a few real steps."""
-import math
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from m3bind.train.balance import modality_balance
 from m3bind.train.bind import bind_models, text_agreement
 from m3bind.train.losses import text_alignment_loss
 from m3bind.train.sampling import sample_batch, sample_texts, step_generator
-from m3bind.train.losses import clip_loss
 
 
 def test_amb_probabilities_lr_scales_and_weights_by_hand():
@@ -125,6 +123,24 @@ def test_bind_loss_is_the_weighted_sum_of_its_parts(tmp_path):
     w = modality_balance(sizes).loss_weights  # equal sizes -> 1
     assert parts["clip"] == pytest.approx(sum(w[m] * parts[f"clip/{m}"] for m in bound), rel=1e-5)
     assert parts["loss"] == pytest.approx(parts["clip"] + 10.0 * parts["text_mse"], rel=1e-5)
+
+
+def test_lambda_zero_binding_skips_the_alignment_text_passes(tmp_path):
+    """The lambda = 0 control encodes only each modality's own CLIP batch of reports per step:
+    the alignment texts would weigh nothing. Its loss is the weighted CLIP sum alone."""
+    bound = _bound()
+    train = {m: _studies(m) for m in bound}
+    calls = {m: [] for m in bound}
+    for m, module in bound.items():
+        original = module.encode_texts
+        module.encode_texts = (lambda o, log: lambda texts: (log.append(len(texts)), o(texts))[1])(original, calls[m])
+    cfg = BindConfig(steps=2, lr=1e-9, image_batch_size=6, text_batch_size=4, lambda_text=0.0, checkpoint_every=10)
+    result = bind_models(bound, train, cfg, tmp_path, heldout_texts=["x"], tensorboard=False)
+    for m in bound:
+        steps = calls[m][:2]   # then the end-of-run agreement checks
+        assert steps == [6, 6], calls[m]
+    parts = result.history[0]
+    assert "text_mse" not in parts and parts["loss"] == pytest.approx(parts["clip"], rel=1e-6)
 
 
 def test_bind_resume_equals_uninterrupted_run(tmp_path):

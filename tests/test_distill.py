@@ -1,5 +1,4 @@
 """SESKD: loss terms by hand, caching equivalence, the exported M3Bind model and its API."""
-import math
 import subprocess
 import sys
 
@@ -176,3 +175,43 @@ def test_m3bind_view_embeds_like_the_model_api(tmp_path):
                                   atol=1e-6)
             assert torch.equal(view.encode_texts(["a b", "c"]), model.encode_texts(["a b", "c"]))
         assert float(view.logit_scale()) == float(model.models[m].logit_scale())
+
+
+def test_prompt_texts_join_every_kd_batch_and_move_the_student_toward_the_teachers_on_them(tmp_path):
+    """distill.prompt_texts: each step's KD batch carries half a batch of prompts, and the student
+    learns the teachers' answers to them (the KD error on the prompts falls)."""
+    prompts = ["A chest X-ray showing cardiomegaly.", "An ECG showing atrial fibrillation.",
+               "A chest X-ray with no finding.", "Pleural effusion is present."]
+    bound, train, student, cfg = _setup(True, steps_a=30, steps_b=0)
+    seen = []
+    original = student.encode_texts
+
+    def spy(texts):
+        seen.append(list(texts))
+        return original(texts)
+
+    def prompt_error():
+        with torch.no_grad():
+            teachers = {m: b.encode_texts(prompts) for m, b in bound.items()}
+            return kd_loss(teachers, original(prompts)).item()
+
+    before = prompt_error()
+    student.encode_texts = spy
+    distill_student(student, bound, train, cfg, tmp_path, probabilities={"xray": 0.5, "ecg": 0.5},
+                    tensorboard=False, prompt_texts=prompts + prompts[:1])   # duplicates count once
+    assert len(seen) == 30
+    for batch in seen:
+        assert len(batch) == cfg.batch_size + cfg.batch_size // 2
+        assert all(t in prompts for t in batch[cfg.batch_size:])
+        assert not any(t in prompts for t in batch[:cfg.batch_size])
+    assert prompt_error() < 0.5 * before
+
+
+def test_kd_batches_without_prompts_are_the_report_batches_alone(tmp_path):
+    bound, train, student, cfg = _setup(True, steps_a=2, steps_b=0)
+    seen = []
+    original = student.encode_texts
+    student.encode_texts = lambda texts: (seen.append(list(texts)), original(texts))[1]
+    distill_student(student, bound, train, cfg, tmp_path, probabilities={"xray": 0.5, "ecg": 0.5}, tensorboard=False)
+    corpus = {t for s in train.values() for t in s.texts}
+    assert [len(b) for b in seen] == [cfg.batch_size] * 2 and all(t in corpus for b in seen for t in b)

@@ -1,5 +1,4 @@
 """M3Bind.encode_images with a single file path: one study, never the path's characters."""
-from pathlib import Path
 
 import pytest
 import torch

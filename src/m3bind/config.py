@@ -112,6 +112,13 @@ class DistillConfig(Section):
     contrastive_steps: int = Field(200, ge=0, description="Steps of L_KD + L_Contrastive (paper: 1,200).")
     lr: float = Field(5e-4, gt=0, description="Learning rate for the student.")
     batch_size: int = Field(64, ge=2, description="Texts (KD steps) / image-text pairs per modality (contrastive steps).")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of L_KD beside L_Contrastive in the contrastive steps "
+                                                    "(paper eq. 9: 1). L_KD is a mean over dimensions, so at 1 the "
+                                                    "contrastive term outweighs it by orders of magnitude.")
+    prompt_texts: bool = Field(False, description="The KD term also covers every modality's zero-shot prompt texts "
+                                                  "(from its prompt file, or naive prompts made from the label "
+                                                  "names), half a batch of them per step, so the student answers "
+                                                  "the class prompts the way its teachers do.")
     cache_embeddings: bool = Field(True, description="Compute frozen teacher/image embeddings once and reuse them.")
     update_heads: bool = Field(False, description="The contrastive steps also train the binding heads so image embeddings "
                                                   "move toward the student's text space.")

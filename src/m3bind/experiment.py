@@ -63,6 +63,7 @@ class Experiment:
                                        else self.out_dir / "cache")
         self._manifests: dict[str, Manifest] = {}
         self._studies: dict[tuple[str, str, bool], StudySet] = {}
+        self._model_preprocess: dict[str, object] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Experiment":
@@ -95,9 +96,19 @@ class Experiment:
         return read_manifest(resolve_path(self.config_path, self.cfg.paired_manifests[modality]), modality)
 
     def preprocess(self, modality: str):
+        """The preprocessing of the modality's studies: a published model's own (what its adapter
+        says it was trained with), else the modality's defaults (demo sizes when ``demo_sizes``),
+        with the config's ``preprocess`` overrides on top."""
         from m3bind.data.transforms import default_preprocess
+        from m3bind.models.adapters import adapter_class
 
-        base = default_preprocess(modality, demo=self.cfg.demo_sizes)
+        if adapter_class(self._modality(modality).model.type).trains_from_scratch:
+            base = default_preprocess(modality, demo=self.cfg.demo_sizes)
+        else:
+            if modality not in self._model_preprocess:
+                # Loaded once for its settings only: the stages load their own copies to train.
+                self._model_preprocess[modality] = self.load_unbound(modality).preprocess
+            base = self._model_preprocess[modality]
         overrides = self._modality(modality).preprocess
         try:
             return type(base).model_validate({**base.model_dump(), **overrides})

@@ -58,6 +58,9 @@ SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.1, "test": 0.2}
 # per modality and 640 paired patients (128 val, 512 test), enough to read a difference of a
 # few points (the training splits keep the sizes GROUP_FRACTIONS x SPLIT_FRACTIONS give).
 TEST_PATIENTS_SHARE = 0.125
+# Every choice is made on validation, so it is sized like an evaluation split too: at 2000
+# patients at least 100 validation studies per modality (the training share alone gives 24-60).
+VAL_PATIENTS_SHARE = 0.05
 PAIRED_PATIENTS_SHARE = 0.32
 PAIRED_SPLIT_FRACTIONS: dict[str, float] = {"val": 0.2, "test": 0.8}
 
@@ -238,8 +241,8 @@ def plan_cohort(n_patients: int, seed: int, vocabularies: Mapping[str, Sequence[
 
     ``vocabularies``: modality -> its renderer's FINDINGS. ``n_patients`` sets the training and
     validation splits (GROUP_FRACTIONS x SPLIT_FRACTIONS, as if the test splits and the paired
-    group were carved out of it); the test splits and the paired group are sized by
-    :func:`evaluation_sizes`. Patient ids are P000000... in a random order across groups, so an
+    group were carved out of it; validation is at least VAL_PATIENTS_SHARE x n_patients); the test
+    splits and the paired group are sized by :func:`evaluation_sizes`. Patient ids are P000000... in a random order across groups, so an
     id says nothing about the group.
     """
     if n_patients < len(GROUP_FRACTIONS):
@@ -252,7 +255,8 @@ def plan_cohort(n_patients: int, seed: int, vocabularies: Mapping[str, Sequence[
             splits_by_group[group] = dict(paired_splits)
         else:
             sizes = split_sizes(share)
-            splits_by_group[group] = {"train": sizes["train"], "val": sizes["val"], "test": test}
+            val = max(sizes["val"], round(VAL_PATIENTS_SHARE * n_patients))
+            splits_by_group[group] = {"train": sizes["train"], "val": val, "test": test}
     group_sizes = {group: sum(sizes.values()) for group, sizes in splits_by_group.items()}
     total = sum(group_sizes.values())
     numbers = rng.permutation(total)

@@ -74,6 +74,22 @@ def class_prompts(exp: Experiment, modality: str, classes: Sequence[str], style:
     return expert_prompts(prompt_set, classes, class_name=(rule or stage_prototype_rule(exp)).class_name)
 
 
+def prompt_corpus(exp: Experiment, modality: str) -> list[str]:
+    """Every prompt text zero-shot evaluation may embed for this modality (naive, expert with and
+    without the bare class name, sampled, presence pairs), once each: what ``distill.prompt_texts``
+    adds to the student's KD texts. Built from the prompt file and the label names only."""
+    from m3bind.eval.prompts import expert_prompts, naive_prompts, presence_pairs, sampled_prompts
+
+    prompt_set = prompt_set_for(exp, modality)
+    classes = modality_classes(exp, modality)
+    groups = [naive_prompts(prompt_set, classes), expert_prompts(prompt_set, classes, class_name=True),
+              expert_prompts(prompt_set, classes, class_name=False),
+              sampled_prompts(prompt_set, classes, n=10, seed=exp.cfg.seed, use_template=True)]
+    texts = [t for group in groups for prompts in group.values() for t in prompts]
+    texts += [t for pair in presence_pairs(prompt_set, classes[1:]).values() for t in pair]
+    return list(dict.fromkeys(texts))
+
+
 def modality_classes(exp: Experiment, modality: str) -> list[str]:
     return ["normal", *exp.manifest(modality).label_names()]
 

@@ -177,6 +177,7 @@ class Report(_Node):
     created: str
     command: str
     seconds: float = Field(ge=0)
+    timings: dict[str, float] | None = None         # seconds per part of the evaluation
     modalities: list[str] = Field(min_length=1)
     variants: dict[str, str] = Field(min_length=1)
     zero_shot: dict[str, dict[str, ZeroShotEntry]]

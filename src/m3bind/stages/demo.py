@@ -8,6 +8,7 @@ import yaml
 
 from m3bind.config import ExperimentConfig, parse_config
 from m3bind.experiment import Experiment
+from m3bind.timing import StageTimer
 
 
 def _demo_file() -> dict:
@@ -43,18 +44,26 @@ def run_demo(out: Path, patients: int, seed: int, quick: bool, *, cohort_progres
     from m3bind.cohort import generate_cohort, write_preview
     from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
 
+    timer = StageTimer(log)
     cohort_dir = out / "cohort"
-    generate_cohort(cohort_dir, n_patients=demo_patients(patients, quick), seed=seed, workers=2,
-                    progress=cohort_progress)
-    log(f"preview: {write_preview(cohort_dir, cohort_dir / 'preview.png')}")
+    with timer("cohort"):
+        generate_cohort(cohort_dir, n_patients=demo_patients(patients, quick), seed=seed, workers=2,
+                        progress=cohort_progress)
+        log(f"preview: {write_preview(cohort_dir, cohort_dir / 'preview.png')}")
     exp = Experiment(demo_config(cohort_dir, out, quick=quick))
     log(f"config: {exp.save_config()}")
-    run_pretrain(exp, progress=progress, log=log)
-    run_bind(exp, progress=progress, log=log)
-    run_distill(exp, progress=progress, log=log)
-    report = run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=log)
-    index = index_test_studies(exp, out / "index", workers=exp.cfg.data.workers)
+    with timer("pretrain"):
+        run_pretrain(exp, progress=progress, log=log)
+    with timer("bind"):
+        run_bind(exp, progress=progress, log=log)
+    with timer("distill"):
+        run_distill(exp, progress=progress, log=log)
+    with timer("evaluate"):
+        report = run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=log)
+    with timer("index"):
+        index = index_test_studies(exp, out / "index", workers=exp.cfg.data.workers)
     log(f"search index of the test and paired studies: {index} (try `m3bind serve {index} --model {out / 'model'}`)")
+    timer.write(out / "timings.json", parts={"evaluate": report.get("timings", {})})
     return report
 
 

@@ -2,8 +2,8 @@
 text encoder; writes distill/summary.json and the final model."""
 from __future__ import annotations
 
-from m3bind.eval.protocol import (describe_zero_shot, modality_zero_shot, paired_retrieval, retrieval_pairs,
-                                  stage_prototype_rule)
+from m3bind.eval.protocol import (describe_zero_shot, modality_zero_shot, paired_retrieval, prompt_corpus,
+                                  retrieval_pairs, stage_prototype_rule)
 from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.models.view import SharedSpaceView
@@ -21,12 +21,14 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     pairs = retrieval_pairs(exp)
     train = {m: exp.studies(m, "train") for m in names}
     corpus = [t for m in names for t in train[m].texts]
-    student = build_student(exp.cfg.distill.student, corpus, exp.cfg.shared_dim, seed=exp.cfg.seed,
+    prompts = [t for m in names for t in prompt_corpus(exp, m)] if exp.cfg.distill.prompt_texts else []
+    student = build_student(exp.cfg.distill.student, corpus + prompts, exp.cfg.shared_dim, seed=exp.cfg.seed,
                             config_dir=exp.config_path.parent if exp.config_path else None).to(exp.device)
     probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
     before_retrieval = paired_retrieval(exp, bound, pairs)
     outcome = distill_student(student, bound, train, exp.cfg.distill, exp.out_dir / "distill",
-                              probabilities=probabilities, seed=exp.cfg.seed, resume=resume, progress=progress)
+                              probabilities=probabilities, seed=exp.cfg.seed, resume=resume, progress=progress,
+                              prompt_texts=prompts)
     student.eval()
     zero_shot = {m: modality_zero_shot(exp, m, SharedSpaceView(bound[m].model, bound[m].head, student))
                  for m in names}

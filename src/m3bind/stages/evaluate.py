@@ -44,6 +44,7 @@ from m3bind.eval.retrieval import QueryScores, embedding_query_scores
 from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, single_label_targets
 from m3bind.experiment import Experiment
 from m3bind.stages.artifacts import bind_dir, load_bound, model_dir
+from m3bind.timing import StageTimer
 
 SAMPLED_PROMPTS = 10  # prompts per class for the sampled (CheXpert 5x200 style) protocol
 
@@ -274,19 +275,22 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     from m3bind.train.bind import cross_encoder_text_recall, text_agreement
 
     start = time.perf_counter()
+    timer = StageTimer(log=lambda _: None)
     names = exp.cfg.bind.modalities or exp.modalities
     bootstrap = Bootstrap(exp.cfg.eval.bootstrap_resamples, exp.cfg.eval.bootstrap_seed)
     if exp.cfg.eval.lambda0_control and (bind_dir(exp) / "model" / "bound.json").exists():
-        run_control(exp, progress=progress, log=log)
+        with timer("control binding"):
+            run_control(exp, progress=progress, log=log)
     variants = load_variants(exp, names)
     pairs = retrieval_pairs(exp) if exp.cfg.paired_manifests else []
 
     # --- choices, on the validation splits only ---
-    fixed = configured_rule(exp)
-    rule_choice = ({"chosen": fixed.name, "configured": True} if fixed is not None
-                   else choose_prototype_rule(exp, variants))
-    rule = PROTOTYPE_RULES[rule_choice["chosen"]]
-    chaining_choice = choose_chaining_profile(exp, variants["unbound"], pairs) if pairs else None
+    with timer("choices on validation"):
+        fixed = configured_rule(exp)
+        rule_choice = ({"chosen": fixed.name, "configured": True} if fixed is not None
+                       else choose_prototype_rule(exp, variants))
+        rule = PROTOTYPE_RULES[rule_choice["chosen"]]
+        chaining_choice = choose_chaining_profile(exp, variants["unbound"], pairs) if pairs else None
     log(f"chosen on validation: prototypes '{rule.name}' ({rule.description})"
         + (f", chaining profile '{chaining_choice['chosen']}'" if chaining_choice else ""))
 
@@ -306,35 +310,43 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     raw: dict[str, dict[str, dict]] = {}
     for m in names:
         report["zero_shot"][m], raw[m] = {}, {}
-        for v, views in variants.items():
-            if m in views:
-                report["zero_shot"][m][v], raw[m][v] = zero_shot_tables(exp, m, views[m], embeddings(v, m, views[m]),
-                                                                        rule, bootstrap)
+        with timer("zero-shot"):
+            for v, views in variants.items():
+                if m in views:
+                    report["zero_shot"][m][v], raw[m][v] = zero_shot_tables(exp, m, views[m],
+                                                                            embeddings(v, m, views[m]), rule, bootstrap)
         if few_shot:
-            report["few_shot"][m] = {v: few_shot_table(exp, m, views[m], embeddings(v, m, views[m]))
-                                     for v, views in variants.items() if m in views}
+            with timer("few-shot"):
+                report["few_shot"][m] = {v: few_shot_table(exp, m, views[m], embeddings(v, m, views[m]))
+                                         for v, views in variants.items() if m in views}
         log(f"evaluated {m}")
     texts = heldout_texts(exp, names)
     if pairs:
-        scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"],
-                                                chaining_choice["concepts"])
-        for v, by_pair in scores.items():
-            report["retrieval"][v] = {pair: _retrieval_entry(s, bootstrap, **(extras[pair] if v == "random_heads" else {}))
-                                      for pair, s in by_pair.items()}
-        report["differences"] += retrieval_differences(scores, bootstrap)
+        with timer("retrieval"):
+            scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"],
+                                                    chaining_choice["concepts"])
+            for v, by_pair in scores.items():
+                report["retrieval"][v] = {pair: _retrieval_entry(s, bootstrap,
+                                                                 **(extras[pair] if v == "random_heads" else {}))
+                                          for pair, s in by_pair.items()}
+            report["differences"] += retrieval_differences(scores, bootstrap)
     report["differences"] += zero_shot_differences(raw, bootstrap)
-    for v, views in variants.items():
-        report["text_to_image"][v] = {m: _stringify_k(text_to_image(exp, m, views[m], embeddings(v, m, views[m])))
-                                      for m in names if m in views}
-        if v != "m3bind":
-            report["text_space"][v] = {"agreement": text_agreement(views, texts),
-                                       "text_recall": cross_encoder_text_recall(views, texts)}
+    with timer("text-to-image and text space"):
+        for v, views in variants.items():
+            report["text_to_image"][v] = {m: _stringify_k(text_to_image(exp, m, views[m], embeddings(v, m, views[m])))
+                                          for m in names if m in views}
+            if v != "m3bind":
+                report["text_space"][v] = {"agreement": text_agreement(views, texts),
+                                           "text_recall": cross_encoder_text_recall(views, texts)}
     if exp.cfg.eval.student_check.enabled and {"bound", "m3bind"} <= set(variants):
-        report["student_check"] = run_student_check(exp, variants["bound"], variants["m3bind"], rule, bootstrap, log=log)
+        with timer("student check"):
+            report["student_check"] = run_student_check(exp, variants["bound"], variants["m3bind"], rule, bootstrap,
+                                                        log=log)
     if exp.cfg.eval.real_reports and "xray" in names:
-        report["real_reports"] = real_report_check({v: variants[v]["xray"] for v in ("bound", "m3bind")
-                                                    if v in variants and "xray" in variants[v]},
-                                                   prompt_set_for(exp, "xray"), rule, bootstrap)
+        with timer("real reports"):
+            report["real_reports"] = real_report_check({v: variants[v]["xray"] for v in ("bound", "m3bind")
+                                                        if v in variants and "xray" in variants[v]},
+                                                       prompt_set_for(exp, "xray"), rule, bootstrap)
         if report["real_reports"].get("skipped"):
             report["notes"].append(f"Real-report check skipped: {report['real_reports']['skipped']}")
 
@@ -348,6 +360,7 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     if after:
         maps["after"] = embedding_sample(exp, variants[after], after, embeddings)
     report["seconds"] = time.perf_counter() - start
+    report["timings"] = timer.seconds
     out_dir = exp.out_dir / "report"
     if on_main_process(lambda: write_report(report, out_dir, embeddings=maps)) is not None:
         log(f"report written to {out_dir / 'report.md'}")

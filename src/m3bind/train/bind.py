@@ -110,10 +110,15 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
             # gather() restores global-batch order, so the labels follow full_index
             labels = [train[m].labels[i] for i in full_index.tolist()] if cfg.label_aware else None
             clip_losses[m] = clip_objective(image_emb, text_emb, bound[m].logit_scale(), labels)
-        texts = parallel.shard(sample_texts(corpora, balance.probabilities, cfg.text_batch_size,
-                                            step_generator(seed, step, 0)))
-        text_emb = {m: bound[m].encode_texts(texts) for m in names}
-        parts = binding_loss(clip_losses, balance.loss_weights, text_emb, cfg.lambda_text)
+        if cfg.lambda_text == 0:
+            # The lambda = 0 control: the alignment term weighs nothing, so its text passes are skipped.
+            parts = binding_loss(clip_losses, balance.loss_weights, {}, 0.0)
+            del parts["text_mse"]
+        else:
+            texts = parallel.shard(sample_texts(corpora, balance.probabilities, cfg.text_batch_size,
+                                                step_generator(seed, step, 0)))
+            text_emb = {m: bound[m].encode_texts(texts) for m in names}
+            parts = binding_loss(clip_losses, balance.loss_weights, text_emb, cfg.lambda_text)
         return {**{f"clip/{m}": loss_m for m, loss_m in clip_losses.items()}, **parts}
 
     def agreement(step: int) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Distillation, SESKD (paper eq. 7-9): distil the M bound text encoders into one student.
 
 KD steps (``kd_steps``):                   L = L_KD = sum_m MSE(T_m, T_student)
-then contrastive steps (``contrastive_steps``): L = L_KD + sum_m L_Contrastive^(m)
+then contrastive steps (``contrastive_steps``): L = kd_weight * L_KD + sum_m L_Contrastive^(m)
+(eq. 9 has kd_weight 1)
 L_Contrastive^(m) is eq. 8: for each report in a batch of modality m's image-text pairs, the
 cross-entropy of picking its own image among the batch's images, with the student's text
 embedding and modality m's (frozen) image embedding; the temperature is modality m's.
@@ -15,7 +16,7 @@ modality's IMAGE embeddings follow the student's text space.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -44,7 +45,9 @@ def teacher_encoders(bound: Mapping[str, BoundModality]) -> dict[str, callable]:
 def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModality],
                     train: Mapping[str, StudySet], cfg: DistillConfig, run_dir: Path, *,
                     probabilities: Mapping[str, float], seed: int = 0, resume: bool = False, progress=None,
-                    stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
+                    stop_after: int | None = None, tensorboard: bool = True,
+                    prompt_texts: Sequence[str] = ()) -> LoopResult:
+    """SESKD; ``prompt_texts`` (zero-shot prompts) join every KD batch, half a batch of them per step."""
     names = list(bound)
     for module in bound.values():
         module.eval()
@@ -56,7 +59,8 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
             p.requires_grad_(True)
     trainable = nn.ModuleDict({"student": student, "heads": heads})
     corpora = {m: train[m].texts for m in names}
-    teachers = FrozenTextEmbeddings(teacher_encoders(bound), [t for m in names for t in corpora[m]],
+    prompt_texts = list(dict.fromkeys(prompt_texts))
+    teachers = FrozenTextEmbeddings(teacher_encoders(bound), [t for m in names for t in corpora[m]] + prompt_texts,
                                     cfg.cache_embeddings, directory=run_dir / "frozen" / "teachers",
                                     device=student.device)
     images = {m: FrozenImageEmbeddings(bound[m], train[m].images, cfg.cache_embeddings,
@@ -67,6 +71,11 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
 
     def step_fn(step: int) -> dict[str, Tensor]:
         texts = sample_texts(corpora, probabilities, cfg.batch_size, step_generator(seed, step, 0))
+        if prompt_texts:
+            # A stream past the contrastive ones, so the report batches stay those of a run without prompts.
+            picks = sample_batch(len(prompt_texts), max(1, cfg.batch_size // 2),
+                                 step_generator(seed, step, len(names) + 1))
+            texts = texts + [prompt_texts[i] for i in picks.tolist()]
         student_emb = student.encode_texts(texts)
         parts = {"kd": kd_loss(teachers(texts), student_emb)}
         loss = parts["kd"]
@@ -80,7 +89,7 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
                 parts[f"contrastive/{m}"] = term
                 contrastive = contrastive + term
             parts["contrastive"] = contrastive
-            loss = loss + contrastive
+            loss = cfg.kd_weight * parts["kd"] + contrastive
         parts["loss"] = loss
         return parts
 
