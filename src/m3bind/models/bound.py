@@ -22,6 +22,7 @@ from m3bind.errors import CheckpointError, DataError
 from m3bind.models.adapters import adapter_names, load_saved_adapter
 from m3bind.models.base import ModalityModel
 from m3bind.models.descriptions import M3BindDescription, ModalityEntry, read_description, write_description
+from m3bind.models.embedding import embed_in_batches
 from m3bind.models.heads import BindingHead
 from m3bind.models.student import StudentTextEncoder
 from m3bind.models.weights import check_state, read_weights, save_weights
@@ -90,15 +91,14 @@ class M3Bind(nn.Module):
             tensors = [self._to_tensor(modality, item) for item in items]
         if not tensors:
             return torch.empty(0, self.shared_dim)
-        out = []
-        for start in range(0, len(tensors), batch_size):
-            chunk = tensors[start:start + batch_size]
+
+        def encode(chunk: list[Tensor]) -> Tensor:
             shapes = {tuple(t.shape) for t in chunk}
             if len(shapes) != 1:
                 raise DataError(None, f"{modality} studies have different shapes after preprocessing: {sorted(shapes)}")
-            batch = torch.stack(chunk).to(self.device)
-            out.append(head(model.encode_image(batch)).cpu())
-        return torch.cat(out)
+            return head(model.encode_image(torch.stack(chunk).to(self.device))).cpu()
+
+        return embed_in_batches(encode, tensors, batch_size)
 
     @torch.no_grad()
     def encode_slide(self, path: str | Path, modality: str = "pathology", *, magnification: float = 20.0,
@@ -126,8 +126,9 @@ class M3Bind(nn.Module):
     def encode_texts(self, texts: Sequence[str] | str, batch_size: int = 128) -> Tensor:
         """(N, D) normalised shared-space embeddings from the student text encoder."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return torch.cat([self.student.encode_texts(texts[i:i + batch_size]).cpu()
-                          for i in range(0, len(texts), batch_size)]) if texts else torch.empty(0, self.shared_dim)
+        if not texts:
+            return torch.empty(0, self.shared_dim)
+        return embed_in_batches(lambda chunk: self.student.encode_texts(chunk).cpu(), texts, batch_size)
 
     def view(self, modality: str):
         """One modality in the shared space (its image model + head, the student's texts): the

@@ -110,8 +110,8 @@ def build_student(cfg: StudentConfig, corpus: Sequence[str], shared_dim: int, se
 
         tokenizer = train_tokenizer(corpus, vocab_size=4000, max_length=128)
         torch.manual_seed(seed)
-        config = small_bert_config(len(tokenizer), hidden_size=128, num_layers=2, num_heads=4,
-                                   intermediate_size=256, max_length=128)
+        config = small_bert_config(len(tokenizer), hidden_size=cfg.width, num_layers=cfg.layers,
+                                   num_heads=max(1, cfg.width // 32), intermediate_size=2 * cfg.width, max_length=128)
         return StudentTextEncoder(BertModel(config, add_pooling_layer=False), tokenizer, shared_dim,
                                   cfg.pooling, 128, seed)
     if cfg.type == "minilm":
