@@ -63,3 +63,14 @@ def test_every_stage_computes_on_the_configured_device(tmp_path, device, monkeyp
     finally:
         handle.remove()
     assert seen == {torch.device(device).type}
+
+
+def test_mixed_precision_auto_is_bf16_only_on_a_cuda_gpu_that_supports_it(monkeypatch):
+    from m3bind.devices import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", torch.device("cpu")) == "no"
+    assert resolve_mixed_precision("bf16", torch.device("cpu")) == "bf16"   # asked for: kept
+    assert resolve_mixed_precision("no", torch.device("cuda", 0)) == "no"
+    for supported, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_mixed_precision("auto", torch.device("cuda", 0)) == expected

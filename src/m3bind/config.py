@@ -86,7 +86,9 @@ class BindConfig(Section):
     image_batch_size: int = Field(32, ge=2, description="Image-text pairs per modality per step (paper: 72, CT 8).")
     text_batch_size: int = Field(64, ge=1, description="Texts per step for text alignment (paper: 64).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    mixed_precision: Literal["no", "bf16"] = Field("no", description="Autocast precision (bf16 where the device supports it).")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="Autocast precision: 'auto' is bf16 on a "
+                                                                           "CUDA GPU that supports it, else full "
+                                                                           "precision.")
     label_aware: bool = Field(False, description="Per-modality CLIP terms with soft targets: studies with the "
                                                  "same findings are not negatives (use when the models were "
                                                  "trained that way, as the built-in ones and FLAIR are).")

@@ -23,6 +23,14 @@ def resolve_device(setting: str = "auto") -> torch.device:
     return device
 
 
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on a CUDA GPU that supports bf16 (no loss scaler needed), else
+    full precision ("no"): CPU bf16 autocast is slower than float32 on most CPUs."""
+    if setting != "auto":
+        return setting
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+
+
 def is_main_process() -> bool:
     """Rank 0 of a launched group (accelerate launch, torchrun), or a lone process."""
     return int(os.environ.get("RANK", 0)) == 0

@@ -76,11 +76,13 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
     """Bind already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding)."""
     from accelerate import Accelerator
 
+    from m3bind.devices import resolve_mixed_precision
     from m3bind.errors import ConfigError
     from m3bind.train.distributed import DataParallel
 
     device = next(iter(bound.values())).model.device
-    accelerator = Accelerator(cpu=device.type != "cuda", mixed_precision=cfg.mixed_precision)
+    precision = resolve_mixed_precision(cfg.mixed_precision, device)
+    accelerator = Accelerator(cpu=device.type != "cuda", mixed_precision=precision)
     parallel = DataParallel(accelerator)
     for name in ("image_batch_size", "text_batch_size"):
         if getattr(cfg, name) % parallel.world:
@@ -129,7 +131,7 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
         return values
 
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
-                            checkpoint_every=cfg.checkpoint_every, mixed_precision=cfg.mixed_precision,
+                            checkpoint_every=cfg.checkpoint_every, mixed_precision=precision,
                             description="bind")
     return run_loop(container, optimizer, step_fn, settings, run_dir, accelerator=accelerator, resume=resume,
                     progress=progress, on_checkpoint=agreement, stop_after=stop_after, tensorboard=tensorboard)
