@@ -18,7 +18,8 @@ width in the contrastive steps: a sum over dimensions instead of a mean), long_k
 config's settings with 4x the KD steps), wide / wide_long_kd (a built-in student of width 256 and 4
 layers instead of 128 and 2), minilm (the
 pretrained all-MiniLM-L6-v2 student, same steps; about 17x the cost of a built-in step),
-minilm_kd_only (MiniLM, every step KD).
+minilm_kd_only (MiniLM, every step KD), own_teacher / own_teacher_quarter (distill.other_teachers 0
+/ 0.25: each text learnt from its own modality's teacher, the others weighted 0 / 0.25).
 Also printed: the student's mean pairwise cosine over a few validation reports and prompts (1.0 =
 it answers every text with the same vector).
 """
@@ -56,6 +57,8 @@ def options(exp: Experiment) -> dict[str, dict]:
             "wide": {"student": distill.student.model_copy(update={"width": 256, "layers": 4})},
             "wide_long_kd": {"student": distill.student.model_copy(update={"width": 256, "layers": 4}),
                              "kd_steps": 4 * distill.kd_steps},
+            "own_teacher": {"other_teachers": 0.0},
+            "own_teacher_quarter": {"other_teachers": 0.25},
             "minilm": {"student": distill.student.model_copy(update={"type": "minilm"})},
             "minilm_kd_only": {"student": distill.student.model_copy(update={"type": "minilm"}),
                                "kd_steps": distill.kd_steps + distill.contrastive_steps, "contrastive_steps": 0}}

@@ -198,7 +198,7 @@ def test_prompt_texts_join_every_kd_batch_and_move_the_student_toward_the_teache
     before = prompt_error()
     student.encode_texts = spy
     distill_student(student, bound, train, cfg, tmp_path, probabilities={"xray": 0.5, "ecg": 0.5},
-                    tensorboard=False, prompt_texts=prompts + prompts[:1])   # duplicates count once
+                    tensorboard=False, prompt_texts={"xray": prompts[:2], "ecg": prompts[2:]})
     assert len(seen) == 30
     for batch in seen:
         assert len(batch) == cfg.batch_size + cfg.batch_size // 2
@@ -215,3 +215,33 @@ def test_kd_batches_without_prompts_are_the_report_batches_alone(tmp_path):
     distill_student(student, bound, train, cfg, tmp_path, probabilities={"xray": 0.5, "ecg": 0.5}, tensorboard=False)
     corpus = {t for s in train.values() for t in s.texts}
     assert [len(b) for b in seen] == [cfg.batch_size] * 2 and all(t in corpus for b in seen for t in b)
+
+
+def test_source_teacher_weights_by_hand_and_kd_loss_with_all_ones_is_eq7():
+    from m3bind.train.losses import source_teacher_weights
+
+    w = source_teacher_weights(["xray", "ecg", "prompt"], ["xray", "ecg", "ct"], other_weight=0.25)
+    # xray text: raw (1, .25, .25) -> x 3/1.5 = (2, .5, .5); ecg text likewise; a text of no teacher's
+    # corpus weighs every teacher 1.
+    assert torch.allclose(w["xray"], torch.tensor([2.0, 0.5, 1.0]))
+    assert torch.allclose(w["ecg"], torch.tensor([0.5, 2.0, 1.0]))
+    assert torch.allclose(w["ct"], torch.tensor([0.5, 0.5, 1.0]))
+    only_own = source_teacher_weights(["xray", "ecg"], ["xray", "ecg"], other_weight=0.0)
+    assert only_own["xray"].tolist() == [2.0, 0.0] and only_own["ecg"].tolist() == [0.0, 2.0]
+    torch.manual_seed(0)
+    teachers = {m: torch.randn(3, 4) for m in ("xray", "ecg", "ct")}
+    student = torch.randn(3, 4)
+    ones = source_teacher_weights(["xray", "ecg", "ct"], list(teachers), other_weight=1.0)
+    assert kd_loss(teachers, student, ones).item() == pytest.approx(kd_loss(teachers, student).item(), rel=1e-6)
+    own = kd_loss(teachers, student, source_teacher_weights(["xray", "ecg", "ct"], list(teachers), 0.0))
+    expected = sum(3 * ((teachers[m][i] - student[i]) ** 2).mean() / 3 for i, m in enumerate(teachers))
+    assert own.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_sample_texts_draws_exactly_the_texts_of_sample_text_sources():
+    from m3bind.train.sampling import sample_text_sources, sample_texts, step_generator
+
+    corpora = {"xray": ["a", "b", "c"], "ecg": ["d", "e"]}
+    drawn = sample_text_sources(corpora, {"xray": 0.5, "ecg": 0.5}, 20, step_generator(0, 3))
+    assert [t for _, t in drawn] == sample_texts(corpora, {"xray": 0.5, "ecg": 0.5}, 20, step_generator(0, 3))
+    assert all(t in corpora[m] for m, t in drawn) and {m for m, _ in drawn} == {"xray", "ecg"}

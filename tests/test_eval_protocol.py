@@ -81,6 +81,11 @@ def test_report_has_baselines_control_and_intervals(run):
         assert set(report["zero_shot"][m]["bound"]["expert_by_rule"]) == {"mean+name", "mean", "renormalised+name",
                                                                          "renormalised"}
     assert report["text_space"]["control"]["agreement"] is not None
+    # Few-shot probes ran for every modality, or the report says why not (a training split whose
+    # single-label studies show one class: possible in this 40-patient cohort).
+    for m in MODALITIES:
+        skipped = [n for n in report["notes"] if n.startswith(f"{m}: few-shot probes skipped")]
+        assert (m in report["few_shot"]) != bool(skipped), m
     protocol_info = report["protocol"]
     assert protocol_info["tuning_split"] == "val" and protocol_info["report_split"] == "test"
     assert protocol_info["prototype_choice"]["chosen"] == protocol_info["prototype_rule"]

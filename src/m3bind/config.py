@@ -120,6 +120,10 @@ class DistillConfig(Section):
     kd_weight: float = Field(1.0, ge=0, description="Weight of L_KD beside L_Contrastive in the contrastive steps "
                                                     "(paper eq. 9: 1). L_KD is a mean over dimensions, so at 1 the "
                                                     "contrastive term outweighs it by orders of magnitude.")
+    other_teachers: float = Field(1.0, ge=0, le=1, description="Weight in L_KD of the teachers of the modalities a "
+                                                             "text did NOT come from, relative to its own "
+                                                             "modality's teacher (1 = eq. 7, all alike; 0 = its "
+                                                             "own teacher only); rescaled so L_KD keeps its scale.")
     prompt_texts: bool = Field(False, description="The KD term also covers every modality's zero-shot prompt texts "
                                                   "(from its prompt file, or naive prompts made from the label "
                                                   "names), half a batch of them per step, so the student answers "

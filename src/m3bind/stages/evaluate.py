@@ -132,6 +132,11 @@ def zero_shot_tables(exp: Experiment, modality: str, view, image_emb: torch.Tens
     return entry, {"naive": naive, "expert": by_rule[rule.name]}
 
 
+def _probe_classes_ok(exp: Experiment, modality: str) -> bool:
+    _, train_y = single_label_targets(exp.studies(modality, "train").labels, modality_classes(exp, modality))
+    return len(np.unique(train_y)) >= 2
+
+
 @torch.no_grad()
 def few_shot_table(exp: Experiment, modality: str, view, test_image_emb: torch.Tensor) -> dict:
     classes = modality_classes(exp, modality)
@@ -315,7 +320,10 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
                 if m in views:
                     report["zero_shot"][m][v], raw[m][v] = zero_shot_tables(exp, m, views[m],
                                                                             embeddings(v, m, views[m]), rule, bootstrap)
-        if few_shot:
+        if few_shot and not _probe_classes_ok(exp, m):
+            report["notes"].append(f"{m}: few-shot probes skipped: the training split's single-label studies "
+                                   "cover fewer than two classes, and a probe needs two.")
+        elif few_shot:
             with timer("few-shot"):
                 report["few_shot"][m] = {v: few_shot_table(exp, m, views[m], embeddings(v, m, views[m]))
                                          for v, views in variants.items() if m in views}

@@ -1,6 +1,7 @@
 """Distillation, SESKD (paper eq. 7-9): distil the M bound text encoders into one student.
 
 KD steps (``kd_steps``):                   L = L_KD = sum_m MSE(T_m, T_student)
+(``other_teachers`` < 1 weighs each text's own modality's teacher above the others; 1 is eq. 7)
 then contrastive steps (``contrastive_steps``): L = kd_weight * L_KD + sum_m L_Contrastive^(m)
 (eq. 9 has kd_weight 1)
 L_Contrastive^(m) is eq. 8: for each report in a batch of modality m's image-text pairs, the
@@ -27,9 +28,9 @@ from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
-from m3bind.train.losses import kd_loss, text_to_image_infonce
+from m3bind.train.losses import kd_loss, source_teacher_weights, text_to_image_infonce
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop
-from m3bind.train.sampling import sample_batch, sample_texts, step_generator
+from m3bind.train.sampling import sample_batch, sample_text_sources, step_generator
 
 
 def teacher_encoders(bound: Mapping[str, BoundModality]) -> dict[str, callable]:
@@ -46,8 +47,9 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
                     train: Mapping[str, StudySet], cfg: DistillConfig, run_dir: Path, *,
                     probabilities: Mapping[str, float], seed: int = 0, resume: bool = False, progress=None,
                     stop_after: int | None = None, tensorboard: bool = True,
-                    prompt_texts: Sequence[str] = ()) -> LoopResult:
-    """SESKD; ``prompt_texts`` (zero-shot prompts) join every KD batch, half a batch of them per step."""
+                    prompt_texts: Mapping[str, Sequence[str]] | None = None) -> LoopResult:
+    """SESKD; ``prompt_texts`` (modality -> its zero-shot prompts) join every KD batch, half a batch
+    of them per step."""
     names = list(bound)
     for module in bound.values():
         module.eval()
@@ -59,8 +61,9 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
             p.requires_grad_(True)
     trainable = nn.ModuleDict({"student": student, "heads": heads})
     corpora = {m: train[m].texts for m in names}
-    prompt_texts = list(dict.fromkeys(prompt_texts))
-    teachers = FrozenTextEmbeddings(teacher_encoders(bound), [t for m in names for t in corpora[m]] + prompt_texts,
+    prompts = list(dict.fromkeys((m, t) for m, texts in (prompt_texts or {}).items() for t in texts))
+    teachers = FrozenTextEmbeddings(teacher_encoders(bound),
+                                    [t for m in names for t in corpora[m]] + [t for _, t in prompts],
                                     cfg.cache_embeddings, directory=run_dir / "frozen" / "teachers",
                                     device=student.device)
     images = {m: FrozenImageEmbeddings(bound[m], train[m].images, cfg.cache_embeddings,
@@ -70,14 +73,16 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
     total = cfg.kd_steps + cfg.contrastive_steps
 
     def step_fn(step: int) -> dict[str, Tensor]:
-        texts = sample_texts(corpora, probabilities, cfg.batch_size, step_generator(seed, step, 0))
-        if prompt_texts:
+        drawn = sample_text_sources(corpora, probabilities, cfg.batch_size, step_generator(seed, step, 0))
+        if prompts:
             # A stream past the contrastive ones, so the report batches stay those of a run without prompts.
-            picks = sample_batch(len(prompt_texts), max(1, cfg.batch_size // 2),
-                                 step_generator(seed, step, len(names) + 1))
-            texts = texts + [prompt_texts[i] for i in picks.tolist()]
+            picks = sample_batch(len(prompts), max(1, cfg.batch_size // 2), step_generator(seed, step, len(names) + 1))
+            drawn += [prompts[i] for i in picks.tolist()]
+        texts = [t for _, t in drawn]
         student_emb = student.encode_texts(texts)
-        parts = {"kd": kd_loss(teachers(texts), student_emb)}
+        weights = (None if cfg.other_teachers == 1.0 else
+                   source_teacher_weights([m for m, _ in drawn], names, cfg.other_teachers, student_emb.device))
+        parts = {"kd": kd_loss(teachers(texts), student_emb, weights)}
         loss = parts["kd"]
         if step >= cfg.kd_steps:
             contrastive = student_emb.new_zeros(())

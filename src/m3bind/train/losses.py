@@ -103,9 +103,29 @@ def binding_loss(clip_losses: Mapping[str, Tensor], weights: Mapping[str, float]
     return {"clip": clip_total, "text_mse": align, "loss": clip_total + lambda_text * align}
 
 
-def kd_loss(teacher_embeddings: Mapping[str, Tensor], student_embeddings: Tensor) -> Tensor:
-    """Eq. 7, L_KD: sum over teachers of the MSE (eq. 2's distance) to the student's embeddings."""
-    return sum(embedding_mse(t, student_embeddings) for t in teacher_embeddings.values())
+def kd_loss(teacher_embeddings: Mapping[str, Tensor], student_embeddings: Tensor,
+            row_weights: Mapping[str, Tensor] | None = None) -> Tensor:
+    """Eq. 7, L_KD: sum over teachers of the MSE (eq. 2's distance) to the student's embeddings.
+
+    ``row_weights`` (teacher -> (B,) weights) weighs each text's squared error per teacher; all
+    ones is eq. 7 exactly (see :func:`source_teacher_weights`).
+    """
+    if row_weights is None:
+        return sum(embedding_mse(t, student_embeddings) for t in teacher_embeddings.values())
+    return sum((row_weights[m][:, None] * (t - student_embeddings) ** 2).mean()
+               for m, t in teacher_embeddings.items())
+
+
+def source_teacher_weights(sources: Sequence[str], teachers: Sequence[str], other_weight: float,
+                           device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """Per-text teacher weights for :func:`kd_loss`: the teacher of the modality a text came from
+    counts 1, every other teacher ``other_weight``, rescaled so each text's weights sum to the
+    number of teachers (L_KD keeps eq. 7's scale; ``other_weight`` 1 is eq. 7). A text from no
+    teacher's corpus (source not among ``teachers``) weighs every teacher alike."""
+    raw = torch.tensor([[1.0 if source == m or source not in teachers else other_weight for m in teachers]
+                        for source in sources], dtype=torch.float32)
+    scaled = raw * len(teachers) / raw.sum(dim=1, keepdim=True)
+    return {m: scaled[:, i].to(device) for i, m in enumerate(teachers)}
 
 
 def text_to_image_infonce(text_emb: Tensor, image_emb: Tensor, logit_scale: Tensor | float) -> Tensor:

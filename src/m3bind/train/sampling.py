@@ -21,14 +21,21 @@ def sample_batch(n_items: int, batch_size: int, generator: torch.Generator) -> t
     return torch.randperm(n_items, generator=generator)[:batch_size]
 
 
-def sample_texts(corpora: Mapping[str, Sequence[str]], probabilities: Mapping[str, float], n: int,
-                 generator: torch.Generator) -> list[str]:
-    """n texts: each from modality m with probability p_m (AMB eq. 3), uniformly within that corpus."""
+def sample_text_sources(corpora: Mapping[str, Sequence[str]], probabilities: Mapping[str, float], n: int,
+                        generator: torch.Generator) -> list[tuple[str, str]]:
+    """n (modality, text) pairs: each from modality m with probability p_m (AMB eq. 3), uniformly
+    within that corpus."""
     names = list(corpora)
     probs = torch.tensor([probabilities[m] for m in names], dtype=torch.float64)
     picks = torch.multinomial(probs, n, replacement=True, generator=generator).tolist()
-    texts = []
+    drawn = []
     for m_index in picks:
         corpus = corpora[names[m_index]]
-        texts.append(corpus[int(torch.randint(len(corpus), (1,), generator=generator))])
-    return texts
+        drawn.append((names[m_index], corpus[int(torch.randint(len(corpus), (1,), generator=generator))]))
+    return drawn
+
+
+def sample_texts(corpora: Mapping[str, Sequence[str]], probabilities: Mapping[str, float], n: int,
+                 generator: torch.Generator) -> list[str]:
+    """n texts drawn as :func:`sample_text_sources` draws them."""
+    return [text for _, text in sample_text_sources(corpora, probabilities, n, generator)]
