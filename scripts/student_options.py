@@ -19,7 +19,8 @@ config's settings with 4x the KD steps), wide / wide_long_kd (a built-in student
 layers instead of 128 and 2), minilm (the
 pretrained all-MiniLM-L6-v2 student, same steps; about 17x the cost of a built-in step),
 minilm_kd_only (MiniLM, every step KD), own_teacher / own_teacher_quarter (distill.other_teachers 0
-/ 0.25: each text learnt from its own modality's teacher, the others weighted 0 / 0.25).
+/ 0.25: each text learnt from its own modality's teacher, the others weighted 0 / 0.25),
+own_teacher_kd_only (other_teachers 0, every step KD).
 Also printed: the student's mean pairwise cosine over a few validation reports and prompts (1.0 =
 it answers every text with the same vector).
 """
@@ -59,6 +60,8 @@ def options(exp: Experiment) -> dict[str, dict]:
                              "kd_steps": 4 * distill.kd_steps},
             "own_teacher": {"other_teachers": 0.0},
             "own_teacher_quarter": {"other_teachers": 0.25},
+            "own_teacher_kd_only": {"other_teachers": 0.0, "kd_steps": distill.kd_steps + distill.contrastive_steps,
+                                    "contrastive_steps": 0},
             "minilm": {"student": distill.student.model_copy(update={"type": "minilm"})},
             "minilm_kd_only": {"student": distill.student.model_copy(update={"type": "minilm"}),
                                "kd_steps": distill.kd_steps + distill.contrastive_steps, "contrastive_steps": 0}}
