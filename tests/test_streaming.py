@@ -2,6 +2,8 @@
 and equivalence with reading every study directly."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -131,3 +133,15 @@ def test_building_the_cache_leaves_the_global_rng_alone(tmp_path):
     torch.manual_seed(123)
     _experiment(tmp_path, manifest).studies("xray", "train")
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_embedding_batches_are_bounded_by_input_bytes():
+    """Evaluation and frozen-tower caches embed at most 64 MiB of input per batch: 128 demo
+    studies, but one published-size CT volume (221 MB) at a time rather than 128 (28 GB)."""
+    from m3bind.models.embedding import image_batch_size
+
+    assert image_batch_size(torch.zeros(500, 1, 32, 64, 64)) == 128        # demo CT: 512 KiB each
+    assert image_batch_size(torch.zeros(3, 1, 32, 64, 64)) == 128          # the cap, not the length
+    assert image_batch_size(torch.empty(0, 3, 224, 224), most=128) == 111  # 588 KiB -> 64 MiB / 588 KiB
+    assert image_batch_size(types.SimpleNamespace(shape=(10, 1, 240, 480, 480))) == 1
+    assert image_batch_size(["a text", "another"]) == 128                   # no shape: the cap

@@ -24,7 +24,7 @@ from m3bind.errors import DataError
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores, mean_query_scores
 from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, class_prototypes, single_label_targets
 from m3bind.experiment import Experiment
-from m3bind.models.embedding import embed_in_batches
+from m3bind.models.embedding import embed_in_batches, image_batch_size
 from m3bind.models.view import native_view
 
 # Images per forward pass when evaluating (kept fixed: the numbers must not depend on it).
@@ -40,7 +40,8 @@ STAGE_PROTOTYPE_RULE = "renormalised"
 
 def embed_images(encode_image, images) -> torch.Tensor:
     """Embeddings of ``images`` (a tensor or an on-disk row store) as a float CPU tensor."""
-    return embed_in_batches(lambda batch: encode_image(batch).float().cpu(), images, EVAL_BATCH)
+    return embed_in_batches(lambda batch: encode_image(batch).float().cpu(), images,
+                            image_batch_size(images, EVAL_BATCH))
 
 
 def embed_texts(encode_texts, texts) -> torch.Tensor:

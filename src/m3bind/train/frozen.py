@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from m3bind.models.binding import BoundModality
-from m3bind.models.embedding import embed_in_batches
+from m3bind.models.embedding import embed_in_batches, image_batch_size
 
 
 def _fresh(directory: Path | None) -> Path | None:
@@ -30,14 +30,15 @@ def _fresh(directory: Path | None) -> Path | None:
 class FrozenImageEmbeddings:
     """A modality's native image embeddings (before the binding head), cached or recomputed."""
 
-    def __init__(self, bound: BoundModality, images, cache: bool = True, batch_size: int = 128,
+    def __init__(self, bound: BoundModality, images, cache: bool = True, batch_size: int | None = None,
                  directory: Path | None = None):
         self.model = bound.model
         self.images = images
         self.table = None
         self.model.eval()
         if cache:
-            self.table = embed_in_batches(self._encode, images, batch_size, out_dir=_fresh(directory))
+            self.table = embed_in_batches(self._encode, images, batch_size or image_batch_size(images),
+                                          out_dir=_fresh(directory))
 
     def _encode(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images.to(self.model.device))
