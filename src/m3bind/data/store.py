@@ -24,8 +24,9 @@ from m3bind.errors import DataError
 from m3bind.fileio import atomic_write_text
 
 # Rows are grouped into shards of about this many bytes (large enough for sequential reads,
-# small enough that a writer's buffer stays modest).
-SHARD_BYTES = 64 * 2 ** 20
+# small enough that a writer's buffer stays modest: it is the one part of a writer's memory that
+# grows with the data, up to this bound).
+SHARD_BYTES = 16 * 2 ** 20
 INDEX_FILE = "rows.json"
 
 
@@ -156,7 +157,15 @@ class RowWriter:
     def _flush(self) -> None:
         if not self.buffered:
             return
-        np.save(self.tmp / f"shard_{len(self.shard_rows):05d}.npy", np.concatenate(self.buffer))
+        # Filled piece by piece through a mapping: concatenating first would hold the shard twice.
+        shard = np.lib.format.open_memmap(self.tmp / f"shard_{len(self.shard_rows):05d}.npy", mode="w+",
+                                          dtype=self.dtype, shape=(self.buffered, *self.row_shape))
+        start = 0
+        for piece in self.buffer:
+            shard[start:start + len(piece)] = piece
+            start += len(piece)
+        shard.flush()
+        del shard
         self.shard_rows.append(self.buffered)
         self.buffer, self.buffered = [], 0
 
