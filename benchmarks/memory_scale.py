@@ -9,6 +9,11 @@ process's peak resident memory (ru_maxrss). The figure that matters is the slope
 memory per extra study. Streaming keeps it to per-study metadata (texts, labels, ids), not
 pixels or embeddings. `--published` uses the published models' preprocessing sizes instead
 of the demo's (slow on a CPU: the CT volume alone is 240 x 480 x 480).
+
+Pick N large enough that every split already fills a batch (128 studies) and a store shard
+(16 MiB): below that, peak memory still grows with the data up to those fixed bounds, and a
+two-point slope mistakes the bounded part for a per-study cost. `--patients 2000 --factor 3`
+does; the default 200 does not.
 """
 from __future__ import annotations
 
