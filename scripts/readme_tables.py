@@ -82,6 +82,26 @@ def timings(folder: Path) -> None:
             print(f"  evaluate / {part}: {seconds:.0f} s")
 
 
+def ablations(folder: Path) -> None:
+    """The ablation studies' rows (`m3bind ablate`): concept AUC with 95% intervals per pair, and
+    the mean naive zero-shot accuracy on the test splits."""
+    for path in sorted((folder / "ablations").glob("*/ablation.json")):
+        rows = json.loads(path.read_text())
+        pairs = list(dict.fromkeys(pair for row in rows for pair in row["retrieval"]))
+        print(f"\nablation {path.parent.name}:")
+        print("| setting | " + " | ".join(pairs) + " | mean zero-shot (naive) |")
+        print("|---|" + "---|" * (len(pairs) + 1))
+        for row in rows:
+            setting = ", ".join(k for k, on in row["setting"].items() if on) or "none"
+            cells = []
+            for pair in pairs:
+                entry = row["retrieval"].get(pair)
+                cells.append("-" if entry is None or entry["concept_auc"] is None else
+                             f"{entry['concept_auc']:.3f}{_ci(entry.get('concept_auc_ci'))}")
+            zero_shot = [v for v in row["zero_shot"].values() if v is not None]
+            print(f"| {setting} | {' | '.join(cells)} | {sum(zero_shot) / len(zero_shot):.3f} |")
+
+
 if __name__ == "__main__":
     folder = Path(sys.argv[1])
     report = json.loads((folder / "report" / "report.json").read_text())
@@ -92,3 +112,4 @@ if __name__ == "__main__":
     student_check(report)
     real_reports(report)
     timings(folder)
+    ablations(folder)
