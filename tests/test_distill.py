@@ -245,3 +245,19 @@ def test_sample_texts_draws_exactly_the_texts_of_sample_text_sources():
     drawn = sample_text_sources(corpora, {"xray": 0.5, "ecg": 0.5}, 20, step_generator(0, 3))
     assert [t for _, t in drawn] == sample_texts(corpora, {"xray": 0.5, "ecg": 0.5}, 20, step_generator(0, 3))
     assert all(t in corpora[m] for m, t in drawn) and {m for m, _ in drawn} == {"xray", "ecg"}
+
+
+def test_other_teachers_one_is_eq7_and_zero_changes_the_kd_term(tmp_path):
+    """distill.other_teachers = 1 reproduces eq. 7's run exactly; 0 (each text from its own
+    modality's teacher) gives another KD value on the same first batch."""
+    first = {}
+    for weight in (1.0, 0.0):
+        bound, train, student, cfg = _setup(True, steps_a=2, steps_b=0)
+        cfg = cfg.model_copy(update={"other_teachers": weight})
+        first[weight] = distill_student(student, bound, train, cfg, tmp_path / str(weight),
+                                        probabilities={"xray": 0.5, "ecg": 0.5}, tensorboard=False).history
+    bound, train, student, cfg = _setup(True, steps_a=2, steps_b=0)
+    eq7 = distill_student(student, bound, train, cfg, tmp_path / "eq7", probabilities={"xray": 0.5, "ecg": 0.5},
+                          tensorboard=False).history
+    assert [h["kd"] for h in first[1.0]] == pytest.approx([h["kd"] for h in eq7], rel=1e-6)
+    assert first[0.0][0]["kd"] != pytest.approx(first[1.0][0]["kd"], rel=1e-3)
