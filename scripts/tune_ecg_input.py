@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from m3bind.experiment import Experiment
+from m3bind.stages.ablate import child_experiment
 from m3bind.stages.artifacts import bind_dir
 from m3bind.stages.bind import run_bind
 from m3bind.stages.pretrain import run_pretrain
@@ -21,19 +22,13 @@ from tune_binding import score
 
 def other_input_experiment(exp: Experiment, normalize: str) -> Experiment:
     """``exp`` with the ECG model retrained on ``normalize`` input; every other modality reuses
-    the experiment's pretrained model."""
-    modalities = {}
-    for m, spec in exp.cfg.modalities.items():
-        if m == "ecg":
-            modalities[m] = spec.model_copy(update={"preprocess": {**spec.preprocess, "normalize": normalize}})
-        elif exp.trains_from_scratch(m):
-            modalities[m] = spec.model_copy(update={"model": spec.model.model_copy(
-                update={"path": str(exp.pretrained_dir(m))})})
-        else:
-            modalities[m] = spec
-    cfg = exp.cfg.model_copy(update={"output_dir": str(exp.out_dir / "tuning" / f"ecg-{normalize}"),
-                                     "modalities": modalities})
-    return Experiment(cfg, exp.config_path, cache_dir=exp.cache_dir)
+    the experiment's pretrained model (as :func:`child_experiment` sets them up)."""
+    child = child_experiment(exp, exp.out_dir / "tuning" / f"ecg-{normalize}", {})
+    ecg = exp.cfg.modalities["ecg"]
+    modalities = {**child.cfg.modalities,
+                  "ecg": ecg.model_copy(update={"preprocess": {**ecg.preprocess, "normalize": normalize}})}
+    return Experiment(child.cfg.model_copy(update={"modalities": modalities}), exp.config_path,
+                      cache_dir=exp.cache_dir)
 
 
 def line(name: str, result: dict, seconds: float) -> str:

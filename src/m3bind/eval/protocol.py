@@ -27,7 +27,9 @@ from m3bind.experiment import Experiment
 from m3bind.models.embedding import embed_in_batches, image_batch_size
 from m3bind.models.view import native_view
 
-# Images per forward pass when evaluating (kept fixed: the numbers must not depend on it).
+# Images per forward pass when evaluating, at most (fewer only for studies so large that 128 would
+# exceed models.embedding.EMBED_BATCH_BYTES); fixed for a given input size, so the numbers do not
+# depend on the machine.
 EVAL_BATCH = 128
 # Random head draws averaged for the chance-level retrieval baseline (see random_head_scores).
 RANDOM_HEAD_DRAWS = 10

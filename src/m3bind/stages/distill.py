@@ -22,7 +22,9 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     train = {m: exp.studies(m, "train") for m in names}
     corpus = [t for m in names for t in train[m].texts]
     prompts = {m: prompt_corpus(exp, m) for m in names} if exp.cfg.distill.prompt_texts else {}
-    student = build_student(exp.cfg.distill.student, corpus + [t for texts in prompts.values() for t in texts], exp.cfg.shared_dim, seed=exp.cfg.seed,
+    # The built-in student's tokenizer is trained on every text it will be distilled on.
+    vocabulary_texts = corpus + [t for texts in prompts.values() for t in texts]
+    student = build_student(exp.cfg.distill.student, vocabulary_texts, exp.cfg.shared_dim, seed=exp.cfg.seed,
                             config_dir=exp.config_path.parent if exp.config_path else None).to(exp.device)
     probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
     before_retrieval = paired_retrieval(exp, bound, pairs)
