@@ -8,7 +8,7 @@ from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality, merge_lora, parameter_report
 from m3bind.models.builtin import BuiltinModelConfig, build_builtin_model, builtin_config
 from m3bind.train.balance import modality_balance
-from m3bind.train.bind import bind_models, text_agreement
+from m3bind.train.bind import bind_models, cross_encoder_text_recall, text_agreement, text_space
 from m3bind.train.losses import text_alignment_loss
 from m3bind.train.sampling import sample_batch, sample_texts, step_generator
 
@@ -111,6 +111,17 @@ def test_binding_steps_raise_text_agreement_and_keep_clip_loss_low(tmp_path):
     first, last = result.history[0], result.history[-1]
     assert last["text_mse"] < 0.5 * first["text_mse"]
     assert result.history[-1]["text_agreement"] == pytest.approx(end, abs=1e-5)
+
+
+def test_text_space_is_agreement_and_recall_from_one_pass():
+    torch.manual_seed(0)
+    bound = _bound()
+    # A repeated text counts twice in the agreement and once in the recall, as in the separate functions.
+    texts = CORPUS["xray"][:3] + CORPUS["ecg"][:2] + CORPUS["xray"][:1]
+    both = text_space(bound, texts)
+    assert both["text_agreement"] == pytest.approx(text_agreement(bound, texts), abs=1e-6)
+    assert both["text_recall"] == pytest.approx(cross_encoder_text_recall(bound, texts), abs=1e-6)
+    assert 0.0 <= both["text_recall"] <= 1.0
 
 
 def test_bind_loss_is_the_weighted_sum_of_its_parts(tmp_path):

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -57,6 +59,21 @@ def test_classification_metrics_equal_sklearn_on_random_inputs(seed):
     for c, name in enumerate(CLASSES):
         assert m["recall_per_class"][name] == pytest.approx(np.mean(pred[y == c] == c))
     assert m["aca"] == pytest.approx(np.mean(list(m["recall_per_class"].values())))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(-3, 3)), min_size=2, max_size=40))
+def test_per_class_auc_equals_sklearn_with_ties(rows):
+    """The rank form of the AUC is sklearn's number, ties included (small integer scores tie often)."""
+    positive = np.array([r[0] for r in rows])
+    score = np.array([float(r[1]) for r in rows])
+    y = positive.astype(int)
+    m = classification_metrics(y, np.stack([-score, score], axis=1), ["normal", "finding"])
+    if positive.all() or not positive.any():
+        assert m["auc_per_class"]["finding"] is None
+    else:
+        assert m["auc_per_class"]["finding"] == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
+        assert m["auc_per_class"]["normal"] == pytest.approx(roc_auc_score(~positive, -score), abs=1e-12)
 
 
 def test_hand_computed_small_case():

@@ -172,8 +172,8 @@ class EvalConfig(Section):
 
 class DataConfig(Section):
     workers: int | None = Field(None, ge=0, description="DataLoader worker processes that read and preprocess "
-                                                        "studies (default: one per spare core, at most 8; 0 = in "
-                                                        "the main process).")
+                                                        "studies into the on-disk cache (default: one per "
+                                                        "core, at most 8; 0 = in the main process).")
     on_error: Literal["raise", "skip"] = Field("raise", description="A study file that cannot be read: 'raise' "
                                                                    "stops with an error naming it; 'skip' leaves it "
                                                                    "out, counts it and lists it in the run's "

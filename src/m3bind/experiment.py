@@ -62,6 +62,7 @@ class Experiment:
         self.cache_dir = cache_dir or (resolve_path(config_path, cfg.data.cache_dir) if cfg.data.cache_dir
                                        else self.out_dir / "cache")
         self._manifests: dict[str, Manifest] = {}
+        self._paired_manifests: dict[str, Manifest] = {}
         self._studies: dict[tuple[str, str, bool], StudySet] = {}
         self._model_preprocess: dict[str, object] = {}
 
@@ -93,7 +94,10 @@ class Experiment:
         if modality not in self.cfg.paired_manifests:
             raise ConfigError(f"paired_manifests.{modality} is not set; the paired test set is needed "
                               "for cross-modal retrieval")
-        return read_manifest(resolve_path(self.config_path, self.cfg.paired_manifests[modality]), modality)
+        if modality not in self._paired_manifests:
+            path = resolve_path(self.config_path, self.cfg.paired_manifests[modality])
+            self._paired_manifests[modality] = read_manifest(path, modality)
+        return self._paired_manifests[modality]
 
     def preprocess(self, modality: str):
         """The preprocessing of the modality's studies: a published model's own (what its adapter

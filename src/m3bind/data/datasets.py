@@ -78,6 +78,12 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def cache_workers() -> int:
+    """Worker processes that fill the on-disk study cache: one per core, at most 8. The main
+    process only stacks and writes the decoded rows meanwhile, so it needs no core of its own."""
+    return max(1, min(8, os.cpu_count() or 2))
+
+
 @dataclass
 class StudySet:
     """Every usable study of a split: metadata in memory, preprocessed tensors in ``images``.
@@ -111,7 +117,7 @@ def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_
     from m3bind.data.store import RowStore, RowWriter
 
     dataset = _Attempts(StudyDataset(manifest, transform, limits))
-    workers = default_workers() if workers is None else workers
+    workers = cache_workers() if workers is None else workers
     # The loader's own generator: drawing worker seeds from the global RNG would make training
     # after a cold cache differ from training after a warm one (LoRA dropout uses that RNG).
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_all,

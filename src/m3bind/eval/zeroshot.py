@@ -54,7 +54,11 @@ def class_prototypes(encode_texts: Callable[[list[str]], torch.Tensor],
                      class_prompts: Mapping[str, Sequence[str]], renormalise: bool = False) -> torch.Tensor:
     """(n_classes, dim): the mean prompt embedding of each class, in ``class_prompts`` order;
     renormalised to unit length when ``renormalise``."""
-    means = torch.stack([encode_texts(list(prompts)).float().mean(0).cpu() for prompts in class_prompts.values()])
+    # One encoder call for every class's prompts: per-class calls cost a tokenizer and model launch each.
+    texts = [text for prompts in class_prompts.values() for text in prompts]
+    embeddings = encode_texts(texts).float().cpu()
+    sizes = [len(prompts) for prompts in class_prompts.values()]
+    means = torch.stack([chunk.mean(0) for chunk in torch.split(embeddings, sizes)])
     return torch.nn.functional.normalize(means, dim=-1) if renormalise else means
 
 

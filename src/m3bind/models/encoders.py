@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
+
 _CONV_BY_DIMS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -68,6 +70,11 @@ class ConvEncoder(nn.Module):
         self.stages = nn.Sequential(*(
             ConvStage(spatial_dims, channels[i], channels[i + 1]) for i in range(depth)))
         self.proj = nn.Linear(channels[-1], native_dim)
+        if spatial_dims == 3:
+            # Channels-last 3D weights make oneDNN's convolutions (forward + backward) 1.3x faster
+            # (benchmarks/ct_encoder.py). save_weights writes contiguous copies, and loading
+            # copies into these parameters, so files do not depend on the layout.
+            self.to(memory_format=torch.channels_last_3d)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.stages(x)

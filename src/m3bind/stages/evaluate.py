@@ -277,7 +277,7 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     from m3bind.eval.report import write_report
     from m3bind.eval.student_check import run_student_check
     from m3bind.stages.control import run_control
-    from m3bind.train.bind import cross_encoder_text_recall, text_agreement
+    from m3bind.train.bind import text_space
 
     start = time.perf_counter()
     timer = StageTimer(log=lambda _: None)
@@ -344,8 +344,9 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
             report["text_to_image"][v] = {m: _stringify_k(text_to_image(exp, m, views[m], embeddings(v, m, views[m])))
                                           for m in names if m in views}
             if v != "m3bind":
-                report["text_space"][v] = {"agreement": text_agreement(views, texts),
-                                           "text_recall": cross_encoder_text_recall(views, texts)}
+                agreement = text_space(views, texts)
+                report["text_space"][v] = {"agreement": agreement["text_agreement"],
+                                           "text_recall": agreement["text_recall"]}
     if exp.cfg.eval.student_check.enabled and {"bound", "m3bind"} <= set(variants):
         with timer("student check"):
             report["student_check"] = run_student_check(exp, variants["bound"], variants["m3bind"], rule, bootstrap,

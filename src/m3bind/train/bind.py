@@ -29,31 +29,51 @@ from m3bind.train.sampling import sample_batch, sample_texts, step_generator
 
 
 @torch.no_grad()
-def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
-    """Mean cosine between every pair of text encoders on the same texts (1 = identical spaces)."""
+def _text_embeddings(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> dict[str, Tensor]:
+    """Each encoder's embeddings of ``texts``, in eval mode (each module's mode is restored)."""
     was_training = {m: b.training for m, b in bound.items()}
     for b in bound.values():
         b.eval()
     embeddings = {m: b.encode_texts(list(texts)) for m, b in bound.items()}
     for m, b in bound.items():
         b.train(was_training[m])
+    return embeddings
+
+
+def _mean_pair_cosine(embeddings: Mapping[str, Tensor]) -> float:
     cosines = [(embeddings[a] * embeddings[b]).sum(-1).mean() for a, b in permutations(embeddings, 2)]
     return float(torch.stack(cosines).mean()) if cosines else 1.0
 
 
-@torch.no_grad()
+def _same_text_recall(embeddings: Mapping[str, Tensor]) -> float:
+    first = next(iter(embeddings.values()))
+    target = torch.arange(len(first), device=first.device)
+    hits = [((embeddings[a] @ embeddings[b].T).argmax(1) == target).float().mean()
+            for a, b in permutations(embeddings, 2)]
+    return float(torch.stack(hits).mean()) if hits else 1.0
+
+
+def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
+    """Mean cosine between every pair of text encoders on the same texts (1 = identical spaces)."""
+    return _mean_pair_cosine(_text_embeddings(bound, texts))
+
+
 def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
     """For every pair of encoders, the share of texts whose nearest neighbour under the other
     encoder is the same text. Unlike the mean cosine, this cannot be gamed by collapsing every
     text onto one point; chance is 1 / len(texts)."""
-    texts = list(dict.fromkeys(texts))
-    for b in bound.values():
-        b.eval()
-    embeddings = {m: b.encode_texts(texts) for m, b in bound.items()}
-    target = torch.arange(len(texts), device=next(iter(embeddings.values())).device)
-    hits = [((embeddings[a] @ embeddings[b].T).argmax(1) == target).float().mean()
-            for a, b in permutations(embeddings, 2)]
-    return float(torch.stack(hits).mean()) if hits else 1.0
+    return _same_text_recall(_text_embeddings(bound, list(dict.fromkeys(texts))))
+
+
+def text_space(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> dict[str, float]:
+    """{"text_agreement", "text_recall"}: :func:`text_agreement` and :func:`cross_encoder_text_recall`
+    from one encoding pass (each encoder reads each distinct text once)."""
+    distinct = list(dict.fromkeys(texts))
+    embeddings = _text_embeddings(bound, distinct)
+    position = {text: i for i, text in enumerate(distinct)}
+    rows = torch.tensor([position[text] for text in texts], device=next(iter(embeddings.values())).device)
+    return {"text_agreement": _mean_pair_cosine({m: e[rows] for m, e in embeddings.items()}),
+            "text_recall": _same_text_recall(embeddings)}
 
 
 def balance_for(sizes: Mapping[str, int], cfg: BindConfig) -> Balance:
@@ -124,8 +144,7 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
         return {**{f"clip/{m}": loss_m for m, loss_m in clip_losses.items()}, **parts}
 
     def agreement(step: int) -> dict[str, float]:
-        values = {"text_agreement": text_agreement(bound, heldout_texts),
-                  "text_recall": cross_encoder_text_recall(bound, heldout_texts)}
+        values = text_space(bound, heldout_texts)
         for module in bound.values():
             module.train()
         return values
