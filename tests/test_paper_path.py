@@ -103,6 +103,30 @@ def test_tiny_config_keeps_the_paper_setup():
     assert set(tiny["paired_manifests"]) == set(paper["paired_manifests"])
 
 
+def test_checkpoint_preprocess_matches_the_loaded_model_without_reading_weights(tmp_path):
+    """Every paper adapter states its checkpoint's preprocessing from options and config files:
+    the same spec the loaded model carries, still readable once the weight files are garbage."""
+    from m3bind.config import resolve_path
+    from m3bind.models.adapters import checkpoint_preprocess, load_adapter
+
+    config = copy_config(tmp_path, "paper-tiny.yaml")
+    cfg = load_config(config)
+    write_random_checkpoints(cfg, config, TINY)
+    expected = {}
+    for modality, spec in cfg.modalities.items():
+        path = resolve_path(config, spec.model.path)
+        expected[modality] = load_adapter(spec.model.type, path, spec.model.options).preprocess
+        assert checkpoint_preprocess(spec.model.type, path, spec.model.options) == expected[modality], modality
+        weights = [f for f in ([path] if path.is_file() else path.iterdir())
+                   if f.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors")]
+        assert weights, modality
+        for file in weights:
+            file.write_bytes(b"not a checkpoint")
+        assert checkpoint_preprocess(spec.model.type, path, spec.model.options) == expected[modality], modality
+        with pytest.raises(CheckpointError):
+            load_adapter(spec.model.type, path, spec.model.options)
+
+
 # --------------------------------------------------------------------------- end to end
 
 @pytest.mark.slow

@@ -104,14 +104,16 @@ class Experiment:
         says it was trained with), else the modality's defaults (demo sizes when ``demo_sizes``),
         with the config's ``preprocess`` overrides on top."""
         from m3bind.data.transforms import default_preprocess
-        from m3bind.models.adapters import adapter_class
+        from m3bind.models.adapters import adapter_class, checkpoint_preprocess
 
-        if adapter_class(self._modality(modality).model.type).trains_from_scratch:
+        spec = self._modality(modality).model
+        if adapter_class(spec.type).trains_from_scratch:
             base = default_preprocess(modality, demo=self.cfg.demo_sizes)
         else:
             if modality not in self._model_preprocess:
-                # Loaded once for its settings only: the stages load their own copies to train.
-                self._model_preprocess[modality] = self.load_unbound(modality).preprocess
+                # From the checkpoint's options and config files: the weights are not read here.
+                self._model_preprocess[modality] = checkpoint_preprocess(
+                    spec.type, resolve_path(self.config_path, spec.path) if spec.path else None, spec.options)
             base = self._model_preprocess[modality]
         overrides = self._modality(modality).preprocess
         try:

@@ -70,6 +70,20 @@ def load_adapter(type: str, path: Path | str | None, options: Mapping[str, Any] 
     Raises :class:`ConfigError` for an unknown type or invalid options, and
     :class:`CheckpointError` naming the path when a file is missing or does not fit.
     """
+    cls, path, parsed = _checkpoint_arguments(type, path, options, base_dir)
+    return cls.from_checkpoint(path, parsed)
+
+
+def checkpoint_preprocess(type: str, path: Path | str | None, options: Mapping[str, Any] | None = None, *,
+                          base_dir: Path | str | None = None):
+    """``load_adapter(...).preprocess``, read without loading the weights where the adapter can
+    (see ``AdapterModel.checkpoint_preprocess``); same arguments and errors as :func:`load_adapter`."""
+    cls, path, parsed = _checkpoint_arguments(type, path, options, base_dir)
+    return cls.checkpoint_preprocess(path, parsed)
+
+
+def _checkpoint_arguments(type: str, path, options, base_dir):
+    """The adapter class, the checkpoint path and the parsed options, each checked."""
     from m3bind.models.adapters.base_adapter import AdapterModel
 
     cls = adapter_class(type)
@@ -84,7 +98,7 @@ def load_adapter(type: str, path: Path | str | None, options: Mapping[str, Any] 
         raise CheckpointError(f"{path}: checkpoint for model type '{type}' not found; download it from its "
                               "owners and point model.path at it (see docs/checkpoints.md)")
     parsed = cls.parse_options(options, Path(base_dir) if base_dir is not None else path.parent)
-    return cls.from_checkpoint(path, parsed)
+    return cls, path, parsed
 
 
 def load_saved_adapter(type: str, directory: Path | str) -> ModalityModel:
@@ -92,4 +106,4 @@ def load_saved_adapter(type: str, directory: Path | str) -> ModalityModel:
     return adapter_class(type).from_pretrained(Path(directory))
 
 
-__all__ = ["adapter_class", "adapter_names", "load_adapter", "load_saved_adapter"]
+__all__ = ["adapter_class", "adapter_names", "checkpoint_preprocess", "load_adapter", "load_saved_adapter"]

@@ -92,6 +92,20 @@ class AdapterModel(ModalityModel):
     def from_checkpoint(cls, path: Path, options: AdapterOptions) -> AdapterModel:
         """The model with the weights of the owners' original checkpoint at ``path``, in eval mode."""
 
+    @classmethod
+    def options_preprocess(cls, options: AdapterOptions) -> BaseModel | None:
+        """The preprocessing the options imply on their own; None where it also depends on the
+        checkpoint's files (the default)."""
+        return None
+
+    @classmethod
+    def checkpoint_preprocess(cls, path: Path, options: AdapterOptions) -> BaseModel:
+        """The preprocessing of the checkpoint at ``path``, equal to ``from_checkpoint(path,
+        options).preprocess`` but read without the weights where the adapter can (a run needs it
+        to read its studies before any stage loads the model)."""
+        spec = cls.options_preprocess(options)
+        return spec if spec is not None else cls.from_checkpoint(path, options).preprocess
+
     # --- persistence ------------------------------------------------------------------
     def save_assets(self, directory: Path) -> dict[str, Any]:
         """Write tokenizer / text-config files into ``directory``.

@@ -88,8 +88,12 @@ class CTCLIPAdapter(AdapterModel):
         self.tokenizer = tokenizer
         self.native_dim = options.dim_latent
         self.network = CTCLIPNetwork(options, bert)
+        self.preprocess = self.options_preprocess(options)
+
+    @classmethod
+    def options_preprocess(cls, options: CTCLIPOptions) -> CTPreprocess:
         side = options.ctvit.image_size
-        self.preprocess = CTPreprocess(shape=(options.frames, side, side))
+        return CTPreprocess(shape=(options.frames, side, side))
 
     @classmethod
     def build(cls, options: CTCLIPOptions) -> CTCLIPAdapter:

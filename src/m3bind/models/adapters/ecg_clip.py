@@ -167,8 +167,11 @@ class ECGCLIPAdapter(AdapterModel):
         self.tokenizer = tokenizer
         self.native_dim = options.proj_dim
         self.network = ECGCLIPNetwork(options, bert)
-        self.preprocess = ECGPreprocess(leads=options.leads, fs=options.fs,
-                                        duration_s=options.max_seq_len / options.fs)
+        self.preprocess = self.options_preprocess(options)
+
+    @classmethod
+    def options_preprocess(cls, options: ECGCLIPOptions) -> ECGPreprocess:
+        return ECGPreprocess(leads=options.leads, fs=options.fs, duration_s=options.max_seq_len / options.fs)
 
     @classmethod
     def build(cls, options: ECGCLIPOptions) -> ECGCLIPAdapter:

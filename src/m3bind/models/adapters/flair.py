@@ -117,7 +117,11 @@ class FLAIRAdapter(AdapterModel):
         self.tokenizer = tokenizer
         self.native_dim = options.proj_dim
         self.network = FLAIRNetwork(bert, options.proj_dim)
-        self.preprocess = RetinaPreprocess(size=options.image_size)
+        self.preprocess = self.options_preprocess(options)
+
+    @classmethod
+    def options_preprocess(cls, options: FLAIROptions) -> RetinaPreprocess:
+        return RetinaPreprocess(size=options.image_size)
 
     @classmethod
     def build(cls, options: FLAIROptions) -> FLAIRAdapter:

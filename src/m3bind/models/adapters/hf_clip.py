@@ -81,6 +81,16 @@ class HFCLIPAdapter(AdapterModel):
                     _preprocess(path, network.config))
         return model.eval()
 
+    @classmethod
+    def checkpoint_preprocess(cls, path: Path, options: HFCLIPOptions) -> PathologyPreprocess:
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path}: no config.json; not a Hugging Face model folder")
+        try:
+            config = CLIPConfig.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{path / 'config.json'}: cannot read: {error}") from error
+        return _preprocess(path, config)
+
     # --- ModalityModel ------------------------------------------------------------------
     @property
     def image_tower(self) -> nn.Module:

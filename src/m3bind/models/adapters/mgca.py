@@ -196,9 +196,15 @@ class MGCAAdapter(AdapterModel):
         self.network = MGCANetwork(options)
         # The BLIP ViT fuses q, k, v in one Linear; ResNet-50 gets LoRA on its 3x3 convolutions.
         self.image_lora_targets = ("qkv",) if options.vision == "vit_base" else RESNET_LORA_TARGETS
+        self.preprocess = self.options_preprocess(options)
+
+    @classmethod
+    def options_preprocess(cls, options: MGCAOptions) -> XrayPreprocess:
+        # from_checkpoint refuses options that disagree with the checkpoint's hyperparameters, so
+        # the options alone decide the image size.
         image_size = options.vit.image_size if options.vision == "vit_base" else 224
         # MGCA: resize the longest side to 256, pad, center-crop 224 (scaled alike for other sizes).
-        self.preprocess = XrayPreprocess(size=image_size, resize=round(image_size * 256 / 224), channels=3)
+        return XrayPreprocess(size=image_size, resize=round(image_size * 256 / 224), channels=3)
 
     @classmethod
     def build(cls, options: MGCAOptions) -> MGCAAdapter:

@@ -100,6 +100,12 @@ class OpenCLIPAdapter(AdapterModel):
         return cls(options, network, _tokenizer(text_cfg), _preprocess(options.config, vision_cfg))
 
     @classmethod
+    def checkpoint_preprocess(cls, path: Path, options: OpenCLIPOptions) -> PathologyPreprocess:
+        folder = path if path.is_dir() else path.parent
+        config = options.config if options.config is not None else _read_config(folder / CONFIG_FILE)
+        return _preprocess(config, config["model_cfg"].get("vision_cfg", {}))
+
+    @classmethod
     def from_checkpoint(cls, path: Path, options: OpenCLIPOptions) -> OpenCLIPAdapter:
         folder = path if path.is_dir() else path.parent
         weights = (folder / options.weights if options.weights else
