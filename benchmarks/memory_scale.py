@@ -4,8 +4,9 @@
         [--repeats 3] [--modalities xray retina pathology ecg] [--published]
 
 It writes one synthetic cohort of N patients. The small run uses its manifests; the large run uses
-manifests in which every row appears ``factor`` times under new patient ids (same files, so the
-large run costs decoding, not rendering). Each run pretrains the built-in models for 5 steps
+manifests in which every training row appears ``factor`` times under new patient ids (same files,
+so the large run costs decoding, not rendering; validation and test rows are not repeated, see
+``replicated_manifest``). Each run pretrains the built-in models for 5 steps
 (which fills the on-disk study cache), then runs `m3bind bind` and `m3bind distill` for a fixed
 number of steps, each in a fresh process, ``repeats`` times, and reads that process's peak
 resident memory (ru_maxrss). The lowest of the repeats is kept: peak RSS varies by tens of MiB
@@ -46,14 +47,18 @@ def measure(args: list[str]) -> tuple[float, float]:
 
 
 def replicated_manifest(manifest: Path, factor: int) -> Path:
-    """The manifest with every row ``factor`` times, copy k under patient id '<id>-k' (beside the
-    original, so its relative study paths still resolve)."""
+    """The manifest with every training row ``factor`` times, copy k under patient id '<id>-k'
+    (beside the original, so its relative study paths still resolve). Validation and test rows
+    stay as they are: evaluation embeds them in batches of at most 128 studies, a bound the small
+    run's splits (about 50 studies each at 1,000 patients) have not reached yet, so growing them
+    too would measure that bound, not a per-study cost."""
     if factor == 1:
         return manifest
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    copies = []
+    train = table[table["split"] == "train"]
+    copies = [table[table["split"] != "train"]]
     for k in range(factor):
-        copy = table.copy()
+        copy = train.copy()
         copy["patient_id"] = copy["patient_id"] + f"-{k}"
         copies.append(copy)
     out = manifest.with_name(f"manifest-x{factor}.csv")
@@ -119,7 +124,7 @@ def main() -> None:
         rows.append((factor, studies, measure_stages(config, args.repeats)))
     print(f"modalities: {' '.join(args.modalities)}; {args.steps} steps; lowest of {args.repeats} runs "
           "(all runs in brackets)")
-    print("| manifest rows | studies | bind peak RSS (MiB) | bind s | distill peak RSS (MiB) | distill s |")
+    print("| training rows | studies | bind peak RSS (MiB) | bind s | distill peak RSS (MiB) | distill s |")
     print("|---|---|---|---|---|---|")
     for factor, studies, results in rows:
         cells = []
