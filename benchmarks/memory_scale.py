@@ -1,6 +1,6 @@
 """Peak memory of `bind` and `distill` as the dataset grows: does a run hold its data, or stream it?
 
-    python benchmarks/memory_scale.py OUT_DIR [--patients 1000] [--factor 10] [--steps 20]
+    python benchmarks/memory_scale.py OUT_DIR [--patients 1000] [--factor 30] [--steps 20]
         [--repeats 3] [--modalities xray retina pathology ecg] [--published]
 
 It writes one synthetic cohort of N patients. The small run uses its manifests; the large run uses
@@ -109,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--patients", type=int, default=1000)
-    parser.add_argument("--factor", type=int, default=10)
+    parser.add_argument("--factor", type=int, default=30)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modalities", nargs="+", default=["xray", "ct", "retina", "ecg", "pathology"])
