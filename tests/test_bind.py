@@ -113,15 +113,29 @@ def test_binding_steps_raise_text_agreement_and_keep_clip_loss_low(tmp_path):
     assert result.history[-1]["text_agreement"] == pytest.approx(end, abs=1e-5)
 
 
-def test_text_space_is_agreement_and_recall_from_one_pass():
+def test_text_space_matches_agreement_and_recall_computed_by_hand():
     torch.manual_seed(0)
     bound = _bound()
-    # A repeated text counts twice in the agreement and once in the recall, as in the separate functions.
+    # A repeated text counts twice in the agreement and once in the recall.
     texts = CORPUS["xray"][:3] + CORPUS["ecg"][:2] + CORPUS["xray"][:1]
+    distinct = list(dict.fromkeys(texts))
+    for module in bound.values():
+        module.train()
     both = text_space(bound, texts)
-    assert both["text_agreement"] == pytest.approx(text_agreement(bound, texts), abs=1e-6)
-    assert both["text_recall"] == pytest.approx(cross_encoder_text_recall(bound, texts), abs=1e-6)
-    assert 0.0 <= both["text_recall"] <= 1.0
+    assert all(module.training for module in bound.values())   # modes are restored
+    with torch.no_grad():
+        for module in bound.values():
+            module.eval()
+        full = {m: b.encode_texts(texts) for m, b in bound.items()}
+        once = {m: b.encode_texts(distinct) for m, b in bound.items()}
+    pairs = [(a, b) for a in bound for b in bound if a != b]
+    cosine = sum(float((full[a] * full[b]).sum(-1).mean()) for a, b in pairs) / len(pairs)
+    recall = sum(float(((once[a] @ once[b].T).argmax(1) == torch.arange(len(distinct))).float().mean())
+                 for a, b in pairs) / len(pairs)
+    assert both["text_agreement"] == pytest.approx(cosine, abs=1e-5)
+    assert both["text_recall"] == pytest.approx(recall, abs=1e-6)
+    assert text_agreement(bound, texts) == pytest.approx(cosine, abs=1e-5)
+    assert cross_encoder_text_recall(bound, texts) == pytest.approx(recall, abs=1e-6)
 
 
 def test_bind_loss_is_the_weighted_sum_of_its_parts(tmp_path):

@@ -112,17 +112,16 @@ def test_checkpoint_preprocess_matches_the_loaded_model_without_reading_weights(
     config = copy_config(tmp_path, "paper-tiny.yaml")
     cfg = load_config(config)
     write_random_checkpoints(cfg, config, TINY)
-    expected = {}
     for modality, spec in cfg.modalities.items():
         path = resolve_path(config, spec.model.path)
-        expected[modality] = load_adapter(spec.model.type, path, spec.model.options).preprocess
-        assert checkpoint_preprocess(spec.model.type, path, spec.model.options) == expected[modality], modality
+        expected = load_adapter(spec.model.type, path, spec.model.options).preprocess
+        assert checkpoint_preprocess(spec.model.type, path, spec.model.options) == expected, modality
         weights = [f for f in ([path] if path.is_file() else path.iterdir())
                    if f.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors")]
         assert weights, modality
         for file in weights:
             file.write_bytes(b"not a checkpoint")
-        assert checkpoint_preprocess(spec.model.type, path, spec.model.options) == expected[modality], modality
+        assert checkpoint_preprocess(spec.model.type, path, spec.model.options) == expected, modality
         with pytest.raises(CheckpointError):
             load_adapter(spec.model.type, path, spec.model.options)
 

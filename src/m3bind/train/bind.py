@@ -53,27 +53,27 @@ def _same_text_recall(embeddings: Mapping[str, Tensor]) -> float:
     return float(torch.stack(hits).mean()) if hits else 1.0
 
 
-def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
-    """Mean cosine between every pair of text encoders on the same texts (1 = identical spaces)."""
-    return _mean_pair_cosine(_text_embeddings(bound, texts))
-
-
-def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
-    """For every pair of encoders, the share of texts whose nearest neighbour under the other
-    encoder is the same text. Unlike the mean cosine, this cannot be gamed by collapsing every
-    text onto one point; chance is 1 / len(texts)."""
-    return _same_text_recall(_text_embeddings(bound, list(dict.fromkeys(texts))))
-
-
 def text_space(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> dict[str, float]:
-    """{"text_agreement", "text_recall"}: :func:`text_agreement` and :func:`cross_encoder_text_recall`
-    from one encoding pass (each encoder reads each distinct text once)."""
+    """{"text_agreement", "text_recall"} from one encoding pass (each encoder reads each distinct
+    text once); see :func:`text_agreement` and :func:`cross_encoder_text_recall`."""
     distinct = list(dict.fromkeys(texts))
     embeddings = _text_embeddings(bound, distinct)
     position = {text: i for i, text in enumerate(distinct)}
     rows = torch.tensor([position[text] for text in texts], device=next(iter(embeddings.values())).device)
     return {"text_agreement": _mean_pair_cosine({m: e[rows] for m, e in embeddings.items()}),
             "text_recall": _same_text_recall(embeddings)}
+
+
+def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
+    """Mean cosine between every pair of text encoders on the same texts (1 = identical spaces)."""
+    return text_space(bound, texts)["text_agreement"]
+
+
+def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
+    """For every pair of encoders, the share of distinct texts whose nearest neighbour under the
+    other encoder is the same text. Unlike the mean cosine, this cannot be gamed by collapsing every
+    text onto one point; chance is 1 / (number of distinct texts)."""
+    return text_space(bound, texts)["text_recall"]
 
 
 def balance_for(sizes: Mapping[str, int], cfg: BindConfig) -> Balance:
@@ -144,10 +144,7 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
         return {**{f"clip/{m}": loss_m for m, loss_m in clip_losses.items()}, **parts}
 
     def agreement(step: int) -> dict[str, float]:
-        values = text_space(bound, heldout_texts)
-        for module in bound.values():
-            module.train()
-        return values
+        return text_space(bound, heldout_texts)  # restores each module's training mode
 
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                             checkpoint_every=cfg.checkpoint_every, mixed_precision=precision,
