@@ -13,6 +13,7 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     f1_score,
     precision_score,
+    recall_score,
     roc_auc_score,
 )
 
@@ -74,6 +75,39 @@ def test_per_class_auc_equals_sklearn_with_ties(rows):
     else:
         assert m["auc_per_class"]["finding"] == pytest.approx(roc_auc_score(positive, score), abs=1e-12)
         assert m["auc_per_class"]["normal"] == pytest.approx(roc_auc_score(~positive, -score), abs=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 6).flatmap(lambda c: st.tuples(
+    st.just(c), st.lists(st.tuples(st.integers(0, c - 1), st.integers(0, c - 1)), min_size=1, max_size=30))))
+def test_single_label_counts_equal_sklearn_with_absent_classes(case):
+    """The confusion-matrix metrics are sklearn's numbers when classes are missing from the truth,
+    from the predictions, or from both (short lists over up to six classes)."""
+    n_classes, rows = case
+    y = np.array([r[0] for r in rows])
+    pred = np.array([r[1] for r in rows])
+    scores = np.eye(n_classes)[pred]  # arg-max is the prediction
+    m = classification_metrics(y, scores, [f"c{i}" for i in range(n_classes)])
+    for name, value in _sklearn_reference(y, scores).items():
+        assert m[name] == pytest.approx(value, abs=1e-12), name
+    recalls = recall_score(y, pred, labels=np.arange(n_classes), average=None, zero_division=0)
+    for c in range(n_classes):
+        assert m["recall_per_class"][f"c{c}"] == (float(recalls[c]) if (y == c).any() else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=30))
+def test_multilabel_counts_equal_sklearn(rows):
+    """Per-finding F1, precision, recall and accuracy are sklearn's binary numbers, including a
+    finding nobody has or nobody is called for."""
+    truth = np.array([[int(t)] for t, _ in rows])
+    probs = np.array([[0.9 if p else 0.1] for _, p in rows])
+    pred = (probs[:, 0] >= 0.5).astype(int)
+    got = multilabel_metrics(truth, probs)["per_class"]["0"]
+    assert got["f1"] == pytest.approx(f1_score(truth[:, 0], pred, zero_division=0), abs=1e-12)
+    assert got["precision"] == pytest.approx(precision_score(truth[:, 0], pred, zero_division=0), abs=1e-12)
+    assert got["recall"] == pytest.approx(recall_score(truth[:, 0], pred, zero_division=0), abs=1e-12)
+    assert got["accuracy"] == pytest.approx(accuracy_score(truth[:, 0], pred), abs=1e-12)
 
 
 def test_hand_computed_small_case():

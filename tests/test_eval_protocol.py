@@ -272,3 +272,20 @@ def test_a_dataset_without_validation_rows_gets_no_stage_zero_shot_line(run, tmp
     view = BoundModality(spy.load_unbound("xray"), spy.cfg.shared_dim)
     result = modality_zero_shot(spy, "xray", view)
     assert result["n"] == 0 and result["split"] == "val"
+
+
+def test_embed_texts_encodes_each_distinct_text_once_shortest_first_and_keeps_order():
+    """One row per input text, in the input's order, although duplicates are encoded once and
+    batches go shortest first (the real reports repeat a third of their texts)."""
+    batches = []
+
+    def encode(texts):
+        batches.append(list(texts))
+        return torch.tensor([[float(len(t)), float(sum(map(ord, t)))] for t in texts])
+
+    texts = ["a much longer report text", "short", "mid length", "short", "a much longer report text", "x"]
+    out = protocol.embed_texts(encode, texts)
+    assert out.tolist() == [[float(len(t)), float(sum(map(ord, t)))] for t in texts]
+    encoded = [t for batch in batches for t in batch]
+    assert sorted(encoded) == sorted(set(texts))
+    assert [len(t) for t in encoded] == sorted(len(t) for t in encoded)

@@ -7,8 +7,10 @@ Two settings, as in the papers M3Bind compares with:
 - **multi-label** (CT-RATE): each finding is its own yes/no decision from a probability.
   :func:`multilabel_metrics`.
 
-Every number is computed with scikit-learn (the ROC AUC in its equivalent rank form, tested equal)
-so it means exactly what the field's papers mean.
+Every number means what scikit-learn's function of the same name computes, so it means exactly
+what the field's papers mean. They are computed here from counts (a confusion matrix, and the
+ROC AUC in its rank form), because scikit-learn's input checks cost more than the metrics when
+evaluation calls them thousands of times; tests/test_eval_metrics.py checks them equal.
 Undefined values (an AUC for a class with no positive study) are ``None``, never NaN, so the
 results go into ``report.json`` unchanged.
 """
@@ -21,13 +23,6 @@ import warnings
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    f1_score,
-    precision_score,
-    recall_score,
-)
 
 
 def classification_metrics(y_true: Sequence[int] | np.ndarray, scores: np.ndarray,
@@ -59,10 +54,13 @@ def classification_metrics(y_true: Sequence[int] | np.ndarray, scores: np.ndarra
     classes = list(classes)
     y_true, scores = _check_single_label(y_true, scores, len(classes))
     y_pred = scores.argmax(axis=1)
-    class_ids = np.arange(len(classes))
-
-    recalls = recall_score(y_true, y_pred, labels=class_ids, average=None, zero_division=0)
-    present = np.isin(class_ids, y_true)
+    counts = _confusion(y_true, y_pred, len(classes))
+    true_per_class, predicted_per_class, hits = counts.sum(1), counts.sum(0), np.diag(counts)
+    present = true_per_class > 0
+    recalls = _ratio(hits, true_per_class)
+    precisions = _ratio(hits, predicted_per_class)
+    # sklearn's default for macro averages: the classes that occur in the truth or the predictions.
+    occurring = present | (predicted_per_class > 0)
     auc_per_class: dict[str, float | None] = {}
     for c, name in enumerate(classes):
         auc_per_class[name] = _binary_auc(y_true == c, scores[:, c])
@@ -70,10 +68,10 @@ def classification_metrics(y_true: Sequence[int] | np.ndarray, scores: np.ndarra
     return {
         "n": int(len(y_true)),
         "classes": classes,
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "precision_macro": float(precision_score(y_true, y_pred, average="macro", zero_division=0)),
-        "aca": _average_class_accuracy(y_true, y_pred),
+        "accuracy": float(hits.sum() / len(y_true)),
+        "f1_macro": float(_ratio(2 * hits, true_per_class + predicted_per_class)[occurring].mean()),
+        "precision_macro": float(precisions[occurring].mean()),
+        "aca": float(recalls[present].mean()),
         "recall_per_class": {name: (float(r) if p else None)
                              for name, r, p in zip(classes, recalls, present)},
         "auc_macro": float(np.mean(defined_aucs)) if defined_aucs else None,
@@ -118,13 +116,14 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float |
     per_class = {}
     for c, name in enumerate(classes):
         truth, pred = y_true[:, c], y_pred[:, c]
+        hits, positives, called = int((truth & pred).sum()), int(truth.sum()), int(pred.sum())
         per_class[name] = {
             "auc": _binary_auc(truth.astype(bool), probs[:, c]),
-            "f1": float(f1_score(truth, pred, zero_division=0)),
-            "precision": float(precision_score(truth, pred, zero_division=0)),
-            "recall": float(recall_score(truth, pred, zero_division=0)),
-            "accuracy": float(accuracy_score(truth, pred)),
-            "n_positive": int(truth.sum()),
+            "f1": float(_ratio(2 * hits, positives + called)),
+            "precision": float(_ratio(hits, called)),
+            "recall": float(_ratio(hits, positives)),
+            "accuracy": float((truth == pred).mean()),
+            "n_positive": positives,
         }
     aucs = [m["auc"] for m in per_class.values() if m["auc"] is not None]
     return {
@@ -175,13 +174,15 @@ def bootstrap_ci(metric_fn: Callable[[np.ndarray, np.ndarray], float | None], y_
     return float(low), float(high)
 
 
-def _average_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true`` (balanced accuracy)."""
-    with warnings.catch_warnings():
-        # Predicting a class absent from the truth is legitimate here (it only costs recall of
-        # the true classes); scikit-learn warns about it on every call.
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        return float(balanced_accuracy_score(y_true, y_pred))
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _ratio(numerator, denominator):
+    """numerator / denominator, 0 where the denominator is 0 (sklearn's ``zero_division=0``)."""
+    numerator, denominator = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
 
 
 def _binary_auc(is_positive: np.ndarray, score: np.ndarray) -> float | None:

@@ -47,8 +47,17 @@ def embed_images(encode_image, images) -> torch.Tensor:
 
 
 def embed_texts(encode_texts, texts) -> torch.Tensor:
-    """Embeddings of ``texts`` as a float CPU tensor."""
-    return embed_in_batches(lambda batch: encode_texts(list(batch)).float().cpu(), texts, EVAL_BATCH)
+    """Embeddings of ``texts`` as a float CPU tensor, one row per text in the order given.
+
+    Each distinct text is encoded once (a third of the real reports repeat another word for
+    word), shortest first: a batch is padded to its longest text, and real reports range from
+    15 to 180 words. Padding is masked, so a text's embedding does not depend on its batch
+    beyond float rounding.
+    """
+    distinct = sorted(dict.fromkeys(texts), key=len)
+    row = {text: i for i, text in enumerate(distinct)}
+    embedded = embed_in_batches(lambda batch: encode_texts(list(batch)).float().cpu(), distinct, EVAL_BATCH)
+    return embedded[torch.tensor([row[text] for text in texts], dtype=torch.long)]
 
 
 # --- zero-shot ------------------------------------------------------------------------------
