@@ -81,3 +81,19 @@ def test_mfu_counts_flops_and_compares_with_the_matmul_peak():
         assert 0 < float(mfu.strip("*%")) < 100
     assert "FLOPs by operator: aten." in result.stdout
     assert "_scaled_dot_product_flash_attention_for_cpu" in result.stdout  # attention counted on the CPU too
+
+
+def test_distill_cache_on_the_paper_adapters_computes_the_same_loss_both_ways():
+    """The SESKD cache benchmark in its published-models mode, at paper-tiny sizes: both modes
+    run the same first step (identical loss), and the speed-up is the ratio of the two rates."""
+    result = run_script("distill_cache.py", "--paper", "--tiny", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "studies per modality per step: xray 4, ct 2, retina 4, ecg 4, pathology 4" in result.stdout
+    rows = {m.group(1): (float(m.group(2)), m.group(3)) for m in
+            re.finditer(r"(cached|recomputed): ([\d.]+) s/step, one-off [-\d.]+ s, first-step loss ([\d.]+)",
+                        result.stdout)}
+    assert set(rows) == {"cached", "recomputed"}
+    assert rows["cached"][1] == rows["recomputed"][1]
+    speedup = float(re.search(r"speed-up from caching: ([\d.]+)x", result.stdout).group(1))
+    if rows["cached"][0] > 0:
+        assert speedup == pytest.approx(rows["recomputed"][0] / rows["cached"][0], rel=0.05)

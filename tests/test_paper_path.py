@@ -192,3 +192,12 @@ def test_paper_path_runs_and_evaluates_through_every_adapter(tmp_path):
     text = model.encode_texts(["Small left pleural effusion."])
     assert text.shape == (1, 512) and torch.isfinite(text).all()
     assert load_file(out / "model" / "heads.safetensors").keys() == {f"{m}.weight" for m in PAPER_TYPES}
+
+    # Distillation is reproducible whatever ran before it in the process: the folder student's
+    # dropout masks come from the config's seed.
+    from m3bind.stages import run_distill
+
+    first = json.loads((out / "distill" / "summary.json").read_text())["final_losses"]
+    torch.rand(1000)
+    run_distill(Experiment.from_file(config), log=lambda *_: None)
+    assert json.loads((out / "distill" / "summary.json").read_text())["final_losses"] == first

@@ -2,6 +2,8 @@
 text encoder; writes distill/summary.json and the final model."""
 from __future__ import annotations
 
+import torch
+
 from m3bind.eval.protocol import (describe_zero_shot, modality_zero_shot, paired_retrieval, prompt_corpus,
                                   retrieval_pairs, stage_prototype_rule)
 from m3bind.devices import on_main_process
@@ -24,6 +26,9 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     prompts = {m: prompt_corpus(exp, m) for m in names} if exp.cfg.distill.prompt_texts else {}
     # The built-in student's tokenizer is trained on every text it will be distilled on.
     vocabulary_texts = corpus + [t for texts in prompts.values() for t in texts]
+    # Seeded here, not only inside build_student: a folder student's dropout masks would otherwise
+    # depend on whatever ran before in the process.
+    torch.manual_seed(exp.cfg.seed)
     student = build_student(exp.cfg.distill.student, vocabulary_texts, exp.cfg.shared_dim, seed=exp.cfg.seed,
                             config_dir=exp.config_path.parent if exp.config_path else None).to(exp.device)
     probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
