@@ -289,3 +289,48 @@ def test_embed_texts_encodes_each_distinct_text_once_shortest_first_and_keeps_or
     encoded = [t for batch in batches for t in batch]
     assert sorted(encoded) == sorted(set(texts))
     assert [len(t) for t in encoded] == sorted(len(t) for t in encoded)
+
+
+def test_shared_image_embeddings_equal_per_view_embeddings_and_encode_each_image_side_once():
+    """While an experiment shares image embeddings, views with the same image-side weights (here:
+    two copies of one model, one with LoRA on its text tower and another head, as unbound and
+    bound are) run the image model once per study set, and every view gets exactly the
+    embeddings it gets alone; a changed image weight, or image LoRA, is never shared."""
+    import copy
+
+    from m3bind.models.binding import BoundModality
+    from m3bind.models.builtin import build_builtin_model
+    from m3bind.models.view import SharedSpaceView
+
+    texts = ["Sinus rhythm.", "Atrial fibrillation.", "Left bundle branch block."]
+    base = build_builtin_model("ecg", texts, seed=0).eval()
+    unbound = BoundModality(copy.deepcopy(base), 16, seed=0).eval()
+    bound = BoundModality(copy.deepcopy(base), 16, seed=1)
+    bound.prepare_for_binding(4, 4.0, 0.0, text=True, image=False)
+    bound.eval()
+    final = SharedSpaceView(bound.model, bound.head, bound).eval()
+    changed = copy.deepcopy(base).eval()
+    with torch.no_grad():
+        next(changed.image_tower.parameters()).view(-1)[0] += 1.0
+    changed_view = BoundModality(changed, 16, seed=0).eval()
+    image_lora = BoundModality(copy.deepcopy(base), 16, seed=0)
+    image_lora.prepare_for_binding(4, 4.0, 0.0, text=False, image=True)
+    image_lora.eval()
+    views = {"unbound": unbound, "bound": bound, "final": final, "changed": changed_view, "image_lora": image_lora}
+    images = torch.randn(300, 12, 1000, generator=torch.Generator().manual_seed(0))  # 3 batches of EVAL_BATCH
+
+    exp = Experiment(parse_config({"modalities": {}, "output_dir": "unused"}), None)
+    alone = {name: protocol.embed_images(view.encode_image, images) for name, view in views.items()}
+    calls = []
+    for model in {id(v.model if hasattr(v, "model") else v.image_model): v for v in views.values()}.values():
+        inner = model.model if hasattr(model, "model") else model.image_model
+        original = inner.encode_image
+        inner.encode_image = lambda batch, original=original: calls.append(len(batch)) or original(batch)
+    with exp.sharing_image_embeddings():
+        shared = {name: protocol.embed_view_images(exp, view, images) for name, view in views.items()}
+    for name in views:
+        assert torch.equal(shared[name], alone[name]), name
+    # unbound, bound and final share one pass; the changed model and the image-LoRA model get their own.
+    assert calls == [128, 128, 44] * 3
+    assert exp.image_memo is None  # only while sharing
+    assert not torch.equal(shared["unbound"], shared["bound"])  # different heads still apply

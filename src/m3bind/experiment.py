@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,6 +66,21 @@ class Experiment:
         self._paired_manifests: dict[str, Manifest] = {}
         self._studies: dict[tuple[str, str, bool], StudySet] = {}
         self._model_preprocess: dict[str, object] = {}
+        # Set while evaluation shares image embeddings between variants (sharing_image_embeddings).
+        self.image_memo = None
+
+    @contextmanager
+    def sharing_image_embeddings(self):
+        """While active, evaluation embeds each study set once per image side and shares it between
+        the variants (:class:`~m3bind.models.embedding.ImageEmbeddingMemo`). Only for code that
+        trains nothing: a model's weights are read once, when it is first seen."""
+        from m3bind.models.embedding import ImageEmbeddingMemo
+
+        self.image_memo = ImageEmbeddingMemo()
+        try:
+            yield self.image_memo
+        finally:
+            self.image_memo = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Experiment":

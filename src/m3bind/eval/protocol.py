@@ -46,6 +46,22 @@ def embed_images(encode_image, images) -> torch.Tensor:
                             image_batch_size(images, EVAL_BATCH))
 
 
+def embed_view_images(exp: Experiment, view, images) -> torch.Tensor:
+    """``embed_images(view.encode_image, images)``, through the experiment's image-embedding memo
+    while one is active (:meth:`Experiment.sharing_image_embeddings`): the image model's part
+    is then computed once per study set and image side, and only the head per view. Same
+    numbers either way: the head sees the same rows in the same slices."""
+    # A SharedSpaceView's image model, or a BoundModality's model; any other view is embedded as it is.
+    model = getattr(view, "image_model", None)
+    model = getattr(view, "model", None) if model is None else model
+    head = getattr(view, "head", None)
+    if exp.image_memo is None or not isinstance(model, torch.nn.Module) or head is None:
+        return embed_images(view.encode_image, images)
+    batch_size = image_batch_size(images, EVAL_BATCH)
+    native = exp.image_memo.native(model, images, batch_size)
+    return embed_in_batches(lambda rows: head(rows.to(model.device)).float().cpu(), native, batch_size)
+
+
 def embed_texts(encode_texts, texts) -> torch.Tensor:
     """Embeddings of ``texts`` as a float CPU tensor, one row per text in the order given.
 
@@ -188,7 +204,7 @@ def choose_prototype_rule(exp: Experiment, variants: Mapping[str, Mapping]) -> d
             if len(keep) == 0:
                 continue
             view.eval()
-            image_emb = embed_images(view.encode_image, studies.images)
+            image_emb = embed_view_images(exp, view, studies.images)
             for name, rule in PROTOTYPE_RULES.items():
                 scores = zero_shot_scores(view, studies, classes, class_prompts(exp, m, classes, "expert", rule),
                                           rule, image_emb)
@@ -262,17 +278,17 @@ def concept_names(exp: Experiment, split: str = TUNING_SPLIT) -> list[str]:
 
 
 @torch.no_grad()
-def paired_embeddings(exp: Experiment, encoders: Mapping, split: str) -> dict:
+def paired_embeddings(exp: Experiment, views: Mapping, split: str) -> dict:
     """{modality: (image embeddings, patient ids, concept sets)} on one split of the paired set,
-    for each modality that has an encoder (``encode_image`` callables) and a paired manifest."""
+    for each modality that has a view and a paired manifest."""
     cache = {}
-    for m, encode_image in encoders.items():
+    for m, view in views.items():
         if m not in exp.cfg.paired_manifests:
             continue
         if split == TUNING_SPLIT and not paired_has_split(exp, split):
             continue  # a test-only paired set: stage diagnostics show no retrieval rather than read test
         studies = paired_studies(exp, m, split)
-        cache[m] = (embed_images(encode_image, studies.images), studies.patient_ids,
+        cache[m] = (embed_view_images(exp, view, studies.images), studies.patient_ids,
                     study_concepts(exp, m, split, studies))
     return cache
 
@@ -301,7 +317,7 @@ def paired_query_scores(exp: Experiment, views: Mapping, pairs: Sequence[tuple[s
     """Image-image retrieval on one split of the paired set, in the shared space of ``views``."""
     for view in views.values():
         view.eval()
-    return pair_query_scores(exp, paired_embeddings(exp, {m: views[m].encode_image for m in _wanted(pairs, views)},
+    return pair_query_scores(exp, paired_embeddings(exp, {m: views[m] for m in _wanted(pairs, views)},
                                                     split), pairs)
 
 
@@ -329,7 +345,7 @@ def random_head_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[
     wanted = _wanted(pairs, unbound)
     for m in wanted:
         unbound[m].eval()
-    native = paired_embeddings(exp, {m: native_view(unbound[m].model).encode_image for m in wanted}, split)
+    native = paired_embeddings(exp, {m: native_view(unbound[m].model) for m in wanted}, split)
     runs = []
     for draw in range(draws):
         cache = {}
@@ -387,7 +403,7 @@ def chaining_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str
         studies = paired_studies(exp, m, split)
         template = prompt_set_for(exp, m).template
         concept_emb = embed_texts(view.encode_texts, [template.format(c) for c in concepts])
-        profiles = chaining_profiles(embed_images(view.encode_image, studies.images), concept_emb, profile)
+        profiles = chaining_profiles(embed_view_images(exp, view, studies.images), concept_emb, profile)
         cache[m] = (profiles, studies.patient_ids, study_concepts(exp, m, split, studies))
     return pair_query_scores(exp, cache, pairs)
 

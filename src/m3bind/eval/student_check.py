@@ -97,36 +97,37 @@ def run_student_check(exp: Experiment, teachers: Mapping, final: Mapping, rule: 
                       bootstrap: Bootstrap, log=print) -> dict:
     """The check's results: per modality and measure, teachers vs final with intervals."""
     from m3bind.cohort.writer import RENDERERS
-    from m3bind.eval.protocol import embed_images, modality_classes, prompt_set_for, zero_shot_scores
+    from m3bind.eval.protocol import embed_view_images, modality_classes, prompt_set_for, zero_shot_scores
 
     modalities = [m for m in teachers if m in final and m in RENDERERS]
     folder = student_check_cohort(exp, log=log)
     check = _check_experiment(exp, folder, modalities)
     cfg = exp.cfg.eval.student_check
     results = {}
-    for m in modalities:
-        studies = check.studies(m, "test")
-        classes = modality_classes(exp, m)
-        shipped = prompt_set_for(exp, m)
-        alternative = alternative_prompt_set(m, shipped.template)
-        keep, targets = single_label_targets(studies.labels, classes)
-        texts = [studies.texts[i] for i in keep]
-        per_variant = {}
-        for name, view in (("teachers", teachers[m]), ("final", final[m])):
-            image_emb = embed_images(view.encode_image, studies.images)
-            alt_prompts = expert_prompts(alternative, classes, class_name=rule.class_name)
-            per_variant[name] = {
-                "image": zero_shot_scores(view, studies, classes, expert_prompts(shipped, classes,
-                                                                                 class_name=rule.class_name),
-                                          rule, image_emb),
-                "image_alternative": zero_shot_scores(view, studies, classes, alt_prompts, rule, image_emb),
-                "reports": _text_scores(view, texts, targets, classes, alt_prompts, rule),
-            }
-        results[m] = {measure: _compare(per_variant["teachers"][measure], per_variant["final"][measure], bootstrap)
-                      for measure in ("image", "image_alternative", "reports")}
-        log(f"student check {m}: image zero-shot teachers {results[m]['image']['teachers']['accuracy']:.3f} / final "
-            f"{results[m]['image']['final']['accuracy']:.3f}; new wording {results[m]['image_alternative']['teachers']['accuracy']:.3f}"
-            f" / {results[m]['image_alternative']['final']['accuracy']:.3f}")
+    with check.sharing_image_embeddings():  # teachers and final share their image towers
+        for m in modalities:
+            studies = check.studies(m, "test")
+            classes = modality_classes(exp, m)
+            shipped = prompt_set_for(exp, m)
+            alternative = alternative_prompt_set(m, shipped.template)
+            keep, targets = single_label_targets(studies.labels, classes)
+            texts = [studies.texts[i] for i in keep]
+            per_variant = {}
+            for name, view in (("teachers", teachers[m]), ("final", final[m])):
+                image_emb = embed_view_images(check, view, studies.images)
+                alt_prompts = expert_prompts(alternative, classes, class_name=rule.class_name)
+                per_variant[name] = {
+                    "image": zero_shot_scores(view, studies, classes, expert_prompts(shipped, classes,
+                                                                                     class_name=rule.class_name),
+                                              rule, image_emb),
+                    "image_alternative": zero_shot_scores(view, studies, classes, alt_prompts, rule, image_emb),
+                    "reports": _text_scores(view, texts, targets, classes, alt_prompts, rule),
+                }
+            results[m] = {measure: _compare(per_variant["teachers"][measure], per_variant["final"][measure], bootstrap)
+                          for measure in ("image", "image_alternative", "reports")}
+            log(f"student check {m}: image zero-shot teachers {results[m]['image']['teachers']['accuracy']:.3f} / final "
+                f"{results[m]['image']['final']['accuracy']:.3f}; new wording {results[m]['image_alternative']['teachers']['accuracy']:.3f}"
+                f" / {results[m]['image_alternative']['final']['accuracy']:.3f}")
     gaps = [r[measure]["difference"].get(metric) for r in results.values() for measure in r
             for metric in ("accuracy", "auc_macro")]
     gaps = [g for g in gaps if g is not None]

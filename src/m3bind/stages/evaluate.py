@@ -37,7 +37,7 @@ from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts,
                                  presence_probabilities, sampled_prompts)
 from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores,
                                   choose_chaining_profile, choose_prototype_rule, concepts_from_column,
-                                  configured_rule, embed_images, embed_texts, heldout_texts, modality_classes,
+                                  configured_rule, embed_images, embed_texts, embed_view_images, heldout_texts, modality_classes,
                                   paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
@@ -95,7 +95,7 @@ class TestEmbeddings:
     def __call__(self, variant: str, modality: str, view) -> torch.Tensor:
         key = (variant, modality)
         if key not in self._cache:
-            self._cache[key] = embed_images(view.encode_image, self.exp.studies(modality, REPORT_SPLIT).images)
+            self._cache[key] = embed_view_images(self.exp, view, self.exp.studies(modality, REPORT_SPLIT).images)
         return self._cache[key]
 
 
@@ -272,12 +272,8 @@ def _prompt_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
 def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_shot: bool = True,
              progress=None) -> dict:
     """Compute every table for the variants available and write the report next to the outputs."""
-    import m3bind
-    from m3bind.eval.real_reports import real_report_check
     from m3bind.eval.report import write_report
-    from m3bind.eval.student_check import run_student_check
     from m3bind.stages.control import run_control
-    from m3bind.train.bind import text_space
 
     start = time.perf_counter()
     timer = StageTimer(log=lambda _: None)
@@ -286,6 +282,25 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     if exp.cfg.eval.lambda0_control and (bind_dir(exp) / "model" / "bound.json").exists():
         with timer("control binding"):
             run_control(exp, progress=progress, log=log)
+    # Nothing trains from here on: the variants can share their image towers' embeddings.
+    with exp.sharing_image_embeddings():
+        report, maps = _evaluate_variants(exp, names, command, log, few_shot, timer, bootstrap)
+    report["seconds"] = time.perf_counter() - start
+    report["timings"] = timer.seconds
+    out_dir = exp.out_dir / "report"
+    if on_main_process(lambda: write_report(report, out_dir, embeddings=maps)) is not None:
+        log(f"report written to {out_dir / 'report.md'}")
+    return report
+
+
+def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log, few_shot: bool, timer: StageTimer,
+                       bootstrap: Bootstrap) -> tuple[dict, dict]:
+    """Every report section for the variants whose files exist, and the embedding maps' samples."""
+    import m3bind
+    from m3bind.eval.real_reports import real_report_check
+    from m3bind.eval.student_check import run_student_check
+    from m3bind.train.bind import text_space
+
     variants = load_variants(exp, names)
     pairs = retrieval_pairs(exp) if exp.cfg.paired_manifests else []
 
@@ -368,12 +383,7 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     after = "m3bind" if "m3bind" in variants else "bound" if "bound" in variants else None
     if after:
         maps["after"] = embedding_sample(exp, variants[after], after, embeddings)
-    report["seconds"] = time.perf_counter() - start
-    report["timings"] = timer.seconds
-    out_dir = exp.out_dir / "report"
-    if on_main_process(lambda: write_report(report, out_dir, embeddings=maps)) is not None:
-        log(f"report written to {out_dir / 'report.md'}")
-    return report
+    return report, maps
 
 
 def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list) -> list[str]:
