@@ -16,13 +16,14 @@ from m3bind.cli import app
 
 PAIRS = ("xray->ct", "xray->ecg", "ct->xray", "ct->ecg", "ecg->xray", "ecg->ct")
 # Pairs on which the quick demo's bound concept AUC beats the BEST baseline with a 95% interval
-# above zero. Measured (seed 0, 150 patients, 15 binding steps at lambda 30): ct->ecg +0.225
-# (+0.224, +0.226) vs random heads, xray->ecg +0.027 (+0.019, +0.034) vs chaining. The others:
-# ecg->xray +0.006 (-0.018, +0.039) vs control, interval including 0; xray->ct -0.064 and ct->xray
-# -0.027 vs control, ecg->ct -0.221 vs chaining. The quick demo's models (30 pretraining and 15
-# binding steps) are too weak for binding's retrieval lift; the full demo is where it is measured.
+# above zero. Measured (seed 0, 120 patients, 20 pretraining and 15 binding steps at lambda 30):
+# none. Bound minus the best baseline: xray->ct -0.281 (-0.285, -0.278) and xray->ecg -0.145
+# (-0.166, -0.119) vs chaining, ct->xray -0.160 (-0.166, -0.153) and ct->ecg -0.372 (-0.380, -0.363)
+# vs control, ecg->xray -0.054 (-0.232, +0.117) vs chaining, ecg->ct -0.026 (-0.043, -0.007) vs
+# control. The quick demo's models are too weak for binding's retrieval lift (with 150 patients
+# and 30 pretraining steps two pairs passed); the full demo is where it is measured.
 # A pair that starts or stops passing is a change to report.
-BEATS_BEST_BASELINE: frozenset[str] = frozenset({"ct->ecg", "xray->ecg"})
+BEATS_BEST_BASELINE: frozenset[str] = frozenset()
 
 
 @pytest.mark.slow
