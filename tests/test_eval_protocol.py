@@ -334,3 +334,25 @@ def test_shared_image_embeddings_equal_per_view_embeddings_and_encode_each_image
     assert calls == [128, 128, 44] * 3
     assert exp.image_memo is None  # only while sharing
     assert not torch.equal(shared["unbound"], shared["bound"])  # different heads still apply
+
+
+def test_builtin_model_takes_its_input_channels_from_the_preprocessing(run, tmp_path):
+    """The published X-ray preprocessing repeats grayscale into 3 channels (demo sizes keep 1): a
+    built-in model pretrains on whichever the config's preprocessing gives, and options asking
+    for other channels are a named config error, not a shape error mid-training."""
+    from m3bind.errors import ConfigError
+    from m3bind.stages import run_pretrain
+
+    root, _, _ = run
+    cfg = _config(root, "three-channels")
+    cfg["modalities"]["xray"]["preprocess"] = {"channels": 3}
+    exp = Experiment(parse_config(cfg))
+    run_pretrain(exp, ["xray"], log=lambda _: None)
+    model = exp.load_unbound("xray")
+    assert model.config.in_channels == 3 and exp.preprocess("xray").output_shape()[0] == 3
+    assert model.encode_image(exp.studies("xray", "val").images[:2]).shape == (2, 8)
+
+    cfg["modalities"]["xray"]["model"]["options"]["in_channels"] = 1
+    with pytest.raises(ConfigError, match=r"modalities\.xray\.model\.options\.in_channels is 1, but the "
+                                          r"preprocessing gives 3"):
+        run_pretrain(Experiment(parse_config(cfg)), ["xray"], log=lambda _: None)

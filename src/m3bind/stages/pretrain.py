@@ -38,10 +38,12 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
             except ValidationError as error:
                 raise ConfigError(format_validation_error(
                     error, type(config), f"{exp.config_path or '<config>'}: modalities.{modality}.model.options")) from None
+        preprocess = exp.preprocess(modality)
+        config = _channels_from_preprocess(exp, modality, config, preprocess)
         torch.manual_seed(exp.cfg.seed)
         train = exp.studies(modality, "train")
         model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
-                                    preprocess=exp.preprocess(modality)).to(exp.device)
+                                    preprocess=preprocess).to(exp.device)
         if exp.cfg.pretrain.text_mlm_steps:
             from m3bind.train.text_pretrain import mlm_pretrain
 
@@ -59,3 +61,16 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
     previous = json.loads(summary.read_text()) if summary.exists() else {}
     on_main_process(lambda: write_summary(summary, {**previous, **results}))
     return results
+
+
+def _channels_from_preprocess(exp: Experiment, modality: str, config, preprocess):
+    """``config`` with the input channels (image channels, ECG leads) the preprocessing produces:
+    the published X-ray preprocessing repeats grayscale into 3 channels, the demo's keeps 1, and a
+    user's ``preprocess`` section may choose either. Options that ask for other channels are an error."""
+    channels = int(preprocess.output_shape()[0])
+    asked = exp.cfg.modalities[modality].model.options.get("in_channels")
+    if asked is not None and asked != channels:
+        raise ConfigError(f"{exp.config_path or '<config>'}: modalities.{modality}.model.options.in_channels is "
+                          f"{asked}, but the preprocessing gives {channels} (its output shape is "
+                          f"{tuple(preprocess.output_shape())}); drop in_channels or change the preprocessing")
+    return config.model_copy(update={"in_channels": channels})
