@@ -247,3 +247,31 @@ def test_debug_shows_the_traceback_the_default_hides(bad):
     debug = m3bind("--debug", "config", str(bad.malformed))
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "ConfigError" in debug.stderr and "not valid YAML" in debug.stderr
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 28311552000 bytes. Error code 12 (Cannot allocate memory)"),
+    RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+])
+def test_out_of_memory_is_one_line_that_says_what_to_lower(error):
+    """Published-size CT volumes in a batch of 32 need about 28 GB: the user is told which settings
+    to lower, not to report an internal error."""
+    import typer
+    from rich.console import Console
+
+    from m3bind.output import friendly_errors
+
+    console = Console(record=True, width=400)
+
+    @friendly_errors(console)
+    def command():
+        raise error
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == 2
+    text = console.export_text()
+    assert text.startswith("error: out of memory") and "internal error" not in text
+    assert "pretrain.batch_size" in text and "demo_sizes" in text

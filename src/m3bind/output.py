@@ -107,6 +107,11 @@ def friendly_errors(console: Console):
                     message = str(exc)
                 elif isinstance(exc, OSError):
                     message = _os_error_message(exc)
+                elif _is_out_of_memory(exc):
+                    message = (f"out of memory ({(str(exc) or type(exc).__name__).splitlines()[0][:200]}); lower the batch size of this "
+                               "stage (pretrain.batch_size, bind.image_batch_size / text_batch_size, "
+                               "distill.batch_size) or the preprocessing sizes (demo_sizes, or a modality's "
+                               "preprocess section), or run on a device with more memory")
                 else:
                     message = (f"internal error ({type(exc).__name__}: {exc}); rerun with `m3bind --debug ...` for "
                                "the traceback and report it")
@@ -115,6 +120,14 @@ def friendly_errors(console: Console):
                 raise typer.Exit(code=2) from None
         return wrapper
     return decorate
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, or torch's on a GPU or a CPU (a RuntimeError there)."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 def _os_error_message(error: OSError) -> str:
