@@ -252,7 +252,61 @@ def test_prompt_concept_and_test_only_paired_fallbacks_are_used_and_reported(run
     # X-ray and CT share cardiomegaly, pleural effusion and lung nodule by name; ECG shares none
     assert report["retrieval"]["bound"]["xray->ct"]["concept_auc"] is not None
     assert report["retrieval"]["bound"]["xray->ecg"]["concept_auc"] is None
+    # ...so there every study is "normal" and would match every other: precision is undefined, not 1.0.
+    assert report["retrieval"]["bound"]["xray->ecg"]["concept_precision"] == {"1": None, "5": None, "10": None}
+    assert report["retrieval"]["bound"]["xray->ecg"]["concept_chance"] is None
+    assert report["retrieval"]["bound"]["xray->ct"]["concept_precision"]["1"] is not None
+    assert "ct->ecg, ecg->ct, ecg->xray, xray->ecg: no paired test study shows a concept" in notes
     assert report["protocol"]["chaining"]["concepts"] == ["cardiomegaly", "lung nodule", "pleural effusion"]
+
+
+def test_a_custom_modality_with_coded_labels_runs_end_to_end(run, tmp_path):
+    """A user's own data in another shape: the X-ray modality is called 'cxr' (a name m3bind does
+    not know, handled `like: xray`), its labels are codes ("LUNG_NODULE") with normal studies
+    written "No Finding", its manifest is JSONL in another folder. Every stage runs; the
+    preprocessing and built-in model are X-ray's; "No Finding" is the normal class, not a class of
+    its own; coded labels get the shipped X-ray descriptions when the config gives the prompt file."""
+    from importlib import resources
+
+    from m3bind.errors import ConfigError
+    from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
+
+    root, _, _ = run
+    coded = lambda cell: "|".join(label.upper().replace(" ", "_") for label in cell.split("|") if label) or "No Finding"
+    for source, target in ((root / "cohort" / "xray" / "manifest.csv", tmp_path / "tables" / "cxr.jsonl"),
+                           (root / "cohort" / "paired" / "xray.csv", tmp_path / "tables" / "cxr_paired.jsonl")):
+        table = pd.read_csv(source, dtype=str, keep_default_na=False).drop(columns=["modality", "concepts"])
+        table["path"] = [str(source.parent / p) for p in table["path"]]
+        table["labels"] = table["labels"].map(coded)
+        target.parent.mkdir(exist_ok=True)
+        table.to_json(target, orient="records", lines=True)
+    config = _config(root, "unused", lambda0_control=False, student_check={"enabled": False})
+    config["output_dir"] = str(tmp_path / "run")
+    config["modalities"] = {"cxr": {**config["modalities"]["xray"], "manifest": str(tmp_path / "tables" / "cxr.jsonl")},
+                            "ecg": config["modalities"]["ecg"]}
+    config["paired_manifests"] = {"cxr": str(tmp_path / "tables" / "cxr_paired.jsonl"),
+                                  "ecg": config["paired_manifests"]["ecg"]}
+    with pytest.raises(ConfigError, match="'cxr' is not a built-in modality .* add `like: xray`"):
+        parse_config(config)
+    config["modalities"]["cxr"]["like"] = "xray"
+    config["modalities"]["cxr"]["prompts"] = str(resources.files("m3bind.eval") / "prompt_sets" / "xray.yaml")
+    exp = Experiment(parse_config(config))
+    assert exp.preprocess("cxr") == Experiment(parse_config(_config(root, "unused"))).preprocess("xray")
+    assert "No Finding" not in exp.manifest("cxr").label_names()
+    run_pretrain(exp, log=lambda _: None)
+    run_bind(exp, log=lambda _: None)
+    run_distill(exp, log=lambda _: None)
+    report = run_eval(exp, command="test", log=lambda _: None, few_shot=False)
+    assert report["modalities"] == ["cxr", "ecg"]
+    classes = report["zero_shot"]["cxr"]["bound"]["expert"]["classes"]
+    assert set(classes) == {"normal", "CARDIOMEGALY", "CONSOLIDATION", "LUNG_NODULE", "PLEURAL_EFFUSION", "PNEUMOTHORAX"}
+    assert not [n for n in report["notes"] if n.startswith("cxr: no prompt-file entry")]
+    assert report["retrieval"]["bound"]["cxr->ecg"]["recall"]["1"] is not None
+    # X-ray and ECG labels share no concept: concept numbers are undefined and chaining cannot run.
+    assert report["retrieval"]["bound"]["cxr->ecg"]["concept_precision"]["1"] is None
+    assert report["retrieval"].get("chaining", {}) == {}
+    assert any(n.startswith("The chaining baseline did not run") for n in report["notes"])
+    assert "## Cross-modal retrieval (Table 3 style)" in (tmp_path / "run" / "report" / "report.md").read_text(encoding="utf-8")
 
 
 def test_a_dataset_without_validation_rows_gets_no_stage_zero_shot_line(run, tmp_path):

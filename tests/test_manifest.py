@@ -80,3 +80,23 @@ def test_split_selection_and_unparseable_file(tmp_path):
         read_manifest(broken)
     with pytest.raises(DataError, match="unsupported manifest format"):
         read_manifest(tmp_path / "s0.npy")
+
+
+@pytest.mark.parametrize("cell", ["", "normal", "Normal", "No Finding", "NO_FINDING", "no findings", " | normal |"])
+def test_spellings_of_the_normal_class_are_a_normal_study(tmp_path, cell):
+    # CheXpert and MIMIC-CXR write "No Finding"; m3bind's normal class is an empty label list, so
+    # a user's "No Finding" must not become a second normal class beside the built-in one.
+    (tmp_path / "a.png").touch()
+    (tmp_path / "b.png").touch()
+    (tmp_path / "m.csv").write_text(f"path,text,labels\na.png,clear,{cell}\nb.png,big heart,Cardiomegaly|No Finding\n")
+    manifest = read_manifest(tmp_path / "m.csv")
+    assert manifest.labels(0) == []
+    assert manifest.labels(1) == ["Cardiomegaly"]
+    assert manifest.label_names() == ["Cardiomegaly"]
+
+
+def test_label_key_ignores_spelling():
+    from m3bind.data.manifest import label_key
+
+    assert label_key("Pleural_Effusion") == label_key("pleural  effusion") == label_key("PLEURAL EFFUSION")
+    assert label_key("pleural effusion") != label_key("pericardial effusion")

@@ -9,6 +9,7 @@ import torch
 from m3bind.errors import DataError
 from m3bind.eval.prompts import (
     available_prompt_sets,
+    class_phrase,
     empty_prompt_set,
     expert_prompts,
     load_prompt_file,
@@ -194,3 +195,27 @@ def test_missing_file_and_unknown_shipped_set():
         load_prompt_file("/nonexistent/prompts.yaml")
     with pytest.raises(DataError, match="no shipped prompt set named 'mri'.*xray"):
         load_prompt_set("mri")
+
+
+@pytest.mark.parametrize("label, phrase", [
+    ("LUNG_NODULE", "lung nodule"), ("Pleural_Thickening", "Pleural Thickening"), ("ST_ELEVATION", "ST elevation"),
+    ("LOW_QRS_VOLTAGE", "low QRS voltage"), ("CARDIOMEGALY", "cardiomegaly"), ("NO_FINDING", "no finding"),
+    ("pleural effusion", "pleural effusion"), ("ST elevation", "ST elevation"), ("AF", "AF"),
+])
+def test_class_phrase_reads_label_codes_as_words(label, phrase):
+    assert class_phrase(label) == phrase
+
+
+def test_coded_label_names_find_their_prompt_file_entry_and_read_as_words():
+    # A dataset that writes its labels as codes (ChestX-ray14: "Pleural_Thickening") must get the
+    # shipped expert descriptions of the same finding, and naive prompts in words, not in code.
+    xray = load_prompt_set("xray")
+    classes = ["LUNG_NODULE", "Pleural_Effusion", "PNEUMOMEDIASTINUM"]
+    assert missing_classes(xray, classes) == ["PNEUMOMEDIASTINUM"]
+    assert naive_prompts(xray, classes)["LUNG_NODULE"] == ["Impression: lung nodule."]
+    expert = expert_prompts(xray, classes)
+    assert [p for p in expert["LUNG_NODULE"] if p != "Impression: lung nodule."] == \
+        [xray.template.format(d) for d in xray.classes["lung nodule"] if d != "lung nodule"]
+    assert expert["PNEUMOMEDIASTINUM"] == ["Impression: pneumomediastinum."]
+    assert sampled_prompts(xray, ["PNEUMOMEDIASTINUM"], n=3) == {"PNEUMOMEDIASTINUM": ["pneumomediastinum"]}
+    assert presence_pairs(xray, ["LUNG_NODULE"])["LUNG_NODULE"][0] == "Lung nodule is present."

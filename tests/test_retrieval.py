@@ -66,3 +66,19 @@ def test_retrieval_scores_perfect_alignment():
     assert scores["concept_precision"][1] == 1.0
     # the query's own study always ranks first, so each cardiomegaly query's AUC is at least 0.5
     assert scores["concept_auc"] >= 0.5 and set(scores["concept_auc_per_concept"]) == {"cardiomegaly", "effusion"}
+
+
+def test_concept_numbers_are_undefined_when_no_study_shows_a_concept():
+    # Two modalities whose labels have nothing in common: after keeping only shared concepts every
+    # study is "normal", so every gallery study would match every query (precision 1.0 = chance).
+    # Those numbers say nothing; they must be reported as undefined, with Recall@K still measured.
+    emb = torch.nn.functional.normalize(torch.eye(3), dim=-1)
+    scores = retrieval_scores(emb, emb, ["a", "b", "c"], ["a", "b", "c"], [NORMAL] * 3, [NORMAL] * 3, ks=(1, 2))
+    assert scores["recall"] == {1: 1.0, 2: 1.0}
+    assert scores["concept_precision"] == {1: None, 2: None}
+    assert scores["concept_chance"] is None and scores["concept_auc"] is None
+    # One study showing a shared concept makes precision defined again (normal vs cardiomegaly).
+    scores = retrieval_scores(emb, emb, ["a", "b", "c"], ["a", "b", "c"], [CARDIO, NORMAL, NORMAL],
+                              [CARDIO, NORMAL, NORMAL], ks=(1,))
+    assert scores["concept_precision"] == {1: 1.0}
+    assert scores["concept_chance"] == pytest.approx((1 / 3 + 2 / 3 + 2 / 3) / 3)

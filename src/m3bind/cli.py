@@ -239,13 +239,18 @@ def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) wit
     table.add_column("mean zero-shot acc", justify="right")
     for row in rows:
         setting = ", ".join(f"{k}{'+' if v else '-'}" for k, v in row["setting"].items())
-        cells = [f"{row['retrieval'][p]['recall']['10']:.3f} / {row['retrieval'][p]['concept_precision']['10']:.3f}"
+        cells = [f"{_number(row['retrieval'][p]['recall']['10'])} / {_number(row['retrieval'][p]['concept_precision']['10'])}"
                  if p in row["retrieval"] else "–" for p in pairs]
         accs = list(row["zero_shot"].values())
         table.add_row(setting, *cells, f"{sum(accs) / len(accs):.3f}")
     table.caption = f"zero-shot accuracy with {rows[0]['zero_shot_prompts']} prompts" if rows else None
     console.print(table)
     console.print(f"written to {ablation_path(exp, study)}")
+
+
+def _number(value: float | None) -> str:
+    """A table cell: three decimals, or '–' for an undefined or unmeasured number."""
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _print_report_summary(report: dict) -> None:
@@ -262,7 +267,7 @@ def _print_report_summary(report: dict) -> None:
                 value = get(variant)
             except (KeyError, TypeError):
                 value = None
-            values.append("–" if value is None else f"{value:.3f}")
+            values.append(_number(value))
         return values
 
     for m in report["modalities"]:
@@ -271,7 +276,7 @@ def _print_report_summary(report: dict) -> None:
         k = max(unbound["recall"], key=int)
         table.add_row(f"{pair} R@{k} (chance {unbound['recall_chance'][k]:.3f})",
                       *cells(lambda v: report["retrieval"][v][pair]["recall"][k]))
-        table.add_row(f"{pair} concept P@{k} (chance {unbound['concept_chance']:.3f})",
+        table.add_row(f"{pair} concept P@{k} (chance {_number(unbound['concept_chance'])})",
                       *cells(lambda v: report["retrieval"][v][pair]["concept_precision"][k]))
         table.add_row(f"{pair} concept AUC (chance 0.500)",
                       *cells(lambda v: report["retrieval"][v][pair].get("concept_auc")))
@@ -290,9 +295,8 @@ def _print_bind_summary(summary: dict) -> None:
         for k, value in after["recall"].items():
             table.add_row(f"{pair} R@{k} (chance {after['recall_chance'][k]:.3f})",
                           f"{before['recall'][k]:.3f}", f"{value:.3f}")
-        table.add_row(f"{pair} concept P@5 (chance {after['concept_chance']:.3f})",
-                      f"{before['concept_precision'].get(5, float('nan')):.3f}",
-                      f"{after['concept_precision'].get(5, float('nan')):.3f}")
+        table.add_row(f"{pair} concept P@5 (chance {_number(after['concept_chance'])})",
+                      _number(before["concept_precision"].get(5)), _number(after["concept_precision"].get(5)))
         if after.get("concept_auc") is not None:
             table.add_row(f"{pair} concept AUC (chance 0.500)", f"{before['concept_auc']:.3f}",
                           f"{after['concept_auc']:.3f}")

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from m3bind.data.limits import ReadLimits
 from m3bind.errors import ConfigError
+from m3bind.modalities import MODALITY_NAMES
 
 
 class Section(BaseModel):
@@ -43,6 +44,19 @@ class ModalityConfig(Section):
                                                    "(see m3bind.data.preprocess_specs).")
     prompts: str | None = Field(None, description="Zero-shot prompt file (YAML) for this modality; "
                                                   "default: the built-in prompts for known modalities.")
+    like: str | None = Field(None, description="For a modality name m3bind does not know (mammography, "
+                                               "dermatology, mri, ...): the built-in modality whose input "
+                                               "kind, preprocessing defaults and built-in model sizes it "
+                                               "takes (xray, ct, retina, ecg or pathology). Prompts are "
+                                               "not taken: give a prompt file, or get naive prompts from "
+                                               "the label names.")
+
+    @field_validator("like")
+    @classmethod
+    def _like_is_builtin(cls, value: str | None) -> str | None:
+        if value is not None and value not in MODALITY_NAMES:
+            raise ValueError(f"'{value}' is not a built-in modality; choose one of {', '.join(MODALITY_NAMES)}")
+        return value
 
 
 class PretrainConfig(Section):
@@ -208,6 +222,18 @@ class ExperimentConfig(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="The distill stage (SESKD).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     data: DataConfig = Field(default_factory=DataConfig, description="Reading and caching studies.")
+
+    @field_validator("modalities")
+    @classmethod
+    def _custom_builtin_modalities_say_what_they_are_like(cls, value: dict[str, ModalityConfig]):
+        # A built-in model is built from its modality's facts (input kind, channels, sizes); a name
+        # m3bind does not know has none, so the user names the built-in modality it resembles.
+        for name, modality in value.items():
+            if modality.model.type == "builtin" and name not in MODALITY_NAMES and modality.like is None:
+                raise ValueError(f"'{name}' is not a built-in modality ({', '.join(MODALITY_NAMES)}), so its "
+                                 f"built-in model needs to know what it is like: add `like: xray` (or ct, retina, "
+                                 f"ecg, pathology) under modalities.{name}")
+        return value
 
 
 def _unwrap(annotation: Any) -> Any:

@@ -124,7 +124,7 @@ class Experiment:
 
         spec = self._modality(modality).model
         if adapter_class(spec.type).trains_from_scratch:
-            base = default_preprocess(modality, demo=self.cfg.demo_sizes)
+            base = default_preprocess(self.builtin_kind(modality), demo=self.cfg.demo_sizes)
         else:
             if modality not in self._model_preprocess:
                 # From the checkpoint's options and config files: the weights are not read here.
@@ -183,6 +183,11 @@ class Experiment:
         return resolve_device(self.cfg.device)
 
     # --- models -----------------------------------------------------------------------
+    def builtin_kind(self, modality: str) -> str:
+        """The built-in modality whose facts (input kind, preprocessing defaults, built-in model
+        sizes) ``modality`` takes: itself, or the config's ``like`` for a custom name."""
+        return self._modality(modality).like or modality
+
     def trains_from_scratch(self, modality: str) -> bool:
         """Whether the modality's model is one m3bind pretrains itself (no published checkpoint)
         and no saved folder was given to start from."""

@@ -1,7 +1,7 @@
 """Manifests: one table per dataset, one row per study (the project's data interface).
 
 Columns: ``path`` (relative to the manifest's folder), ``text``, ``labels`` ('|'-separated,
-may be empty), ``split`` (train/val/test), ``patient_id`` (optional; equal ids across two
+empty, "normal" or "No Finding" for a normal study), ``split`` (train/val/test), ``patient_id`` (optional; equal ids across two
 modalities' manifests make a cross-modal pair), ``modality`` (optional when the caller says
 which modality it expects). Extra columns are kept untouched. CSV, JSONL and Parquet are
 read; every validation error names the file, the data row (1-based, header excluded) and the
@@ -62,10 +62,29 @@ class Manifest:
         return sorted(names)
 
 
+# Labels that mean "no finding". Datasets spell the normal class differently (CheXpert and
+# MIMIC-CXR: "No Finding"); m3bind's normal class is an empty label list, so these are read as one.
+NORMAL_LABELS = frozenset({"normal", "no finding", "no findings"})
+
+
+def label_key(label: str) -> str:
+    """A label's spelling-free form (case, underscores and spacing ignored): "Pleural_Effusion",
+    "pleural effusion" and "PLEURAL EFFUSION" are one finding when two manifests are compared."""
+    return " ".join(label.replace("_", " ").casefold().split())
+
+
+def is_normal_label(label: str) -> bool:
+    """Whether ``label`` names the normal class (:data:`NORMAL_LABELS`, in any spelling)."""
+    return label_key(label) in NORMAL_LABELS
+
+
 def parse_labels(raw: object) -> list[str]:
+    """The findings of one ``labels`` cell; spellings of the normal class (:data:`NORMAL_LABELS`)
+    are left out, so "No Finding", "normal" and an empty cell all mean a normal study."""
     if raw is None or (isinstance(raw, float) and pd.isna(raw)):
         return []
-    return [part.strip() for part in str(raw).split(LABEL_SEPARATOR) if part.strip()]
+    parts = (part.strip() for part in str(raw).split(LABEL_SEPARATOR))
+    return [part for part in parts if part and not is_normal_label(part)]
 
 
 # What pandas and pyarrow raise for unparsable, truncated or corrupt-gzip tables.

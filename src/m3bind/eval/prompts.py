@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from m3bind.data.manifest import label_key
 from m3bind.errors import DataError
 
 DEFAULT_TEMPLATE = "{}"
@@ -123,7 +124,7 @@ def naive_prompts(prompt_set: PromptSet, classes: Sequence[str]) -> dict[str, li
 
     Needs nothing else from the file, so any class name works, listed there or not.
     """
-    return {name: [prompt_set.template.format(name)] for name in classes}
+    return {name: [prompt_set.template.format(class_phrase(name))] for name in classes}
 
 
 def expert_prompts(prompt_set: PromptSet, classes: Sequence[str], use_template: bool = True,
@@ -138,9 +139,9 @@ def expert_prompts(prompt_set: PromptSet, classes: Sequence[str], use_template: 
     out = {}
     for name in classes:
         known = prompt_set.find(name)
-        phrases = list(prompt_set.classes[known]) if known is not None else [name]
+        phrases = list(prompt_set.classes[known]) if known is not None else [class_phrase(name)]
         if class_name and not any(_normalise(p) == _normalise(name) for p in phrases):
-            phrases.append(name)
+            phrases.append(class_phrase(name))
         out[name] = [prompt_set.template.format(p) for p in phrases] if use_template else phrases
     return out
 
@@ -161,7 +162,7 @@ def sampled_prompts(prompt_set: PromptSet, classes: Sequence[str], n: int, seed:
     for name in classes:
         known = prompt_set.find(name)
         if known is None:
-            pool = [name]
+            pool = [class_phrase(name)]
         elif known in prompt_set.attributes:
             pool = _attribute_combinations(prompt_set.attributes[known])
         else:
@@ -177,7 +178,8 @@ def presence_pairs(prompt_set: PromptSet, findings: Sequence[str]) -> dict[str, 
     "Emphysema is not present."). The first letter is capitalised, as a report sentence would be.
     Any finding name works, listed in the file or not."""
     positive, negative = prompt_set.presence
-    return {name: (_capitalise(positive.format(name)), _capitalise(negative.format(name))) for name in findings}
+    return {name: (_capitalise(positive.format(class_phrase(name))), _capitalise(negative.format(class_phrase(name))))
+            for name in findings}
 
 
 @torch.no_grad()
@@ -283,8 +285,28 @@ def _attribute_combinations(lists: Mapping[str, Sequence[str]]) -> list[str]:
     return list(dict.fromkeys(p for p in prompts if p))
 
 
+# Short words of an all-capitals label that are English, not acronyms ("NO FINDING").
+_SHORT_WORDS = frozenset({"a", "air", "all", "an", "and", "any", "arm", "at", "big", "by", "dry", "ear", "eye", "fat",
+                          "for", "hip", "in", "jaw", "leg", "low", "mid", "new", "no", "non", "not", "of", "old", "on",
+                          "one", "or", "rib", "the", "to", "two", "wet", "with"})
+
+
+def class_phrase(name: str) -> str:
+    """How a label name reads inside a prompt.
+
+    Labels are often codes: "LUNG_NODULE", "Pleural_Thickening" (ChestX-ray14), "ST_ELEVATION".
+    A text encoder was trained on sentences, so underscores become spaces, and an all-capitals
+    label is lower-cased except for its short words that are acronyms ("ST elevation", "low QRS
+    voltage"). Any other label is kept as written, so "pleural effusion" is unchanged.
+    """
+    words = name.replace("_", " ").split()
+    if name.upper() == name and any(ch.isalpha() for ch in name):
+        words = [w if len(w) <= 3 and w.casefold() not in _SHORT_WORDS else w.lower() for w in words]
+    return " ".join(words)
+
+
 def _normalise(name: str) -> str:
-    return " ".join(name.casefold().split())
+    return label_key(name)
 
 
 def _capitalise(sentence: str) -> str:

@@ -18,7 +18,7 @@ from itertools import permutations
 import numpy as np
 import torch
 
-from m3bind.data.manifest import parse_labels
+from m3bind.data.manifest import label_key, parse_labels
 from m3bind.data.store import take_rows
 from m3bind.errors import DataError
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores, mean_query_scores
@@ -265,7 +265,8 @@ def study_concepts(exp: Experiment, modality: str, split: str, studies) -> list[
     modalities use, see pair_query_scores)."""
     table = exp.paired_manifest(modality).split(split).table
     column = "concepts" if concepts_from_column(exp) else "labels"
-    return [frozenset(parse_labels(table.at[row - 1, column])) for row in studies.rows]
+    # Concepts are compared across two modalities' manifests, which may spell a finding differently.
+    return [frozenset(label_key(c) for c in parse_labels(table.at[row - 1, column])) for row in studies.rows]
 
 
 def concept_names(exp: Experiment, split: str = TUNING_SPLIT) -> list[str]:
@@ -394,6 +395,10 @@ def chaining_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str
     unbound model scores its studies against one shared list of concept prompts (``concepts``
     in the modality's prompt template), and studies of two modalities are compared by the cosine
     of their concept score profiles (:func:`chaining_profiles`)."""
+    from m3bind.eval.prompts import class_phrase
+
+    if not concepts:
+        return {}  # no concept two paired modalities share: nothing to chain through
     cache = {}
     for m in _wanted(pairs, unbound):
         if m not in exp.cfg.paired_manifests:
@@ -402,7 +407,7 @@ def chaining_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[str
         view.eval()
         studies = paired_studies(exp, m, split)
         template = prompt_set_for(exp, m).template
-        concept_emb = embed_texts(view.encode_texts, [template.format(c) for c in concepts])
+        concept_emb = embed_texts(view.encode_texts, [template.format(class_phrase(c)) for c in concepts])
         profiles = chaining_profiles(embed_view_images(exp, view, studies.images), concept_emb, profile)
         cache[m] = (profiles, studies.patient_ids, study_concepts(exp, m, split, studies))
     return pair_query_scores(exp, cache, pairs)

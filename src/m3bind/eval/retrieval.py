@@ -117,8 +117,8 @@ class QueryScores:
         return {
             "recall": {k: float(v.mean()) for k, v in self.recall.items()},
             "recall_chance": {k: min(1.0, k / self.gallery) for k in self.recall},
-            "concept_precision": {k: float(v.mean()) for k, v in self.precision.items()},
-            "concept_chance": self.concept_chance,
+            "concept_precision": {k: _defined(v.mean()) for k, v in self.precision.items()},
+            "concept_chance": _defined(self.concept_chance),
             "concept_auc": float(np.mean(list(per_concept.values()))) if per_concept else None,
             "concept_auc_per_concept": per_concept,
             "queries": self.queries, "gallery": self.gallery,
@@ -141,6 +141,11 @@ class QueryScores:
                 "concept_precision_ci": {k: bootstrap.interval(v) for k, v in values["concept_precision"].items()}}
 
 
+def _defined(value: float) -> float | None:
+    """A reported number, or None (shown as '–') where it is undefined (NaN)."""
+    return None if np.isnan(value) else float(value)
+
+
 def mean_query_scores(draws: Sequence[QueryScores]) -> QueryScores:
     """Per-query values averaged over draws of the same queries and gallery (random heads);
     every reported number of the result is the mean of the draws' numbers."""
@@ -154,13 +159,21 @@ def mean_query_scores(draws: Sequence[QueryScores]) -> QueryScores:
 def query_scores(sims: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequence[str],
                  query_concepts: Sequence[frozenset], gallery_concepts: Sequence[frozenset],
                  ks: Sequence[int] = (1, 5, 10)) -> QueryScores:
-    """Per-query values from a (Q, G) similarity matrix."""
+    """Per-query values from a (Q, G) similarity matrix.
+
+    When no study on either side shows any concept (two modalities whose labels have nothing in
+    common), every study "matches" every other: concept precision is then undefined (NaN, reported
+    as None), not a perfect 1.0.
+    """
     ranking = np.argsort(-sims, axis=1, kind="stable")
     concepts, auc = concept_auc_per_query(sims, query_concepts, gallery_concepts)
-    return QueryScores(recall=recall_hits(ranking, query_ids, gallery_ids, ks),
-                       precision=concept_precision_per_query(ranking, query_concepts, gallery_concepts, ks),
-                       concepts=concepts, concept_auc=auc, gallery=len(gallery_ids),
-                       concept_chance=concept_chance(query_concepts, gallery_concepts))
+    if any(query_concepts) or any(gallery_concepts):
+        precision = concept_precision_per_query(ranking, query_concepts, gallery_concepts, ks)
+        chance = concept_chance(query_concepts, gallery_concepts)
+    else:
+        precision, chance = {k: np.full(len(query_ids), np.nan) for k in ks}, float("nan")
+    return QueryScores(recall=recall_hits(ranking, query_ids, gallery_ids, ks), precision=precision,
+                       concepts=concepts, concept_auc=auc, gallery=len(gallery_ids), concept_chance=chance)
 
 
 def embedding_query_scores(query_emb: torch.Tensor, gallery_emb: torch.Tensor, query_ids: Sequence[str],

@@ -375,6 +375,10 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
             report["notes"].append(f"Real-report check skipped: {report['real_reports']['skipped']}")
 
     report["notes"] += _notes(exp, names, rule_choice, pairs)
+    report["notes"] += _pairs_without_concepts_note(report["retrieval"])
+    if pairs and not report["retrieval"].get("chaining"):
+        report["notes"].append("The chaining baseline did not run: it ranks studies through concepts that two "
+                               "paired modalities share, and these have none.")
     ablations = {path.parent.name: json.loads(path.read_text())
                  for path in sorted((exp.out_dir / "ablations").glob("*/ablation.json"))}
     if ablations:
@@ -384,6 +388,20 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
     if after:
         maps["after"] = embedding_sample(exp, variants[after], after, embeddings)
     return report, maps
+
+
+def _pairs_without_concepts_note(retrieval: Mapping[str, Mapping[str, dict]]) -> list[str]:
+    """A note naming the retrieval pairs whose concept numbers are undefined: no test study of
+    either modality shows a concept the other modality can show."""
+    undefined = sorted({pair for scores in retrieval.values() for pair, s in scores.items()
+                        if s.get("concept_chance") is None})
+    if not undefined:
+        return []
+    return [f"{', '.join(undefined)}: no paired test study shows a concept both modalities of the pair can show "
+            "(their labels have nothing in common), so concept precision and concept AUC are undefined (–); "
+            "only Recall@K (the same patient) is measured. A 'concepts' column in the paired manifests names "
+            "cross-modal concepts (e.g. cardiomegaly on an X-ray and on the ECG showing left ventricular "
+            "hypertrophy)."]
 
 
 def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list) -> list[str]:

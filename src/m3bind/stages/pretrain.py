@@ -31,7 +31,8 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         if not exp.trains_from_scratch(modality):
             log(f"{modality}: starts from the {spec.type} model at {spec.path}, no pretraining needed")
             continue
-        config = builtin_config(modality, demo=exp.cfg.demo_sizes)
+        config = builtin_config(exp.builtin_kind(modality), demo=exp.cfg.demo_sizes).model_copy(
+            update={"modality": modality})
         if spec.options:
             try:
                 config = type(config).model_validate({**config.model_dump(), **spec.options})
