@@ -5,6 +5,7 @@ second cohort, and the prompt and concept fallbacks for a user's own data."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -307,6 +308,32 @@ def test_a_custom_modality_with_coded_labels_runs_end_to_end(run, tmp_path):
     assert report["retrieval"].get("chaining", {}) == {}
     assert any(n.startswith("The chaining baseline did not run") for n in report["notes"])
     assert "## Cross-modal retrieval (Table 3 style)" in (tmp_path / "run" / "report" / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_modality_with_training_rows_only_is_left_out_of_evaluation_and_named(run, tmp_path):
+    """A manifest without a split column is all 'train' (bound, evaluated elsewhere): evaluation
+    reports the other modalities and says which one it left out, instead of failing on its empty
+    test split; asking that modality's test studies directly names the file and the row counts."""
+    from m3bind.errors import DataError
+    from m3bind.stages import run_eval
+
+    root, exp, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    manifest = tmp_path / "cohort" / "ct" / "manifest.csv"
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table.drop(columns=["split"]).to_csv(manifest, index=False)
+    config = _config(tmp_path, "run", lambda0_control=False, student_check={"enabled": False})
+    config["modalities"] = {m: {**spec, "model": {"type": "builtin", "path": str(exp.pretrained_dir(m))}}
+                            for m, spec in config["modalities"].items()}
+    partial = Experiment(parse_config(config))
+    shutil.copytree(root / "run" / "bind", tmp_path / "run" / "bind")
+    with pytest.raises(DataError, match=rf"ct{os.sep}manifest.csv: has no 'test' rows \(rows per split: train {len(table)}, "
+                                        r"val 0, test 0; a manifest without a 'split' column is all 'train'\)"):
+        partial.studies("ct", "test")
+    report = run_eval(partial, command="test", log=lambda _: None, few_shot=False)
+    assert report["modalities"] == ["xray", "ct", "ecg"] and set(report["zero_shot"]) == {"xray", "ecg"}
+    assert any(n.startswith("ct: no 'test' rows in the manifest") for n in report["notes"])
+    assert "xray->ct" in report["retrieval"]["bound"]  # its paired studies still take part
 
 
 def test_a_dataset_without_validation_rows_gets_no_stage_zero_shot_line(run, tmp_path):

@@ -5,6 +5,7 @@ print a summary. Library errors (M3BindError) are shown as one clear line, never
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -250,7 +251,7 @@ def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) wit
 
 def _number(value: float | None) -> str:
     """A table cell: three decimals, or '–' for an undefined or unmeasured number."""
-    return "–" if value is None else f"{value:.3f}"
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def _print_report_summary(report: dict) -> None:
@@ -301,8 +302,8 @@ def _print_bind_summary(summary: dict) -> None:
             table.add_row(f"{pair} concept AUC (chance 0.500)", f"{before['concept_auc']:.3f}",
                           f"{after['concept_auc']:.3f}")
     for m, after in summary["after"]["zero_shot"].items():
-        table.add_row(f"{m} zero-shot acc", f"{summary['before']['zero_shot'][m]['accuracy']:.3f}",
-                      f"{after['accuracy']:.3f}")
+        table.add_row(f"{m} zero-shot acc", _number(summary["before"]["zero_shot"][m]["accuracy"]),
+                      _number(after["accuracy"]))
     console.print(table)
 
 

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 
 from m3bind.config import ExperimentConfig, load_config, resolve_path
 from m3bind.data.datasets import StudySet
-from m3bind.data.manifest import Manifest, read_manifest
-from m3bind.errors import ConfigError
+from m3bind.data.manifest import SPLITS, Manifest, read_manifest
+from m3bind.errors import ConfigError, DataError
 from m3bind.fileio import atomic_write_text
 
 
@@ -149,7 +149,13 @@ class Experiment:
         memo = (modality, split, paired)
         if memo in self._studies:
             return self._studies[memo]
-        manifest = (self.paired_manifest(modality) if paired else self.manifest(modality)).split(split)
+        whole = self.paired_manifest(modality) if paired else self.manifest(modality)
+        manifest = whole.split(split)
+        if not len(manifest.table):
+            counts = whole.table["split"].value_counts()
+            raise DataError(whole.source, f"has no '{split}' rows (rows per split: "
+                            + ", ".join(f"{name} {counts.get(name, 0)}" for name in SPLITS)
+                            + "; a manifest without a 'split' column is all 'train')")
         spec = self.preprocess(modality)
         key = study_cache_key(manifest, spec, self.cfg.data.read_limits)
         cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{key}"

@@ -179,6 +179,8 @@ def zero_shot_by_modality(exp: Experiment, views: Mapping, split: str = TUNING_S
 def describe_zero_shot(result: Mapping) -> str:
     """One line for a stage's log: '0.512 on 60 val studies (expert prompts, renormalised
     prototypes; chance 0.167)'."""
+    if not result["n"]:
+        return f"not measured: no {result['split']} studies"
     return (f"{result['accuracy']:.3f} on {result['n']} {result['split']} studies ({result['prompts']} prompts, "
             f"{result['prototypes']} prototypes; chance {result['chance']:.3f})")
 

@@ -30,6 +30,7 @@ import torch
 
 from m3bind.data.store import take_rows
 from m3bind.devices import on_main_process
+from m3bind.errors import ConfigError
 from m3bind.eval.bootstrap import Bootstrap
 from m3bind.eval.fewshot import linear_probe, sample_shots
 from m3bind.eval.metrics import multilabel_metrics
@@ -277,7 +278,14 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
 
     start = time.perf_counter()
     timer = StageTimer(log=lambda _: None)
-    names = exp.cfg.bind.modalities or exp.modalities
+    names = bound_names = list(exp.cfg.bind.modalities or exp.modalities)
+    # A modality may come with training data only (bound, but evaluated elsewhere): it is left
+    # out of the test-split sections, and the report says so, rather than failing the others.
+    untested = [m for m in names if not (exp.manifest(m).table["split"] == REPORT_SPLIT).any()]
+    names = [m for m in names if m not in untested]
+    if not names:
+        raise ConfigError(f"no modality's manifest has '{REPORT_SPLIT}' rows to evaluate on (a manifest without a "
+                          "'split' column is all 'train'): give the studies to report on split 'test'")
     bootstrap = Bootstrap(exp.cfg.eval.bootstrap_resamples, exp.cfg.eval.bootstrap_seed)
     if exp.cfg.eval.lambda0_control and (bind_dir(exp) / "model" / "bound.json").exists():
         with timer("control binding"):
@@ -285,6 +293,11 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     # Nothing trains from here on: the variants can share their image towers' embeddings.
     with exp.sharing_image_embeddings():
         report, maps = _evaluate_variants(exp, names, command, log, few_shot, timer, bootstrap)
+    if untested:
+        report["modalities"] = bound_names  # sections name only the ones they cover
+        report["notes"].append(f"{', '.join(untested)}: no '{REPORT_SPLIT}' rows in the manifest (a manifest without "
+                               "a 'split' column is all 'train'), so zero-shot, few-shot and text-to-image retrieval "
+                               "were not evaluated for it; its paired studies, if any, still take part in retrieval.")
     report["seconds"] = time.perf_counter() - start
     report["timings"] = timer.seconds
     out_dir = exp.out_dir / "report"
@@ -383,10 +396,11 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
                  for path in sorted((exp.out_dir / "ablations").glob("*/ablation.json"))}
     if ablations:
         report["ablations"] = ablations
-    maps = {"before": embedding_sample(exp, variants["unbound"], "unbound", embeddings)}
+    evaluated = lambda views: {m: view for m, view in views.items() if m in names}
+    maps = {"before": embedding_sample(exp, evaluated(variants["unbound"]), "unbound", embeddings)}
     after = "m3bind" if "m3bind" in variants else "bound" if "bound" in variants else None
     if after:
-        maps["after"] = embedding_sample(exp, variants[after], after, embeddings)
+        maps["after"] = embedding_sample(exp, evaluated(variants[after]), after, embeddings)
     return report, maps
 
 
