@@ -100,3 +100,25 @@ def test_label_key_ignores_spelling():
 
     assert label_key("Pleural_Effusion") == label_key("pleural  effusion") == label_key("PLEURAL EFFUSION")
     assert label_key("pleural effusion") != label_key("pericardial effusion")
+
+
+def test_public_datasets_split_names_are_read_as_train_val_test(tmp_path):
+    # MIMIC-CXR's split file says "validate", CheXpert's folders "valid"; a typo is still an error.
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / f"{name}.png").touch()
+    (tmp_path / "m.csv").write_text("path,text,split\na.png,x,Train\nb.png,x,validate\nc.png,x,VALID\n"
+                                    "d.png,x,dev\ne.png,x, Test \n")
+    assert read_manifest(tmp_path / "m.csv").table["split"].tolist() == ["train", "val", "val", "val", "test"]
+    (tmp_path / "bad.csv").write_text("path,text,split\na.png,x,train\nb.png,x,tset\n")
+    with pytest.raises(DataError, match=r"bad.csv, row 2, column 'split': 'tset' is not a split"):
+        read_manifest(tmp_path / "bad.csv")
+
+
+def test_patient_ids_match_across_csv_and_jsonl_with_missing_values(tmp_path):
+    # A JSONL id column with a gap is read as floats (12.0); the CSV keeps "12" and "007" as text.
+    (tmp_path / "a.png").touch()
+    pd.DataFrame({"path": ["a.png", "a.png"], "text": ["x", "y"], "patient_id": [12, None]}).to_json(
+        tmp_path / "m.jsonl", orient="records", lines=True)
+    assert read_manifest(tmp_path / "m.jsonl").table["patient_id"].tolist() == ["12", ""]
+    (tmp_path / "m.csv").write_text("path,text,patient_id\na.png,x,12\na.png,y,007\n")
+    assert read_manifest(tmp_path / "m.csv").table["patient_id"].tolist() == ["12", "007"]

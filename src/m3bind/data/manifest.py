@@ -1,11 +1,12 @@
 """Manifests: one table per dataset, one row per study (the project's data interface).
 
-Columns: ``path`` (relative to the manifest's folder), ``text``, ``labels`` ('|'-separated,
-empty, "normal" or "No Finding" for a normal study), ``split`` (train/val/test), ``patient_id`` (optional; equal ids across two
-modalities' manifests make a cross-modal pair), ``modality`` (optional when the caller says
-which modality it expects). Extra columns are kept untouched. CSV, JSONL and Parquet are
-read; every validation error names the file, the data row (1-based, header excluded) and the
-column.
+Columns: ``path`` (relative to the manifest's folder), ``text``, ``labels`` ('|'-separated;
+empty, "normal" or "No Finding" for a normal study), ``split`` (train/val/test; "validate",
+"valid", "validation" and "dev" also mean val, in any case), ``patient_id`` (optional; equal ids
+across two modalities' manifests make a cross-modal pair), ``modality`` (optional when the
+caller says which modality it expects). Extra columns are kept untouched. CSV, JSONL and
+Parquet are read; every validation error names the file, the data row (1-based, header
+excluded) and the column.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from m3bind.errors import DataError
 REQUIRED_COLUMNS = ("path", "text")
 OPTIONAL_COLUMNS = ("labels", "split", "patient_id", "modality")
 SPLITS = ("train", "val", "test")
+# How public datasets name their splits (MIMIC-CXR: "validate", CheXpert: "valid"); any case.
+SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
+                   "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 LABEL_SEPARATOR = "|"
 
 
@@ -132,11 +136,22 @@ def read_manifest(path: str | Path, modality: str | None = None, check_files: bo
     if "modality" not in table.columns or modality is not None and (table["modality"].astype(str) == "").all():
         table["modality"] = modality or ""
     for column in ("path", "text", "labels", "split", "patient_id", "modality"):
-        table[column] = table[column].map(lambda v: "" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+        table[column] = table[column].map(_cell_text)
+    table["split"] = table["split"].map(lambda v: SPLIT_SPELLINGS.get(v.strip().casefold(), v))
 
     for row, record in enumerate(table.itertuples(index=False), start=1):
         _validate_row(path, row, record._asdict(), modality, check_files)
     return Manifest(path, table.reset_index(drop=True), modality)
+
+
+def _cell_text(value: object) -> str:
+    """A cell as text. A JSONL or Parquet id column with a missing value is read as floats, so
+    patient 12 would become "12.0" there and never match "12" in a CSV: whole floats lose the '.0'."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _validate_row(path: Path, row: int, record: dict, modality: str | None, check_files: bool) -> None:
