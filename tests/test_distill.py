@@ -159,8 +159,11 @@ def test_teachers_are_a_frozen_snapshot_in_both_cache_modes_when_heads_train(tmp
                                  probabilities={"xray": 0.5, "ecg": 0.5}, tensorboard=False)
         histories.append(result.history)
     assert histories[0][-1]["kd"] != pytest.approx(histories[0][0]["kd"], rel=1e-3)  # training moved
+    # Cached and recomputed teachers differ in their matmuls' batch shapes: with two threads that
+    # alone gives up to 1.1e-4 relative after four steps. Teachers that follow the training heads
+    # differed by 2.6 % at the second step (measured with the snapshot removed).
     for cached, recomputed in zip(*histories):
-        assert cached["kd"] == pytest.approx(recomputed["kd"], rel=1e-4)
+        assert cached["kd"] == pytest.approx(recomputed["kd"], rel=1e-3)
 
 
 def test_m3bind_view_embeds_like_the_model_api(tmp_path):

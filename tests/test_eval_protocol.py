@@ -194,7 +194,7 @@ def test_tuning_never_reads_the_test_split(run, tmp_path):
     from m3bind.errors import DataError
 
     with pytest.raises(DataError):
-        Experiment(parse_config(config)).studies("xray", "test")
+        Experiment(parse_config(config)).studies("xray", "test").images[:]
 
 
 def test_chaining_retrieves_the_same_concept_on_a_constructed_case():

@@ -145,3 +145,56 @@ def test_embedding_batches_are_bounded_by_input_bytes():
     assert image_batch_size(torch.empty(0, 3, 224, 224), most=128) == 111  # 588 KiB -> 64 MiB / 588 KiB
     assert image_batch_size(types.SimpleNamespace(shape=(10, 1, 240, 480, 480))) == 1
     assert image_batch_size(["a text", "another"]) == 128                   # no shape: the cap
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streamed_studies_equal_the_cache_without_writing_one(tmp_path, workers):
+    """data.cache_studies: never reads the study files on every access: the same rows, texts and
+    labels as the on-disk cache, for any index, subset and embedding batch; nothing is written;
+    the global RNG is left alone."""
+    from m3bind.data.datasets import StreamedImages
+    from m3bind.models.embedding import embed_in_batches
+
+    manifest = _cohort(tmp_path)
+    cached = _experiment(tmp_path, manifest, cache_studies="always").studies("xray", "train")
+    exp = _experiment(tmp_path / "streamed", manifest, cache_studies="never", workers=workers)
+    assert not exp.caches_studies("xray")
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    streamed = exp.studies("xray", "train")
+    assert isinstance(streamed.images, StreamedImages)
+    assert streamed.images.shape == cached.images.shape
+    assert torch.equal(torch.rand(2), expected)
+    for index in (torch.tensor([22, 0, 5, 5, 13]), slice(3, 17, 2), 7, -1):
+        assert torch.equal(streamed.images[index], cached.images[index])
+    subset = take_rows(streamed.images, [20, 2, 9])
+    assert torch.equal(subset[1:], cached.images[torch.tensor([2, 9])])
+    assert torch.equal(subset.subset([2, 0])[:], cached.images[torch.tensor([9, 20])])
+    mean = lambda batch: batch.flatten(1).mean(1, keepdim=True)
+    assert torch.equal(embed_in_batches(mean, streamed.images, 5), embed_in_batches(mean, cached.images, 5))
+    assert (streamed.texts, streamed.labels, streamed.patient_ids, streamed.rows) == \
+        (cached.texts, cached.labels, cached.patient_ids, cached.rows)
+    assert not (tmp_path / "streamed" / "run" / "cache").exists()
+
+
+def test_a_bad_streamed_study_is_named_when_it_is_read(tmp_path):
+    manifest = _cohort(tmp_path, bad=7)
+    streamed = _experiment(tmp_path, manifest, cache_studies="never").studies("xray", "train")
+    assert streamed.images[0:7].shape[0] == 7  # the good ones read
+    with pytest.raises(DataError) as error:
+        streamed.images[torch.tensor([1, 7])]
+    assert "s07.npy" in str(error.value) and error.value.row == 8
+
+
+def test_auto_caches_what_trains_from_pixels_or_skips_and_streams_frozen_published_towers(tmp_path):
+    manifest = _cohort(tmp_path, n=4)
+    config = lambda model, **data: Experiment(parse_config({
+        "output_dir": str(tmp_path / "run"), "modalities": {"xray": {"manifest": str(manifest), "model": model}},
+        "data": data}))
+    published = {"type": "open_clip", "path": "unused"}
+    assert config({}).caches_studies("xray")                                  # built-in: pretrains on pixels
+    assert not config(published).caches_studies("xray")                       # frozen tower: reads once a stage
+    assert config(published, on_error="skip").caches_studies("xray")          # one pass decides what is left out
+    assert config(published, cache_studies="always").caches_studies("xray")
+    assert not config({}, cache_studies="never").caches_studies("xray")

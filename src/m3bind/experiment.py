@@ -141,8 +141,10 @@ class Experiment:
 
     def studies(self, modality: str, split: str, *, paired: bool = False) -> StudySet:
         """Preprocessed studies of one split: read once through a DataLoader into the on-disk cache
-        (see :meth:`study_cache_key`), then served from it a batch at a time."""
-        from m3bind.data.datasets import SkippedItem, stream_studies
+        (see :meth:`study_cache_key`), then served from it a batch at a time; or, where the
+        modality is not cached (:meth:`caches_studies`) and no cache of the split exists yet,
+        read from the study files on every access."""
+        from m3bind.data.datasets import SkippedItem, StreamedImages, stream_studies
         from m3bind.data.store import RowStore
         from m3bind.data.transforms import build_transform
 
@@ -160,7 +162,15 @@ class Experiment:
         key = study_cache_key(manifest, spec, self.cfg.data.read_limits)
         cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{key}"
         meta_path = cache / "meta.json"
-        if meta_path.exists() and (cache / "images").exists():
+        cached = meta_path.exists() and (cache / "images").exists()
+        if not cached and not self.caches_studies(modality):
+            studies = StudySet(images=StreamedImages(manifest, build_transform(modality, spec),
+                                                     self.cfg.data.read_limits, self.cfg.data.workers),
+                               texts=[str(t) for t in manifest.table["text"]],
+                               labels=[manifest.labels(i) for i in range(len(manifest))],
+                               patient_ids=[str(p) for p in manifest.table["patient_id"]],
+                               rows=list(range(1, len(manifest) + 1)))
+        elif cached:
             meta = json.loads(meta_path.read_text())
             studies = StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],
                                patient_ids=meta["patient_ids"], rows=meta["rows"],
@@ -176,6 +186,16 @@ class Experiment:
                 "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped]}))
         self._studies[memo] = studies
         return studies
+
+    def caches_studies(self, modality: str) -> bool:
+        """Whether the modality's splits are preprocessed once into the on-disk cache, or
+        streamed from their files on every pass (``data.cache_studies``; a cache an earlier
+        stage or run built is used either way)."""
+        choice = self.cfg.data.cache_studies
+        if choice != "auto":
+            return choice == "always"
+        return (self.trains_from_scratch(modality) or self.cfg.bind.lora.image
+                or self.cfg.data.on_error == "skip")
 
     def skipped_studies(self) -> dict[str, list[str]]:
         """Every study left out so far under ``data.on_error: skip``, by modality and split."""

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from m3bind.data.limits import ReadLimits
 from m3bind.data.manifest import Manifest
@@ -105,6 +106,62 @@ class StudySet:
 
 def _keep_all(items: list[dict | None]) -> list[dict | None]:
     return items
+
+
+class StreamedImages:
+    """The preprocessed studies of a split, read from their files on every access.
+
+    Indexes like the on-disk cache (:class:`~m3bind.data.store.RowStore`) and returns the same
+    rows, but keeps no copy of the split: ``images[index]`` reads and preprocesses those studies
+    through a DataLoader with worker processes. For studies a frozen tower embeds once per stage,
+    where a copy on disk would cost more than it saves (221 MB per published-size CT volume).
+    An unreadable study raises a DataError naming its file and row.
+    """
+
+    def __init__(self, manifest: Manifest, transform: Callable, limits: ReadLimits | None = None,
+                 workers: int | None = None, positions: np.ndarray | None = None):
+        self.studies = StudyDataset(manifest, transform, limits)
+        self.workers = default_workers() if workers is None else workers
+        self.positions = np.arange(len(manifest)) if positions is None else positions
+        self._row_shape: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self._row_shape is None:  # one study read once: batch sizes are chosen from it
+            self._row_shape = tuple(self._read(self.positions[:1]).shape[1:])
+        return (len(self), *self._row_shape)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        from m3bind.data.store import _as_positions
+
+        rows = self._read(self.positions[_as_positions(index, len(self))])
+        return rows[0] if isinstance(index, (int, np.integer)) else rows
+
+    def subset(self, index) -> "StreamedImages":
+        from m3bind.data.store import _as_positions
+
+        subset = StreamedImages.__new__(StreamedImages)
+        subset.studies, subset.workers, subset._row_shape = self.studies, self.workers, self._row_shape
+        subset.positions = self.positions[_as_positions(index, len(self))]
+        return subset
+
+    def _read(self, rows: np.ndarray) -> torch.Tensor:
+        workers = min(self.workers, len(rows))
+        # One chunk per worker (the loader returns them in order), so every worker decodes.
+        loader = DataLoader(Subset(_Attempts(self.studies), rows.tolist()),
+                            batch_size=max(1, -(-len(rows) // max(1, workers))), num_workers=workers,
+                            collate_fn=_keep_all, generator=torch.Generator().manual_seed(0))  # not the global RNG
+        items = [item for batch in loader for item in batch]
+        for item in items:
+            if isinstance(item, SkippedItem):
+                manifest = self.studies.manifest
+                raise DataError(manifest.absolute_path(item.row - 1), item.problem, row=item.row)
+        if not items:
+            return torch.empty((0, *(self._row_shape or ())))
+        return torch.stack([item["image"] for item in items]).float()
 
 
 def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_error: OnError = "raise",
