@@ -147,6 +147,9 @@ def test_paper_path_runs_and_evaluates_through_every_adapter(tmp_path):
 
     exp = Experiment.from_file(config)
     out = exp.out_dir
+    # The frozen published towers streamed their studies, as at real scale: no preprocessed copy.
+    assert not any(exp.caches_studies(m) for m in PAPER_TYPES)
+    assert not exp.cache_dir.exists() or not any(exp.cache_dir.iterdir())
     bind = json.loads((out / "bind" / "summary.json").read_text())
     assert bind["steps"] == 4 and set(bind["modalities"]) == set(PAPER_TYPES)
     # LoRA went into every adapter's text tower: trainable = LoRA + a 512-wide head.

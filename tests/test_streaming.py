@@ -2,6 +2,7 @@
 and equivalence with reading every study directly."""
 from __future__ import annotations
 
+import shutil
 import types
 
 import numpy as np
@@ -190,7 +191,8 @@ def test_a_bad_streamed_study_is_named_when_it_is_read(tmp_path):
 def test_auto_caches_what_trains_from_pixels_or_skips_and_streams_frozen_published_towers(tmp_path):
     manifest = _cohort(tmp_path, n=4)
     config = lambda model, **data: Experiment(parse_config({
-        "output_dir": str(tmp_path / "run"), "modalities": {"xray": {"manifest": str(manifest), "model": model}},
+        "output_dir": str(tmp_path / "run"), "demo_sizes": True,
+        "modalities": {"xray": {"manifest": str(manifest), "model": model}},
         "data": data}))
     published = {"type": "open_clip", "path": "unused"}
     assert config({}).caches_studies("xray")                                  # built-in: pretrains on pixels
@@ -198,3 +200,12 @@ def test_auto_caches_what_trains_from_pixels_or_skips_and_streams_frozen_publish
     assert config(published, on_error="skip").caches_studies("xray")          # one pass decides what is left out
     assert config(published, cache_studies="always").caches_studies("xray")
     assert not config({}, cache_studies="never").caches_studies("xray")
+    # A frozen tower's split is still cached while its copy fits in cache_limit_gb (here 4 studies
+    # of 64 x 64 float32: 66 kB), and streamed above it.
+    from m3bind.data.datasets import StreamedImages
+
+    saved_model = {"type": "builtin", "path": "unused"}  # starts from a saved model: no pretraining
+    assert isinstance(config(saved_model).studies("xray", "train").images, RowStore)
+    shutil.rmtree(tmp_path / "run")
+    assert isinstance(config(saved_model, cache_limit_gb=6e-5).studies("xray", "train").images, StreamedImages)
+    assert isinstance(config(saved_model, cache_limit_gb=7e-5).studies("xray", "train").images, RowStore)

@@ -199,9 +199,12 @@ class DataConfig(Section):
         "auto", description="Keep a preprocessed copy of each split on disk ('always'), or read the study files "
                             "on every pass ('never'). 'auto' caches the modalities whose image tower trains "
                             "(built-in pretraining, image LoRA) or whose bad files are skipped (on_error: skip "
-                            "decides once which to leave out), and streams the rest: a published model's frozen "
-                            "tower reads each study once per stage, and a copy would cost 0.6 MB per published-"
-                            "size X-ray and 221 MB per CT volume on disk.")
+                            "decides once which to leave out), and any split whose copy fits in cache_limit_gb; "
+                            "it streams the rest: a published model's frozen tower reads each study a few times "
+                            "in all, and a copy costs 0.6 MB per published-size X-ray and 221 MB per CT volume.")
+    cache_limit_gb: float = Field(20.0, ge=0, description="With cache_studies 'auto': the largest split (float32 "
+                                                          "preprocessed size, in GB) a frozen published tower's "
+                                                          "studies are still cached for.")
     cache_dir: str | None = Field(None, description="Where preprocessed studies are cached on disk (keyed by "
                                                     "the manifest rows, each file's size and modification time, "
                                                     "and the preprocessing settings; safe to share between "

@@ -54,6 +54,14 @@ def study_cache_key(manifest: Manifest, spec, limits) -> str:
     return digest.hexdigest()[:12]
 
 
+def _gigabytes(shape: tuple[int, ...]) -> float:
+    """Size of float32 rows of ``shape`` in GB."""
+    size = 4.0
+    for dim in shape:
+        size *= int(dim)
+    return size / 1e9
+
+
 class Experiment:
     def __init__(self, cfg: ExperimentConfig, config_path: Path | None = None, cache_dir: Path | None = None):
         self.cfg = cfg
@@ -65,6 +73,7 @@ class Experiment:
         self._manifests: dict[str, Manifest] = {}
         self._paired_manifests: dict[str, Manifest] = {}
         self._studies: dict[tuple[str, str, bool], StudySet] = {}
+        self._subsets: dict[tuple[str, str, tuple[int, ...]], object] = {}
         self._model_preprocess: dict[str, object] = {}
         # Set while evaluation shares image embeddings between variants (sharing_image_embeddings).
         self.image_memo = None
@@ -163,13 +172,18 @@ class Experiment:
         cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{key}"
         meta_path = cache / "meta.json"
         cached = meta_path.exists() and (cache / "images").exists()
+        streamed = None
         if not cached and not self.caches_studies(modality):
-            studies = StudySet(images=StreamedImages(manifest, build_transform(modality, spec),
-                                                     self.cfg.data.read_limits, self.cfg.data.workers),
-                               texts=[str(t) for t in manifest.table["text"]],
-                               labels=[manifest.labels(i) for i in range(len(manifest))],
-                               patient_ids=[str(p) for p in manifest.table["patient_id"]],
-                               rows=list(range(1, len(manifest) + 1)))
+            streamed = StudySet(images=StreamedImages(manifest, build_transform(modality, spec),
+                                                      self.cfg.data.read_limits, self.cfg.data.workers),
+                                texts=[str(t) for t in manifest.table["text"]],
+                                labels=[manifest.labels(i) for i in range(len(manifest))],
+                                patient_ids=[str(p) for p in manifest.table["patient_id"]],
+                                rows=list(range(1, len(manifest) + 1)))
+            if self.cfg.data.cache_studies == "auto" and _gigabytes(streamed.images.shape) <= self.cfg.data.cache_limit_gb:
+                streamed = None  # small enough: decoding once and reading the copy is faster
+        if streamed is not None:
+            studies = streamed
         elif cached:
             meta = json.loads(meta_path.read_text())
             studies = StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],
@@ -186,6 +200,16 @@ class Experiment:
                 "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped]}))
         self._studies[memo] = studies
         return studies
+
+    def study_subset(self, modality: str, split: str, positions) -> object:
+        """Some studies of a split, read lazily; the same object for the same rows, so that
+        embeddings shared between models (:meth:`sharing_image_embeddings`) are found again."""
+        from m3bind.data.store import take_rows
+
+        key = (modality, split, tuple(int(p) for p in positions))
+        if key not in self._subsets:
+            self._subsets[key] = take_rows(self.studies(modality, split).images, list(key[2]))
+        return self._subsets[key]
 
     def caches_studies(self, modality: str) -> bool:
         """Whether the modality's splits are preprocessed once into the on-disk cache, or

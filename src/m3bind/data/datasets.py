@@ -14,7 +14,7 @@ reported (``on_error="skip"``): nothing is dropped silently.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -148,13 +148,25 @@ class StreamedImages:
         subset.positions = self.positions[_as_positions(index, len(self))]
         return subset
 
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """``self[0:batch_size]``, ``self[batch_size:2 * batch_size]``, ...: one DataLoader whose
+        workers decode the next batches while the caller encodes this one (what
+        :func:`~m3bind.models.embedding.embed_in_batches` uses)."""
+        for items in self._loader(self.positions, batch_size):
+            yield self._stack(items)
+
     def _read(self, rows: np.ndarray) -> torch.Tensor:
-        workers = min(self.workers, len(rows))
         # One chunk per worker (the loader returns them in order), so every worker decodes.
-        loader = DataLoader(Subset(_Attempts(self.studies), rows.tolist()),
-                            batch_size=max(1, -(-len(rows) // max(1, workers))), num_workers=workers,
-                            collate_fn=_keep_all, generator=torch.Generator().manual_seed(0))  # not the global RNG
-        items = [item for batch in loader for item in batch]
+        chunk = max(1, -(-len(rows) // max(1, min(self.workers, len(rows)))))
+        return self._stack([item for items in self._loader(rows, chunk) for item in items])
+
+    def _loader(self, rows: np.ndarray, batch_size: int) -> DataLoader:
+        workers = min(self.workers, -(-len(rows) // batch_size))
+        return DataLoader(Subset(_Attempts(self.studies), rows.tolist()), batch_size=batch_size,
+                          num_workers=workers, collate_fn=_keep_all,
+                          generator=torch.Generator().manual_seed(0))  # not the global RNG
+
+    def _stack(self, items: list) -> torch.Tensor:
         for item in items:
             if isinstance(item, SkippedItem):
                 manifest = self.studies.manifest

@@ -20,7 +20,10 @@ def embed_in_batches(encode: Callable[[Sequence], Tensor], items, batch_size: in
     a tensor on the encoder's device, or, given ``out_dir``, writes the rows to an on-disk
     :class:`~m3bind.data.store.RowStore` there as they come and returns it.
     """
-    batches = (encode(items[start:start + batch_size]) for start in range(0, len(items), batch_size))
+    # Studies streamed from their files come with their own loader, which reads ahead.
+    slices = (items.batches(batch_size) if hasattr(items, "batches") else
+              (items[start:start + batch_size] for start in range(0, len(items), batch_size)))
+    batches = (encode(rows) for rows in slices)
     if out_dir is None:
         return torch.cat(list(batches))
     from m3bind.data.store import write_rows

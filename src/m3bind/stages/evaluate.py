@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from m3bind.data.store import take_rows
 from m3bind.devices import on_main_process
 from m3bind.errors import ConfigError
 from m3bind.eval.bootstrap import Bootstrap
@@ -38,7 +37,7 @@ from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts,
                                  presence_probabilities, sampled_prompts)
 from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores,
                                   choose_chaining_profile, choose_prototype_rule, concepts_from_column,
-                                  configured_rule, embed_images, embed_texts, embed_view_images, heldout_texts, modality_classes,
+                                  configured_rule, embed_texts, embed_view_images, heldout_texts, modality_classes,
                                   paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
@@ -149,7 +148,8 @@ def few_shot_table(exp: Experiment, modality: str, view, test_image_emb: torch.T
     needed = sorted({int(i) for k in exp.cfg.eval.shots for seed in exp.cfg.eval.seeds
                      for i in sample_shots(train_y, k, seed, len(classes))[0]})
     train_emb = np.zeros((len(train_keep), test_image_emb.shape[1]), dtype=np.float32)
-    train_emb[needed] = embed_images(view.encode_image, take_rows(train.images, train_keep[needed])).numpy()
+    shots = exp.study_subset(modality, "train", train_keep[needed])  # one decode for every variant
+    train_emb[needed] = embed_view_images(exp, view, shots).numpy()
     test_emb = test_image_emb[torch.as_tensor(test_keep)].numpy()
     result = linear_probe(train_emb, train_y, test_emb, test_y, exp.cfg.eval.shots, exp.cfg.eval.seeds, classes)
     return {str(k): v for k, v in result.items()}
