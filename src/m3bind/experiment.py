@@ -198,6 +198,7 @@ class Experiment:
             atomic_write_text(meta_path, json.dumps({
                 "texts": studies.texts, "labels": studies.labels, "patient_ids": studies.patient_ids,
                 "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped]}))
+        studies.key = cache.name
         self._studies[memo] = studies
         return studies
 
@@ -210,6 +211,13 @@ class Experiment:
         if key not in self._subsets:
             self._subsets[key] = take_rows(self.studies(modality, split).images, list(key[2]))
         return self._subsets[key]
+
+    @property
+    def image_tables_dir(self) -> Path:
+        """Where frozen image towers' embeddings of training studies are kept, by content (see
+        :class:`m3bind.train.frozen.FrozenImageEmbeddings`): beside the study cache, so binding,
+        its control, the ablations, SESKD and a resumed run all find them."""
+        return self.cache_dir / "image-embeddings"
 
     def caches_studies(self, modality: str) -> bool:
         """Whether the modality's splits are preprocessed once into the on-disk cache, or

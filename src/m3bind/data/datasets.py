@@ -99,6 +99,9 @@ class StudySet:
     patient_ids: list[str]
     rows: list[int]
     skipped: list[SkippedItem] = field(default_factory=list)
+    # What the rows are (modality, split and the cache key of the manifest rows, files and
+    # preprocessing), so that tables computed from them can be found again; "" for hand-built sets.
+    key: str = ""
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -28,7 +28,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
               "zero_shot": zero_shot_by_modality(exp, bound)}
     log(f"before binding: text agreement {before['text_agreement']:.3f}")
     outcome = bind_models(bound, train, exp.cfg.bind, bind_dir(exp), heldout_texts=texts, seed=exp.cfg.seed,
-                          resume=resume, progress=progress)
+                          resume=resume, progress=progress, image_tables=exp.image_tables_dir)
     on_main_process(lambda: save_bound(bound, bind_dir(exp) / "model", exp))
     after = {"text_agreement": text_agreement(bound, texts), "retrieval": paired_retrieval(exp, bound, pairs),
              "zero_shot": zero_shot_by_modality(exp, bound)}

@@ -35,7 +35,7 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     before_retrieval = paired_retrieval(exp, bound, pairs)
     outcome = distill_student(student, bound, train, exp.cfg.distill, exp.out_dir / "distill",
                               probabilities=probabilities, seed=exp.cfg.seed, resume=resume, progress=progress,
-                              prompt_texts=prompts)
+                              prompt_texts=prompts, image_tables=exp.image_tables_dir)
     student.eval()
     zero_shot = {m: modality_zero_shot(exp, m, SharedSpaceView(bound[m].model, bound[m].head, student))
                  for m in names}

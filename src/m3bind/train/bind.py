@@ -92,8 +92,11 @@ def build_optimizer(bound: Mapping[str, BoundModality], cfg: BindConfig, balance
 
 def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet], cfg: BindConfig,
                 run_dir: Path, *, heldout_texts: Sequence[str], seed: int = 0, resume: bool = False,
-                progress=None, stop_after: int | None = None, tensorboard: bool = True) -> LoopResult:
-    """Bind already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding)."""
+                progress=None, stop_after: int | None = None, tensorboard: bool = True,
+                image_tables: Path | None = None) -> LoopResult:
+    """Bind already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding).
+    ``image_tables``: where frozen image embeddings are shared by content between runs
+    (:class:`~m3bind.train.frozen.FrozenImageEmbeddings`); default: this run's own folder."""
     from accelerate import Accelerator
 
     from m3bind.devices import resolve_mixed_precision
@@ -114,7 +117,8 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
     container = nn.ModuleDict(dict(bound))
     optimizer = build_optimizer(bound, cfg, balance)
     corpora = {m: train[m].texts for m in names}
-    frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images, directory=run_dir / "frozen" / m)
+    frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images, directory=run_dir / "frozen" / m,
+                                       shared=image_tables, source_key=train[m].key)
               for m in names if not cfg.lora.image}
 
     def encode_images(m: str, index: Tensor) -> Tensor:

@@ -47,9 +47,10 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
                     train: Mapping[str, StudySet], cfg: DistillConfig, run_dir: Path, *,
                     probabilities: Mapping[str, float], seed: int = 0, resume: bool = False, progress=None,
                     stop_after: int | None = None, tensorboard: bool = True,
-                    prompt_texts: Mapping[str, Sequence[str]] | None = None) -> LoopResult:
+                    prompt_texts: Mapping[str, Sequence[str]] | None = None,
+                    image_tables: Path | None = None) -> LoopResult:
     """SESKD; ``prompt_texts`` (modality -> its zero-shot prompts) join every KD batch, half a batch
-    of them per step."""
+    of them per step. ``image_tables``: as in :func:`m3bind.train.bind.bind_models`."""
     names = list(bound)
     for module in bound.values():
         module.eval()
@@ -67,7 +68,8 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
                                     cfg.cache_embeddings, directory=run_dir / "frozen" / "teachers",
                                     device=student.device)
     images = {m: FrozenImageEmbeddings(bound[m], train[m].images, cfg.cache_embeddings,
-                                       directory=run_dir / "frozen" / m) for m in names}
+                                       directory=run_dir / "frozen" / m, shared=image_tables,
+                                       source_key=train[m].key) for m in names}
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     total = cfg.kd_steps + cfg.contrastive_steps

@@ -9,6 +9,7 @@ Rows come back on ``device``, the device of the step that uses them.
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,8 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from m3bind.fileio import atomic_write_text
 from m3bind.models.binding import BoundModality
-from m3bind.models.embedding import embed_in_batches, image_batch_size
+from m3bind.models.embedding import embed_in_batches, image_batch_size, image_side_digest
+
+KEY_FILE = "key.txt"
 
 
 def _fresh(directory: Path | None) -> Path | None:
@@ -28,17 +32,43 @@ def _fresh(directory: Path | None) -> Path | None:
 
 
 class FrozenImageEmbeddings:
-    """A modality's native image embeddings (before the binding head), cached or recomputed."""
+    """A modality's native image embeddings (before the binding head), cached or recomputed.
+
+    Given ``shared`` and ``source_key`` (what the images are: :attr:`StudySet.key`), the table
+    lives in ``shared`` under a name derived from the studies, the batch size and a digest of the
+    image side's weights, and a table already there is read instead of embedding again: binding,
+    its lambda = 0 control, the ablations, SESKD and a resumed run embed the same training studies
+    through the same frozen tower, which for CT-CLIP over a real training set takes hours.
+    Otherwise the table is written to ``directory``, replacing any earlier one.
+    """
 
     def __init__(self, bound: BoundModality, images, cache: bool = True, batch_size: int | None = None,
-                 directory: Path | None = None):
+                 directory: Path | None = None, shared: Path | None = None, source_key: str = ""):
+        from m3bind.data.store import RowStore
+
         self.model = bound.model
         self.images = images
         self.table = None
         self.model.eval()
-        if cache:
-            self.table = embed_in_batches(self._encode, images, batch_size or image_batch_size(images),
-                                          out_dir=_fresh(directory))
+        if not cache:
+            return
+        batch_size = batch_size or image_batch_size(images)
+        if shared is not None and source_key:
+            key = f"{source_key}:batch {batch_size}:{image_side_digest(self.model)}"
+            directory = shared / f"{source_key.split('-')[0]}-{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
+            stored = (directory / KEY_FILE).read_text() if (directory / KEY_FILE).is_file() else None
+            if stored == key:
+                self.table = RowStore(directory)
+                return
+            if stored is not None:  # another key under this name: never expected, never read
+                _fresh(directory)
+            # The folder's name comes from the key, so rows already there without the key file
+            # (another process of this run still writing, or a killed run) are these very rows:
+            # the writer keeps them rather than deleting a table someone may be reading.
+            self.table = embed_in_batches(self._encode, images, batch_size, out_dir=directory)
+            atomic_write_text(directory / KEY_FILE, key)  # after the rows: a killed run leaves no key
+            return
+        self.table = embed_in_batches(self._encode, images, batch_size, out_dir=_fresh(directory))
 
     def _encode(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images.to(self.model.device))
