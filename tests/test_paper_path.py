@@ -147,9 +147,13 @@ def test_paper_path_runs_and_evaluates_through_every_adapter(tmp_path):
 
     exp = Experiment.from_file(config)
     out = exp.out_dir
-    # The frozen published towers streamed their studies, as at real scale: no preprocessed copy.
+    # The frozen published towers streamed their studies, as at real scale: no preprocessed copy;
+    # only their embedding tables, one per modality, shared by binding and SESKD.
     assert not any(exp.caches_studies(m) for m in PAPER_TYPES)
-    assert not exp.cache_dir.exists() or not any(exp.cache_dir.iterdir())
+    assert [p.name for p in exp.cache_dir.iterdir()] == ["image-embeddings"]
+    # One table per image tower, read by binding and SESKD alike (QuiltNet's had two while peft's
+    # attention LoRA, which rewrites the text tower's base weights at each forward, counted as image side).
+    assert sorted(p.name.split("-")[0] for p in exp.image_tables_dir.iterdir()) == sorted(PAPER_TYPES)
     bind = json.loads((out / "bind" / "summary.json").read_text())
     assert bind["steps"] == 4 and set(bind["modalities"]) == set(PAPER_TYPES)
     # LoRA went into every adapter's text tower: trainable = LoRA + a 512-wide head.

@@ -52,9 +52,13 @@ def image_side_digest(model: nn.Module) -> str:
     tower never matches an unwrapped one."""
     text = getattr(model, "text_tower", None)
     text_tensors = set() if text is None else {id(t) for t in (*text.parameters(), *text.buffers())}
+    # By name too: peft's LoRA on nn.MultiheadAttention keeps the base weights as plain tensors
+    # (not parameters) and merges and unmerges the LoRA into them at each forward, which changes
+    # their last bits; they are still text-tower state.
+    prefix = next((f"{name}." for name, module in model.named_modules() if module is text and name), None)
     digest = hashlib.blake2b(type(model).__qualname__.encode(), digest_size=16)
     for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in text_tensors:
+        if id(tensor) in text_tensors or (prefix is not None and name.startswith(prefix)):
             continue
         values = tensor.detach().reshape(-1).cpu().contiguous()
         digest.update(f"{name}:{values.dtype}:{tuple(tensor.shape)}".encode())
