@@ -89,3 +89,18 @@ def test_quick_demo_end_to_end(tmp_path):
     hits = search_text(index, SearchModel.load(out / "model"), "moderate cardiomegaly", k=5, per_modality=True)
     assert {hit.study.modality for hit in hits} == {"ct", "ecg", "pathology", "retina", "xray"}
     assert all(len([h for h in hits if h.study.modality == m]) == 5 for m in ("xray", "ecg"))
+
+    # Running the demo again replaces its index (made with the model the rerun replaces); the
+    # index stage used to fail on a second `make demo` with "an index already exists here".
+    from m3bind.errors import ConfigError
+    from m3bind.experiment import Experiment
+    from m3bind.stages.demo import index_test_studies
+
+    exp = Experiment.from_file(out / "config.yaml")
+    index_test_studies(exp, out / "index", workers=0)
+    assert len(SearchIndex.open(out / "index")) == len(index)
+    (tmp_path / "not-an-index").mkdir()
+    (tmp_path / "not-an-index" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not-an-index: exists and is not a search index"):
+        index_test_studies(exp, tmp_path / "not-an-index", workers=0)
+    assert (tmp_path / "not-an-index" / "notes.txt").read_text() == "mine"

@@ -1,12 +1,14 @@
 """``m3bind demo``: the synthetic cohort, then every stage, on the config in ``demo.yaml``."""
 from __future__ import annotations
 
+import shutil
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from m3bind.config import ExperimentConfig, parse_config
+from m3bind.errors import ConfigError
 from m3bind.experiment import Experiment
 from m3bind.timing import StageTimer
 
@@ -67,6 +69,19 @@ def run_demo(out: Path, patients: int, seed: int, quick: bool, *, cohort_progres
     return report
 
 
+def _clear_old_index(folder: Path) -> None:
+    """Remove an index an earlier demo left in ``folder``: it was made with the model this run
+    has just replaced, so it would refuse this run's queries. Anything else there is refused."""
+    from m3bind.search.layout import DESCRIPTION_FILE
+
+    if not folder.exists():
+        return
+    if not (folder / DESCRIPTION_FILE).is_file():
+        raise ConfigError(f"{folder}: exists and is not a search index; the demo writes its index there "
+                          "(move that folder away, or run the demo with another --out)")
+    shutil.rmtree(folder)
+
+
 def index_test_studies(exp: Experiment, out: Path, workers: int | None = None) -> Path:
     """A search index of every test study and every paired study, made with the final model."""
     from m3bind.data.datasets import default_workers
@@ -75,6 +90,7 @@ def index_test_studies(exp: Experiment, out: Path, workers: int | None = None) -
     from m3bind.search.model_identity import SearchModel
     from m3bind.stages.artifacts import model_dir
 
+    _clear_old_index(out)
     manifests = []
     for modality in exp.modalities:
         test = exp.manifest(modality).split("test")
