@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,10 +57,7 @@ def study_cache_key(manifest: Manifest, spec, limits) -> str:
 
 def _gigabytes(shape: tuple[int, ...]) -> float:
     """Size of float32 rows of ``shape`` in GB."""
-    size = 4.0
-    for dim in shape:
-        size *= int(dim)
-    return size / 1e9
+    return 4 * math.prod(int(d) for d in shape) / 1e9
 
 
 class Experiment:
@@ -174,16 +172,15 @@ class Experiment:
         cached = meta_path.exists() and (cache / "images").exists()
         streamed = None
         if not cached and not self.caches_studies(modality):
-            streamed = StudySet(images=StreamedImages(manifest, build_transform(modality, spec),
-                                                      self.cfg.data.read_limits, self.cfg.data.workers),
-                                texts=[str(t) for t in manifest.table["text"]],
-                                labels=[manifest.labels(i) for i in range(len(manifest))],
-                                patient_ids=[str(p) for p in manifest.table["patient_id"]],
-                                rows=list(range(1, len(manifest) + 1)))
-            if self.cfg.data.cache_studies == "auto" and _gigabytes(streamed.images.shape) <= self.cfg.data.cache_limit_gb:
+            streamed = StreamedImages(manifest, build_transform(modality, spec), self.cfg.data.read_limits,
+                                      self.cfg.data.workers)
+            if self.cfg.data.cache_studies == "auto" and _gigabytes(streamed.shape) <= self.cfg.data.cache_limit_gb:
                 streamed = None  # small enough: decoding once and reading the copy is faster
         if streamed is not None:
-            studies = streamed
+            studies = StudySet(images=streamed, texts=[str(t) for t in manifest.table["text"]],
+                               labels=[manifest.labels(i) for i in range(len(manifest))],
+                               patient_ids=[str(p) for p in manifest.table["patient_id"]],
+                               rows=list(range(1, len(manifest) + 1)))
         elif cached:
             meta = json.loads(meta_path.read_text())
             studies = StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],

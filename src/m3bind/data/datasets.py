@@ -146,9 +146,10 @@ class StreamedImages:
     def subset(self, index) -> "StreamedImages":
         from m3bind.data.store import _as_positions
 
-        subset = StreamedImages.__new__(StreamedImages)
-        subset.studies, subset.workers, subset._row_shape = self.studies, self.workers, self._row_shape
-        subset.positions = self.positions[_as_positions(index, len(self))]
+        studies = self.studies
+        subset = StreamedImages(studies.manifest, studies.transform, studies.limits, self.workers,
+                                positions=self.positions[_as_positions(index, len(self))])
+        subset._row_shape = self._row_shape
         return subset
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:

@@ -78,8 +78,8 @@ class PromptSet:
 
     def find(self, name: str) -> str | None:
         """The file's spelling of class ``name`` (case-insensitive), or None if it has none."""
-        wanted = _normalise(name)
-        return next((known for known in self.classes if _normalise(known) == wanted), None)
+        wanted = label_key(name)
+        return next((known for known in self.classes if label_key(known) == wanted), None)
 
 
 def empty_prompt_set(modality: str) -> PromptSet:
@@ -140,7 +140,7 @@ def expert_prompts(prompt_set: PromptSet, classes: Sequence[str], use_template: 
     for name in classes:
         known = prompt_set.find(name)
         phrases = list(prompt_set.classes[known]) if known is not None else [class_phrase(name)]
-        if class_name and not any(_normalise(p) == _normalise(name) for p in phrases):
+        if class_name and not any(label_key(p) == label_key(name) for p in phrases):
             phrases.append(class_phrase(name))
         out[name] = [prompt_set.template.format(p) for p in phrases] if use_template else phrases
     return out
@@ -167,7 +167,7 @@ def sampled_prompts(prompt_set: PromptSet, classes: Sequence[str], n: int, seed:
             pool = _attribute_combinations(prompt_set.attributes[known])
         else:
             pool = list(prompt_set.classes[known])
-        rng = np.random.default_rng([seed, zlib.crc32(_normalise(known or name).encode("utf-8"))])
+        rng = np.random.default_rng([seed, zlib.crc32(label_key(known or name).encode("utf-8"))])
         chosen = [pool[i] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
         out[name] = [prompt_set.template.format(p) for p in chosen] if use_template else chosen
     return out
@@ -303,10 +303,6 @@ def class_phrase(name: str) -> str:
     if name.upper() == name and any(ch.isalpha() for ch in name):
         words = [w if len(w) <= 3 and w.casefold() not in _SHORT_WORDS else w.lower() for w in words]
     return " ".join(words)
-
-
-def _normalise(name: str) -> str:
-    return label_key(name)
 
 
 def _capitalise(sentence: str) -> str:

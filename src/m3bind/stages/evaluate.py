@@ -37,7 +37,8 @@ from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts,
                                  presence_probabilities, sampled_prompts)
 from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores,
                                   choose_chaining_profile, choose_prototype_rule, concepts_from_column,
-                                  configured_rule, embed_texts, embed_view_images, heldout_texts, modality_classes,
+                                  configured_rule, embed_texts, embed_view_images, has_rows, heldout_texts,
+                                  modality_classes,
                                   paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
@@ -281,7 +282,7 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     names = bound_names = list(exp.cfg.bind.modalities or exp.modalities)
     # A modality may come with training data only (bound, but evaluated elsewhere): it is left
     # out of the test-split sections, and the report says so, rather than failing the others.
-    untested = [m for m in names if not (exp.manifest(m).table["split"] == REPORT_SPLIT).any()]
+    untested = [m for m in names if not has_rows(exp, m, REPORT_SPLIT)]
     names = [m for m in names if m not in untested]
     if not names:
         raise ConfigError(f"no modality's manifest has '{REPORT_SPLIT}' rows to evaluate on (a manifest without a "

@@ -53,6 +53,7 @@ class FrozenImageEmbeddings:
         if not cache:
             return
         batch_size = batch_size or image_batch_size(images)
+        key = stored = None
         if shared is not None and source_key:
             key = f"{source_key}:batch {batch_size}:{image_side_digest(self.model)}"
             directory = shared / f"{source_key.split('-')[0]}-{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
@@ -60,15 +61,15 @@ class FrozenImageEmbeddings:
             if stored == key:
                 self.table = RowStore(directory)
                 return
-            if stored is not None:  # another key under this name: never expected, never read
-                _fresh(directory)
-            # The folder's name comes from the key, so rows already there without the key file
-            # (another process of this run still writing, or a killed run) are these very rows:
-            # the writer keeps them rather than deleting a table someone may be reading.
-            self.table = embed_in_batches(self._encode, images, batch_size, out_dir=directory)
+        # A shared folder's name comes from its key, so rows there without the key file (another
+        # process of this run still writing, or a killed run) are these very rows: the writer keeps
+        # them rather than deleting a table someone may be reading. A run's own folder, or a shared
+        # one under another key (never expected), starts again.
+        if key is None or stored is not None:
+            _fresh(directory)
+        self.table = embed_in_batches(self._encode, images, batch_size, out_dir=directory)
+        if key is not None:
             atomic_write_text(directory / KEY_FILE, key)  # after the rows: a killed run leaves no key
-            return
-        self.table = embed_in_batches(self._encode, images, batch_size, out_dir=_fresh(directory))
 
     def _encode(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images.to(self.model.device))
