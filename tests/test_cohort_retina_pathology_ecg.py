@@ -567,3 +567,38 @@ def test_st_elevation_rises_above_the_pr_baseline_in_the_reported_territory():
     by_severity = [mean_measure(ecg, {"st elevation": s}, lambda t: st_deviation(t).max())
                    for s in (0.2, 0.5, 0.9)]
     assert by_severity[0] < by_severity[1] < by_severity[2]
+
+
+@pytest.mark.parametrize("finding", [None, "atrial fibrillation", "st elevation", "low qrs voltage"])
+def test_ecg_record_bytes_equal_what_wfdb_wrsamp_writes(tmp_path, finding):
+    """The cohort writes WFDB records directly (wrsamp's header checks cost 40 ms a record):
+    header and samples must be byte for byte what wfdb writes, and read back through wfdb."""
+    import wfdb
+
+    from m3bind.cohort import formats
+
+    findings = {} if finding is None else {finding: 0.8}
+    signal_mv = ecg.render(findings, np.random.default_rng(5))
+    ours = tmp_path / "ours" / "rec.hea"
+    ours.parent.mkdir()
+    formats.write_ecg_wfdb(ours, signal_mv, ecg.SAMPLING_RATE, ecg.LEAD_NAMES)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    n_leads = signal_mv.shape[0]
+    wfdb.wrsamp("rec", fs=ecg.SAMPLING_RATE, units=["mV"] * n_leads, sig_name=list(ecg.LEAD_NAMES),
+                p_signal=signal_mv.astype(np.float64).T, fmt=["16"] * n_leads,
+                adc_gain=[formats.ECG_ADC_GAIN] * n_leads, baseline=[0] * n_leads, write_dir=str(reference))
+    assert ours.read_bytes() == (reference / "rec.hea").read_bytes()
+    assert ours.with_suffix(".dat").read_bytes() == (reference / "rec.dat").read_bytes()
+    record = wfdb.rdrecord(str(ours.with_suffix("")))
+    assert record.sig_name == list(ecg.LEAD_NAMES)
+    np.testing.assert_allclose(record.p_signal.T, signal_mv, atol=0.5 / formats.ECG_ADC_GAIN)
+
+
+def test_ecg_record_out_of_the_int16_range_is_refused(tmp_path):
+    from m3bind.cohort import formats
+
+    signal_mv = np.zeros((12, 100))
+    signal_mv[3, 7] = 40.0  # 40 mV: beyond what 16-bit samples at 1 uV hold
+    with pytest.raises(ValueError, match="32.767 mV"):
+        formats.write_ecg_wfdb(tmp_path / "rec.hea", signal_mv, 500, ecg.LEAD_NAMES)
