@@ -36,6 +36,14 @@ class DataError(M3BindError):
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {problem}" if prefix else problem)
 
+    def __reduce__(self):
+        # Pickled by value (a pretraining lane sends its error to the parent process).
+        return _data_error, (self.path, self.problem, self.row, self.column)
+
+
+def _data_error(path, problem, row, column) -> DataError:
+    return DataError(path, problem, row=row, column=column)
+
 
 class ConfigError(M3BindError):
     """An experiment config that does not validate (unknown key, wrong type, bad value)."""
