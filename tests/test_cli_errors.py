@@ -275,3 +275,17 @@ def test_out_of_memory_is_one_line_that_says_what_to_lower(error):
     text = console.export_text()
     assert text.startswith("error: out of memory") and "internal error" not in text
     assert "pretrain.batch_size" in text and "demo_sizes" in text
+
+
+def test_a_data_error_survives_pickling_with_its_file_row_and_column():
+    """Errors cross process boundaries (worker and launched processes) by pickle; a DataError
+    built from its message alone would lose its fields or fail to rebuild."""
+    import pickle
+
+    from m3bind.errors import DataError
+
+    error = DataError("/data/xray.csv", "no such file", row=3, column="path")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is DataError
+    assert (copy.path, copy.problem, copy.row, copy.column) == ("/data/xray.csv", "no such file", 3, "path")
+    assert str(copy) == str(error) == "/data/xray.csv, row 3, column 'path': no such file"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from m3bind.data.limits import ReadLimits
 from m3bind.errors import ConfigError
@@ -70,9 +70,6 @@ class PretrainConfig(Section):
                                             "(small datasets overfit without it).")
     label_aware: bool = Field(True, description="Studies with the same findings count as matching pairs "
                                                 "(FLAIR's soft-target CLIP loss) instead of as negatives.")
-    processes: PositiveInt | Literal["auto"] = Field("auto", description="Modalities pretrained side by side, one process "
-                                                "each with its share of the cores. 'auto': one per core on a CPU "
-                                                "when each has at least 100 steps, else 1 (a GPU trains them in turn).")
     text_mlm_steps: int = Field(0, ge=0, description="Masked-language-model steps for each built-in text tower "
                                                      "on the reports of all modalities before pretraining (a "
                                                      "stand-in for clinical-language pretraining; 0 = off).")
