@@ -97,3 +97,12 @@ def test_distill_cache_on_the_paper_adapters_computes_the_same_loss_both_ways():
     speedup = float(re.search(r"speed-up from caching: ([\d.]+)x", result.stdout).group(1))
     if rows["cached"][0] > 0:
         assert speedup == pytest.approx(rows["recomputed"][0] / rows["cached"][0], rel=0.05)
+
+
+def test_peft_mha_drift_reports_a_small_nonzero_drift_of_the_frozen_weights():
+    result = run_script("peft_mha_drift.py", "--steps", "100", "--width", "64")
+    assert result.returncode == 0, result.stderr
+    drifts = [float(x) for x in re.findall(r"relative RMS ([0-9.e+-]+)", result.stdout)]
+    assert len(drifts) == 3  # steps 1, 10, 100
+    # Rounding from merge/unmerge: not zero (peft does move the frozen weights), far below 1e-5.
+    assert 0 < drifts[-1] < 1e-5
