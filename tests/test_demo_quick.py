@@ -104,3 +104,17 @@ def test_quick_demo_end_to_end(tmp_path):
     with pytest.raises(ConfigError, match="not-an-index: exists and is not a search index"):
         index_test_studies(exp, tmp_path / "not-an-index", workers=0)
     assert (tmp_path / "not-an-index" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_demo_seed_seeds_training_and_keeps_the_student_check_cohort_apart(tmp_path, quick):
+    from m3bind.stages.demo import demo_config
+
+    default = demo_config(tmp_path / "cohort", tmp_path / "out", quick=quick)
+    assert default.seed == 0 and default.eval.student_check.seed == 1  # the README's numbers were made so
+    for seed in (1, 2, 7):
+        cfg = demo_config(tmp_path / "cohort", tmp_path / "out", quick=quick, seed=seed)
+        assert cfg.seed == seed
+        assert cfg.eval.student_check.seed == seed + 1 != seed
+        # Only the seeds change: every other choice of the demo stays as validated.
+        assert cfg.model_dump(exclude={"seed", "eval"}) == default.model_dump(exclude={"seed", "eval"})

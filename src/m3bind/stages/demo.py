@@ -29,10 +29,17 @@ def _merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def demo_config(cohort_dir: Path, output_dir: Path, quick: bool = False) -> ExperimentConfig:
-    """The demo experiment on the cohort in ``cohort_dir``, writing into ``output_dir``."""
+def demo_config(cohort_dir: Path, output_dir: Path, quick: bool = False, seed: int = 0) -> ExperimentConfig:
+    """The demo experiment on the cohort in ``cohort_dir``, writing into ``output_dir``.
+
+    ``seed`` seeds training as well as the cohort, so that demos with different seeds are
+    independent repeats. The student check's second cohort is offset by the same seed, so it never
+    shares its seed with the main cohort.
+    """
     demo = _demo_file()
     data = _merge(demo["config"], demo["quick"]["config"]) if quick else demo["config"]
+    data["seed"] = seed
+    data["eval"]["student_check"]["seed"] += seed
     data["output_dir"] = str(output_dir.resolve())
     for modality, spec in data["modalities"].items():
         spec["manifest"] = str((cohort_dir / modality / "manifest.csv").resolve())
@@ -52,7 +59,7 @@ def run_demo(out: Path, patients: int, seed: int, quick: bool, *, cohort_progres
         generate_cohort(cohort_dir, n_patients=demo_patients(patients, quick), seed=seed, workers=2,
                         progress=cohort_progress)
         log(f"preview: {write_preview(cohort_dir, cohort_dir / 'preview.png')}")
-    exp = Experiment(demo_config(cohort_dir, out, quick=quick))
+    exp = Experiment(demo_config(cohort_dir, out, quick=quick, seed=seed))
     log(f"config: {exp.save_config()}")
     with timer("pretrain"):
         run_pretrain(exp, progress=progress, log=log)
