@@ -106,3 +106,24 @@ def test_peft_mha_drift_reports_a_small_nonzero_drift_of_the_frozen_weights():
     assert len(drifts) == 3  # steps 1, 10, 100
     # Rounding from merge/unmerge: not zero (peft does move the frozen weights), far below 1e-5.
     assert 0 < drifts[-1] < 1e-5
+
+
+def test_gpu_wheels_are_the_versions_pyproject_pins():
+    """The GPU machine runs with the wheels benchmarks/gpu_wheels.sh downloads: a pin that drifted
+    from pyproject's would measure another library than the one users install."""
+    import tomllib
+
+    def normalise(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pins = dict(re.findall(r"([A-Za-z0-9_.-]+)==([^\s\"]+)", (REPO / "benchmarks" / "gpu_wheels.sh").read_text()))
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pinned = dict(spec.split("==") for spec in project)
+    pinned = {normalise(k): v for k, v in pinned.items()}
+    shared = {normalise(k): v for k, v in pins.items() if normalise(k) in pinned}
+    assert {"transformers", "peft", "tokenizers", "open-clip-torch", "pydantic", "faiss-cpu", "pydicom", "nibabel",
+            "wfdb"} <= set(shared)
+    for name, version in shared.items():
+        assert version == pinned[name], f"{name}: gpu_wheels.sh {version}, pyproject {pinned[name]}"
+    runner = (REPO / "benchmarks" / "gpu_device_run.sh").read_text()
+    assert "benchmarks/gpu_check.py" in runner and ".whl/*.whl" in runner
