@@ -437,3 +437,42 @@ def test_builtin_model_takes_its_input_channels_from_the_preprocessing(run, tmp_
     with pytest.raises(ConfigError, match=r"modalities\.xray\.model\.options\.in_channels is 1, but the "
                                           r"preprocessing gives 3"):
         run_pretrain(Experiment(parse_config(cfg)), ["xray"], log=lambda _: None)
+
+
+def test_a_manifest_without_labels_trains_with_plain_clip_and_is_evaluated_by_retrieval_only(run, tmp_path):
+    """A user's image-report pairs with no labels column: every study reads as normal. Label-aware
+    targets would then match every pair and leave nothing to contrast, so pretraining and binding
+    use plain CLIP for that modality (the same steps as with label_aware off); evaluation does not
+    'classify' one class (accuracy 1.0 would mean nothing): it skips zero-shot and few-shot for it
+    with a note, and measures retrieval."""
+    from m3bind.stages import run_bind, run_eval, run_pretrain
+
+    root, _, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    manifest = tmp_path / "cohort" / "ecg" / "manifest.csv"
+    pd.read_csv(manifest, dtype=str, keep_default_na=False).drop(columns=["labels"]).to_csv(manifest, index=False)
+    histories = {}
+    for label_aware in (True, False):
+        config = _config(tmp_path, f"run-{label_aware}", lambda0_control=False, student_check={"enabled": False})
+        config["pretrain"]["label_aware"] = label_aware
+        config["bind"]["label_aware"] = label_aware
+        exp = Experiment(parse_config(config))
+        lines: list[str] = []
+        run_pretrain(exp, log=lines.append)
+        run_bind(exp, log=lines.append)
+        histories[label_aware] = (pd.read_csv(exp.out_dir / "pretrain" / "ecg" / "metrics.csv")["loss"].tolist()
+                                  # binding's later steps also see the other modalities (through the alignment
+                                  # term), whose targets do differ between the two runs; its first step does not
+                                  + pd.read_csv(exp.out_dir / "bind" / "metrics.csv")["clip/ecg"].tolist()[:1])
+        assert sum(line.startswith("ecg: every training study has the same findings") for line in lines) == 2 * label_aware
+        assert any("ecg: zero-shot accuracy not measured: its manifest names no findings" in line for line in lines)
+    assert len(histories[True]) == 2 + 1 and histories[True] == histories[False]
+
+    report = run_eval(exp, command="test", log=lambda _: None)
+    assert report["zero_shot"]["ecg"] == {} and "ecg" not in report["few_shot"]
+    assert set(report["zero_shot"]["xray"]) >= {"unbound", "bound"} and "xray" in report["few_shot"]
+    assert any(n.startswith("ecg: zero-shot and few-shot classification not measured") for n in report["notes"])
+    assert not any(n.startswith("ecg: no prompt-file entry") for n in report["notes"])
+    assert report["retrieval"]["bound"]["xray->ecg"]["recall"]["1"] is not None
+    assert report["text_to_image"]["bound"]["ecg"]["recall"]["1"] is not None
+    assert "### ecg\n\n_Not measured (see the notes)._" in (exp.out_dir / "report" / "report.md").read_text()

@@ -135,3 +135,14 @@ def test_binding_loss_eq6_by_hand():
     assert parts["loss"].item() == pytest.approx(12.0)
     single = binding_loss({"a": torch.tensor(2.0)}, weights, {"a": a}, lambda_text=10.0)
     assert single["text_mse"].item() == 0.0 and single["loss"].item() == pytest.approx(1.0)
+
+
+def test_labels_vary_needs_two_kinds_of_study():
+    from m3bind.train.losses import labels_vary
+
+    assert not labels_vary([[], [], []])                      # no labels column: every study normal
+    assert not labels_vary([["effusion"], ["effusion"]])
+    assert not labels_vary([["a", "b"], ["b", "a"]])          # the same set of findings
+    assert not labels_vary([])
+    assert labels_vary([[], ["effusion"]])
+    assert labels_vary([["a"], ["a", "b"]])

@@ -69,7 +69,8 @@ class PretrainConfig(Section):
     augment: bool = Field(True, description="Random shift/gain/offset of the preprocessed studies "
                                             "(small datasets overfit without it).")
     label_aware: bool = Field(True, description="Studies with the same findings count as matching pairs "
-                                                "(FLAIR's soft-target CLIP loss) instead of as negatives.")
+                                                "(FLAIR's soft-target CLIP loss) instead of as negatives. A modality "
+                                                "whose studies all have the same findings (no labels) uses plain CLIP.")
     text_mlm_steps: int = Field(0, ge=0, description="Masked-language-model steps for each built-in text tower "
                                                      "on the reports of all modalities before pretraining (a "
                                                      "stand-in for clinical-language pretraining; 0 = off).")
@@ -105,7 +106,8 @@ class BindConfig(Section):
                                                                            "precision.")
     label_aware: bool = Field(False, description="Per-modality CLIP terms with soft targets: studies with the "
                                                  "same findings are not negatives (use when the models were "
-                                                 "trained that way, as the built-in ones and FLAIR are).")
+                                                 "trained that way, as the built-in ones and FLAIR are). A modality "
+                                                 "whose studies all have the same findings (no labels) uses plain CLIP.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     balance: BalanceConfig = Field(default_factory=BalanceConfig, description="Adaptive modality balancing.")
     modalities: list[str] | None = Field(None, description="Subset of configured modalities to bind "

@@ -122,6 +122,16 @@ def modality_classes(exp: Experiment, modality: str) -> list[str]:
     return ["normal", *exp.manifest(modality).label_names()]
 
 
+def has_findings(exp: Experiment, modality: str) -> bool:
+    """Whether the modality's manifest names any finding, so that classifying its studies means
+    something. A manifest without a ``labels`` column (or with only normal studies) names none:
+    zero-shot and few-shot classification are not measured for it."""
+    return len(modality_classes(exp, modality)) >= 2
+
+
+NO_FINDINGS = "its manifest names no findings (no labels column, or every study normal)"
+
+
 def has_rows(exp: Experiment, modality: str, split: str) -> bool:
     """Whether the modality's manifest has rows of ``split`` (a dataset may have no val rows)."""
     return bool((exp.manifest(modality).table["split"] == split).any())
@@ -162,6 +172,8 @@ def modality_zero_shot(exp: Experiment, modality: str, view, style: str = "exper
     rule = rule or stage_prototype_rule(exp)
     classes = modality_classes(exp, modality)
     described = {"split": split, "prompts": style, "prototypes": rule.name, "chance": 1.0 / len(classes)}
+    if not has_findings(exp, modality):
+        return {"accuracy": float("nan"), "n": 0, "not_measured": NO_FINDINGS, **described}
     if not has_rows(exp, modality, split):
         return {"accuracy": float("nan"), "n": 0, **described}
     scores = zero_shot_scores(view, exp.studies(modality, split), classes,
@@ -180,7 +192,7 @@ def describe_zero_shot(result: Mapping) -> str:
     """One line for a stage's log: '0.512 on 60 val studies (expert prompts, renormalised
     prototypes; chance 0.167)'."""
     if not result["n"]:
-        return f"not measured: no {result['split']} studies"
+        return f"not measured: {result.get('not_measured') or 'no ' + result['split'] + ' studies'}"
     return (f"{result['accuracy']:.3f} on {result['n']} {result['split']} studies ({result['prompts']} prompts, "
             f"{result['prototypes']} prototypes; chance {result['chance']:.3f})")
 
@@ -198,7 +210,7 @@ def choose_prototype_rule(exp: Experiment, variants: Mapping[str, Mapping]) -> d
     for variant, views in variants.items():
         per_rule: dict[str, list[float]] = {name: [] for name in PROTOTYPE_RULES}
         for m, view in views.items():
-            if not has_rows(exp, m, TUNING_SPLIT):
+            if not has_rows(exp, m, TUNING_SPLIT) or not has_findings(exp, m):
                 continue
             studies = exp.studies(m, TUNING_SPLIT)
             classes = modality_classes(exp, m)

@@ -111,6 +111,9 @@ def _zero_shot_section(report: Report) -> list[str]:
               "expert acc", "expert F1", "expert prec", "expert AUC", "expert ACA"]
     for modality in _ordered(report.zero_shot, report.modalities):
         entries = _in_variant_order(report.zero_shot[modality], report.variants)
+        if not entries:
+            lines += [f"### {modality}", "", "_Not measured (see the notes)._", ""]
+            continue
         rows = []
         for variant, entry in entries:
             naive, expert = entry.naive, entry.expert

@@ -10,6 +10,7 @@ from m3bind.eval.protocol import (heldout_texts, paired_retrieval, random_head_r
 from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.stages.artifacts import bind_dir, prepare_bound, save_bound, write_summary
+from m3bind.train.losses import labels_vary
 
 
 def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print) -> dict:
@@ -27,6 +28,10 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     before = {"text_agreement": text_agreement(bound, texts), "retrieval": random_head_retrieval(exp, bound, pairs),
               "zero_shot": zero_shot_by_modality(exp, bound)}
     log(f"before binding: text agreement {before['text_agreement']:.3f}")
+    if exp.cfg.bind.label_aware:
+        for m in names:
+            if not labels_vary(train[m].labels):
+                log(f"{m}: every training study has the same findings: bound with plain CLIP targets")
     outcome = bind_models(bound, train, exp.cfg.bind, bind_dir(exp), heldout_texts=texts, seed=exp.cfg.seed,
                           resume=resume, progress=progress, image_tables=exp.image_tables_dir)
     on_main_process(lambda: save_bound(bound, bind_dir(exp) / "model", exp))

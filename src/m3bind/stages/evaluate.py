@@ -37,8 +37,8 @@ from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts,
                                  presence_probabilities, sampled_prompts)
 from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores,
                                   choose_chaining_profile, choose_prototype_rule, concepts_from_column,
-                                  configured_rule, embed_texts, embed_view_images, has_rows, heldout_texts,
-                                  modality_classes,
+                                  configured_rule, embed_texts, embed_view_images, has_findings, has_rows,
+                                  NO_FINDINGS, heldout_texts, modality_classes,
                                   paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
@@ -264,7 +264,7 @@ def _prompt_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
     notes = []
     for m in names:
         missing = missing_classes(prompt_set_for(exp, m), modality_classes(exp, m))
-        if missing:
+        if missing and has_findings(exp, m):
             notes.append(f"{m}: no prompt-file entry for {', '.join(missing)}: these classes use naive prompts made "
                          f"from the label name in the modality's template, in the expert and sampled tables too "
                          f"(only their expert descriptions are missing).")
@@ -344,6 +344,12 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
     raw: dict[str, dict[str, dict]] = {}
     for m in names:
         report["zero_shot"][m], raw[m] = {}, {}
+        if not has_findings(exp, m):
+            report["notes"].append(f"{m}: zero-shot and few-shot classification not measured: {NO_FINDINGS}. "
+                                   "Retrieval and text-to-image retrieval are measured; training used plain CLIP "
+                                   "targets for it.")
+            log(f"evaluated {m} (no findings: retrieval only)")
+            continue
         with timer("zero-shot"):
             for v, views in variants.items():
                 if m in views:

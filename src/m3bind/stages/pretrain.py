@@ -17,6 +17,7 @@ from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.models.view import native_view
 from m3bind.stages.artifacts import write_summary
+from m3bind.train.losses import labels_vary
 
 
 def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, resume: bool = False,
@@ -50,6 +51,9 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
 
             corpus = [t for m in exp.modalities for t in exp.studies(m, "train").texts]
             mlm_pretrain(model, corpus, exp.cfg.pretrain.text_mlm_steps, seed=exp.cfg.seed, progress=progress)
+        if exp.cfg.pretrain.label_aware and not labels_vary(train.labels):
+            log(f"{modality}: every training study has the same findings, so label-aware targets would match every "
+                "pair: trained with plain CLIP targets")
         outcome = pretrain_modality(model, train, exp.cfg.pretrain, exp.out_dir / "pretrain" / modality,
                                     seed=exp.cfg.seed, resume=resume, progress=progress)
         on_main_process(lambda: model.save_pretrained(exp.pretrained_dir(modality)))

@@ -23,7 +23,7 @@ from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality
 from m3bind.train.balance import Balance, modality_balance
 from m3bind.train.frozen import FrozenImageEmbeddings
-from m3bind.train.losses import binding_loss, clip_objective
+from m3bind.train.losses import binding_loss, clip_objective, labels_vary
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop
 from m3bind.train.sampling import sample_batch, sample_texts, step_generator
 
@@ -117,6 +117,7 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
     container = nn.ModuleDict(dict(bound))
     optimizer = build_optimizer(bound, cfg, balance)
     corpora = {m: train[m].texts for m in names}
+    label_aware = {m: cfg.label_aware and labels_vary(train[m].labels) for m in names}
     frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images, directory=run_dir / "frozen" / m,
                                        shared=image_tables, source_key=train[m].key)
               for m in names if not cfg.lora.image}
@@ -134,7 +135,7 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
             image_emb = parallel.gather(encode_images(m, index))
             text_emb = parallel.gather(bound[m].encode_texts([train[m].texts[i] for i in index.tolist()]))
             # gather() restores global-batch order, so the labels follow full_index
-            labels = [train[m].labels[i] for i in full_index.tolist()] if cfg.label_aware else None
+            labels = [train[m].labels[i] for i in full_index.tolist()] if label_aware[m] else None
             clip_losses[m] = clip_objective(image_emb, text_emb, bound[m].logit_scale(), labels)
         if cfg.lambda_text == 0:
             # The lambda = 0 control: the alignment term weighs nothing, so its text passes are skipped.

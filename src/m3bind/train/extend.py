@@ -18,7 +18,7 @@ from m3bind.data.datasets import StudySet
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
-from m3bind.train.losses import clip_objective, embedding_mse, text_to_image_infonce
+from m3bind.train.losses import clip_objective, embedding_mse, labels_vary, text_to_image_infonce
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop
 from m3bind.train.sampling import sample_batch, step_generator
 
@@ -38,6 +38,8 @@ def extend_with(new: BoundModality, student: StudentTextEncoder, train: StudySet
     optimizer = torch.optim.AdamW([p for p in new.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
 
+    label_aware = cfg.label_aware and labels_vary(train.labels)
+
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         index = sample_batch(len(train), cfg.image_batch_size, step_generator(seed, step, 1))
         texts = [train.texts[i] for i in index.tolist()]
@@ -45,7 +47,7 @@ def extend_with(new: BoundModality, student: StudentTextEncoder, train: StudySet
                      else new.encode_image(train.images[index].to(device)))
         text_emb = new.encode_texts(texts)
         student_emb = targets(texts)["student"]
-        labels = [train.labels[i] for i in index.tolist()] if cfg.label_aware else None
+        labels = [train.labels[i] for i in index.tolist()] if label_aware else None
         parts = {"clip": clip_objective(image_emb, text_emb, new.logit_scale(), labels),
                  "text_mse": embedding_mse(text_emb, student_emb),
                  "contrastive": text_to_image_infonce(student_emb, image_emb, new.logit_scale().detach())}

@@ -52,6 +52,17 @@ def same_label_targets(labels: Sequence[Sequence[str]]) -> Tensor:
     return torch.tensor([[float(a == b) for b in keys] for a in keys])
 
 
+def labels_vary(labels: Sequence[Sequence[str]]) -> bool:
+    """Whether a training set has at least two kinds of study (sets of findings).
+
+    Label-aware targets need that: when every study carries the same findings (a manifest
+    without a ``labels`` column reads as every study normal) every pair would count as a match
+    and the loss would have nothing to contrast, so such a set trains with plain CLIP.
+    """
+    first = frozenset(labels[0]) if len(labels) else frozenset()
+    return any(frozenset(study) != first for study in labels)
+
+
 def clip_objective(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float,
                    labels: Sequence[Sequence[str]] | None = None) -> Tensor:
     """Eq. 1 as pretraining and binding train it: label-aware soft targets when the studies'

@@ -14,7 +14,7 @@ from m3bind.config import PretrainConfig
 from m3bind.data.datasets import StudySet
 from m3bind.models.base import ModalityModel
 from m3bind.train.augment import augment_batch
-from m3bind.train.losses import clip_objective
+from m3bind.train.losses import clip_objective, labels_vary
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop
 from m3bind.train.sampling import sample_batch, step_generator
 
@@ -37,7 +37,9 @@ def pretrain_modality(model: ModalityModel, train: StudySet, cfg: PretrainConfig
     """CLIP loss on ``train`` for ``cfg.steps`` AdamW steps (warm-up + cosine).
 
     ``cfg.label_aware``: studies with the same findings count as matches (FLAIR's soft-target
-    loss); otherwise plain symmetric InfoNCE as in CLIP, MGCA and CT-CLIP."""
+    loss); otherwise, or when every study has the same findings (:func:`labels_vary`), plain
+    symmetric InfoNCE as in CLIP, MGCA and CT-CLIP."""
+    label_aware = cfg.label_aware and labels_vary(train.labels)
     optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
@@ -49,7 +51,7 @@ def pretrain_modality(model: ModalityModel, train: StudySet, cfg: PretrainConfig
         images = images.to(model.device)
         image_emb = model.encode_image(images)
         text_emb = model.encode_texts([train.texts[i] for i in index.tolist()])
-        labels = [train.labels[i] for i in index.tolist()] if cfg.label_aware else None
+        labels = [train.labels[i] for i in index.tolist()] if label_aware else None
         return {"loss": clip_objective(image_emb, text_emb, model.logit_scale(), labels)}
 
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
