@@ -476,3 +476,36 @@ def test_a_manifest_without_labels_trains_with_plain_clip_and_is_evaluated_by_re
     assert report["retrieval"]["bound"]["xray->ecg"]["recall"]["1"] is not None
     assert report["text_to_image"]["bound"]["ecg"]["recall"]["1"] is not None
     assert "### ecg\n\n_Not measured (see the notes)._" in (exp.out_dir / "report" / "report.md").read_text()
+
+
+def test_one_modality_without_validation_rows_runs_to_a_report_with_the_defaults_named(run, tmp_path):
+    """The smallest user setup: one modality, train and test rows only. Nothing can be chosen on
+    validation and there is no second text encoder to agree with: the run still completes (it used
+    to fail at evaluation, after all its training), text agreement is not measured rather than a
+    perfect 1.0, and the report says the prototype rule is the default, not a validated choice."""
+    from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
+
+    root, _, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    manifest = tmp_path / "cohort" / "ecg" / "manifest.csv"
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table["split"] = table["split"].replace({"val": "train"})
+    table.to_csv(manifest, index=False)
+    config = _config(tmp_path, "run", lambda0_control=False, student_check={"enabled": False})
+    config["modalities"] = {"ecg": config["modalities"]["ecg"]}
+    del config["paired_manifests"]
+    exp = Experiment(parse_config(config))
+    lines: list[str] = []
+    run_pretrain(exp, log=lines.append)
+    summary = run_bind(exp, log=lines.append)
+    run_distill(exp, log=lines.append)
+    report = run_eval(exp, command="test", log=lines.append)
+    assert summary["before"]["text_agreement"] is None and summary["after"]["text_agreement"] is None
+    assert "after binding: text agreement not measured (needs two modalities and validation reports)" in lines
+    assert report["text_space"]["bound"] == {"agreement": None, "text_recall": None}
+    assert report["protocol"]["prototype_choice"]["default"] is True
+    assert report["protocol"]["prototype_rule"] == protocol.STAGE_PROTOTYPE_RULE
+    assert any(n.startswith("No modality has single-label validation studies") for n in report["notes"])
+    assert set(report["zero_shot"]["ecg"]) == {"unbound", "bound", "m3bind"}
+    md = (exp.out_dir / "report" / "report.md").read_text()
+    assert f"Prototype rule: {protocol.STAGE_PROTOTYPE_RULE}, the default (no modality has single-label" in md

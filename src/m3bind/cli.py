@@ -289,8 +289,8 @@ def _print_bind_summary(summary: dict) -> None:
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row("text agreement", f"{summary['before']['text_agreement']:.3f}",
-                  f"{summary['after']['text_agreement']:.3f}")
+    table.add_row("text agreement", _number(summary['before']['text_agreement']),
+                  _number(summary['after']['text_agreement']))
     for pair, after in summary["after"]["retrieval"].items():
         before = summary["before"]["retrieval"][pair]
         for k, value in after["recall"].items():

@@ -204,7 +204,8 @@ def choose_prototype_rule(exp: Experiment, variants: Mapping[str, Mapping]) -> d
     For each variant and rule: mean expert-prompt zero-shot accuracy over the modalities, on
     their validation splits. The chosen rule has the best mean over the variants (ties: the
     order of PROTOTYPE_RULES). Returns {"chosen", "validation": {variant: {rule: accuracy}},
-    "best_per_variant", "agree"} (agree: every variant's own best is the chosen rule).
+    "best_per_variant", "agree"} (agree: every variant's own best is the chosen rule); without
+    any single-label validation study, {"chosen": STAGE_PROTOTYPE_RULE, "default": True, ...}.
     """
     table: dict[str, dict[str, float]] = {}
     for variant, views in variants.items():
@@ -226,8 +227,10 @@ def choose_prototype_rule(exp: Experiment, variants: Mapping[str, Mapping]) -> d
         if any(per_rule.values()):
             table[variant] = {name: float(np.mean(values)) for name, values in per_rule.items()}
     if not table:
-        raise DataError(None, "no single-label validation study in any modality: the prototype rule cannot be "
-                              "chosen on validation; set eval.prototypes to a rule")
+        # Nothing to choose on: the default rule, said so in the report (as the chaining profile
+        # does without paired validation rows), rather than failing a run after its training.
+        return {"chosen": STAGE_PROTOTYPE_RULE, "default": True, "validation": {}, "agree": True,
+                "reason": "no modality has single-label validation studies"}
     overall = {name: float(np.mean([t[name] for t in table.values()])) for name in PROTOTYPE_RULES}
     chosen = max(PROTOTYPE_RULES, key=lambda name: (overall[name], -list(PROTOTYPE_RULES).index(name)))
     best = {v: max(PROTOTYPE_RULES, key=lambda name: (t[name], -list(PROTOTYPE_RULES).index(name)))

@@ -297,6 +297,9 @@ def _protocol_section(report: Report) -> list[str]:
                   f"chosen: **{choice['chosen']}**" + ("" if choice.get("agree") else
                                                       " (the variants disagree; see expert_by_rule)") + ".", "",
                   *md_table(["variant", *rules], rows), ""]
+    elif choice.get("default"):
+        lines += [f"Prototype rule: {protocol['prototype_rule']}, the default ({choice.get('reason', 'not chosen')}).",
+                  ""]
     elif protocol.get("prototype_rule"):
         lines += [f"Prototype rule: {protocol['prototype_rule']} (set in the config).", ""]
     chaining = protocol.get("chaining")

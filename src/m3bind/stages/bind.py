@@ -27,7 +27,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     params = parameter_report(bound)
     before = {"text_agreement": text_agreement(bound, texts), "retrieval": random_head_retrieval(exp, bound, pairs),
               "zero_shot": zero_shot_by_modality(exp, bound)}
-    log(f"before binding: text agreement {before['text_agreement']:.3f}")
+    log(f"before binding: text agreement {_agreement(before['text_agreement'])}")
     if exp.cfg.bind.label_aware:
         for m in names:
             if not labels_vary(train[m].labels):
@@ -37,7 +37,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
     on_main_process(lambda: save_bound(bound, bind_dir(exp) / "model", exp))
     after = {"text_agreement": text_agreement(bound, texts), "retrieval": paired_retrieval(exp, bound, pairs),
              "zero_shot": zero_shot_by_modality(exp, bound)}
-    log(f"after binding: text agreement {after['text_agreement']:.3f}")
+    log(f"after binding: text agreement {_agreement(after['text_agreement'])}")
     balance = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind)
     summary = {"modalities": names, "steps": outcome.steps_done, "parameters": params,
                "balance": {"probabilities": balance.probabilities, "lr_scales": balance.lr_scales,
@@ -47,3 +47,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
                "skipped_studies": exp.skipped_studies()}
     on_main_process(lambda: write_summary(bind_dir(exp) / "summary.json", summary))
     return summary
+
+
+def _agreement(value: float | None) -> str:
+    return "not measured (needs two modalities and validation reports)" if value is None else f"{value:.3f}"

@@ -325,7 +325,8 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
                        else choose_prototype_rule(exp, variants))
         rule = PROTOTYPE_RULES[rule_choice["chosen"]]
         chaining_choice = choose_chaining_profile(exp, variants["unbound"], pairs) if pairs else None
-    log(f"chosen on validation: prototypes '{rule.name}' ({rule.description})"
+    log((f"prototypes '{rule.name}' ({rule.description}), the default: {rule_choice['reason']}"
+         if rule_choice.get("default") else f"chosen on validation: prototypes '{rule.name}' ({rule.description})")
         + (f", chaining profile '{chaining_choice['chosen']}'" if chaining_choice else ""))
 
     present = [v for v in VARIANTS if v in variants or (v in ("random_heads", "chaining") and pairs)]
@@ -433,6 +434,10 @@ def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list
                      + f"); every table uses '{rule_choice['chosen']}' (best mean), and each zero-shot entry's "
                        "expert_by_rule lists the test numbers under every rule.")
     notes += _prompt_notes(exp, names)
+    if rule_choice.get("default"):
+        notes.append(f"No modality has single-label validation studies (split 'val'), so the prototype rule could "
+                     f"not be chosen on validation: the default '{rule_choice['chosen']}' is used. Add validation "
+                     "rows, or set eval.prototypes, for a choice of your own.")
     if pairs and not paired_has_split(exp, "val"):
         notes.append("The paired manifests have no 'val' rows: the chaining profile could not be chosen on "
                      f"validation ('{DEFAULT_CHAINING_PROFILE}' is used) and its concept names come from the test "

@@ -53,9 +53,12 @@ def _same_text_recall(embeddings: Mapping[str, Tensor]) -> float:
     return float(torch.stack(hits).mean()) if hits else 1.0
 
 
-def text_space(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> dict[str, float]:
+def text_space(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> dict[str, float | None]:
     """{"text_agreement", "text_recall"} from one encoding pass (each encoder reads each distinct
-    text once); see :func:`text_agreement` and :func:`cross_encoder_text_recall`."""
+    text once); see :func:`text_agreement` and :func:`cross_encoder_text_recall`. Both are None
+    (not measured) without texts (no validation rows) or with a single encoder (nothing to agree)."""
+    if not texts or len(bound) < 2:
+        return {"text_agreement": None, "text_recall": None}
     distinct = list(dict.fromkeys(texts))
     embeddings = _text_embeddings(bound, distinct)
     position = {text: i for i, text in enumerate(distinct)}
@@ -64,12 +67,12 @@ def text_space(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> dict
             "text_recall": _same_text_recall(embeddings)}
 
 
-def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
+def text_agreement(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float | None:
     """Mean cosine between every pair of text encoders on the same texts (1 = identical spaces)."""
     return text_space(bound, texts)["text_agreement"]
 
 
-def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float:
+def cross_encoder_text_recall(bound: Mapping[str, BoundModality], texts: Sequence[str]) -> float | None:
     """For every pair of encoders, the share of distinct texts whose nearest neighbour under the
     other encoder is the same text. Unlike the mean cosine, this cannot be gamed by collapsing every
     text onto one point; chance is 1 / (number of distinct texts)."""
@@ -155,4 +158,5 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
                             checkpoint_every=cfg.checkpoint_every, mixed_precision=precision,
                             description="bind")
     return run_loop(container, optimizer, step_fn, settings, run_dir, accelerator=accelerator, resume=resume,
-                    progress=progress, on_checkpoint=agreement, stop_after=stop_after, tensorboard=tensorboard)
+                    progress=progress, on_checkpoint=agreement if heldout_texts and len(names) > 1 else None,
+                    stop_after=stop_after, tensorboard=tensorboard)
