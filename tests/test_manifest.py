@@ -122,3 +122,32 @@ def test_patient_ids_match_across_csv_and_jsonl_with_missing_values(tmp_path):
     assert read_manifest(tmp_path / "m.jsonl").table["patient_id"].tolist() == ["12", ""]
     (tmp_path / "m.csv").write_text("path,text,patient_id\na.png,x,12\na.png,y,007\n")
     assert read_manifest(tmp_path / "m.csv").table["patient_id"].tolist() == ["12", "007"]
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_manifest_that_is_not_utf8_names_its_line_and_the_fix(tmp_path, gzipped):
+    """Spreadsheet exports are often Latin-1: the error says which line, which byte, and what to do."""
+    import gzip
+
+    (tmp_path / "a.png").write_bytes(b"")
+    text = "path,text,labels\na.png,Normal heart.,\na.png,Befund: unauffällig.,\n".encode("latin-1")
+    path = tmp_path / ("m.csv.gz" if gzipped else "m.csv")
+    path.write_bytes(gzip.compress(text) if gzipped else text)
+    with pytest.raises(DataError, match=r"m\.csv(\.gz)?: not UTF-8 text: line 3 \(byte 0xe4\); save the manifest as UTF-8"):
+        read_manifest(path, "xray", check_files=False)
+
+
+def test_one_class_per_finding_whatever_its_spelling_in_the_file(tmp_path):
+    """Hand-made manifests spell a finding several ways; each finding is one class, named by its
+    most frequent spelling, and every study's labels use that name."""
+    (tmp_path / "a.png").write_bytes(b"")
+    table = pd.DataFrame({"path": ["a.png"] * 6, "text": ["r"] * 6,
+                          "labels": ["cataract", " Cataract ", "CATARACT|drusen", "cataract|Drusen|cataract",
+                                     "No Finding", "Pleural_Effusion|pleural effusion"]})
+    table.to_csv(tmp_path / "m.csv", index=False)
+    manifest = read_manifest(tmp_path / "m.csv", "retina")
+    # "drusen" and "Drusen" once each: a tie, so the first in sorted order
+    assert manifest.label_names() == ["Drusen", "Pleural_Effusion", "cataract"]
+    assert [manifest.labels(i) for i in range(6)] == [["cataract"], ["cataract"], ["cataract", "Drusen"],
+                                                      ["cataract", "Drusen"], [], ["Pleural_Effusion"]]
+    assert manifest.table.at[4, "labels"] == "No Finding"

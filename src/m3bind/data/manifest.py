@@ -11,6 +11,7 @@ excluded) and the column.
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,19 @@ def parse_labels(raw: object) -> list[str]:
 _TABLE_ERRORS = (ValueError, OSError, EOFError, zlib.error, pa.ArrowException)
 
 
+def _where_not_utf8(path: Path) -> str:
+    """'line N (byte 0xe4)' of the first byte that is not UTF-8, in the file as decompressed."""
+    import gzip
+
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"line {line} (byte 0x{data[exc.start]:02x})"
+    return "somewhere in the file"
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = "".join(path.suffixes[-2:]).lower() if path.name.endswith(".gz") else path.suffix.lower()
     try:
@@ -105,6 +119,9 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_json(path, lines=True, dtype=False)
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(path, f"not UTF-8 text: {_where_not_utf8(path)}; save the manifest as UTF-8 "
+                              "(spreadsheet exports often use Latin-1 or Windows-1252)") from exc
     except _TABLE_ERRORS as exc:
         raise DataError(path, f"cannot parse manifest: {exc}") from exc
     raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv, .jsonl or .parquet")
@@ -138,10 +155,29 @@ def read_manifest(path: str | Path, modality: str | None = None, check_files: bo
     for column in ("path", "text", "labels", "split", "patient_id", "modality"):
         table[column] = table[column].map(_cell_text)
     table["split"] = table["split"].map(lambda v: SPLIT_SPELLINGS.get(v.strip().casefold(), v))
+    table["labels"] = one_spelling_per_label(table["labels"])
 
     for row, record in enumerate(table.itertuples(index=False), start=1):
         _validate_row(path, row, record._asdict(), modality, check_files)
     return Manifest(path, table.reset_index(drop=True), modality)
+
+
+def one_spelling_per_label(cells: pd.Series) -> pd.Series:
+    """The labels column with each finding spelled one way: "Cataract", " cataract " and
+    "CATARACT" are one class (:func:`label_key`), named by its most frequent spelling in the file
+    (ties: the first in sorted order). Repeats within a cell are dropped; a cell without findings
+    ("No Finding", empty) is left as it is."""
+    parsed = [parse_labels(cell) for cell in cells]
+    counts: dict[str, Counter] = {}
+    for labels in parsed:
+        for label in labels:
+            counts.setdefault(label_key(label), Counter())[label] += 1
+    spelling = {key: min(c, key=lambda name: (-c[name], name)) for key, c in counts.items()}
+    out = []
+    for cell, labels in zip(cells, parsed):
+        canonical = list(dict.fromkeys(spelling[label_key(label)] for label in labels))
+        out.append(LABEL_SEPARATOR.join(canonical) if canonical else cell)
+    return pd.Series(out, index=cells.index, dtype=object)
 
 
 def _cell_text(value: object) -> str:
