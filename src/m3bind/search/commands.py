@@ -17,7 +17,7 @@ from rich.table import Table
 
 from m3bind.errors import ConfigError
 from m3bind.output import friendly_errors as friendly_errors_on
-from m3bind.output import progress_display
+from m3bind.output import progress_display, quiet_libraries
 
 _MAX_SKIPS_SHOWN = 10
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -56,6 +56,7 @@ def register(app: typer.Typer, console: Console) -> None:
         device: str = typer.Option("auto", "--device", help="auto (cuda:LOCAL_RANK when there is a GPU), cpu, cuda:0..."),
     ) -> None:
         """Embed the studies of manifests into a search index (resumable: run it again after an interruption)."""
+        quiet_libraries()  # these load the model: no third-party progress bars in our output
         from m3bind.search.building import build_index, remove_studies
         from m3bind.search.model_identity import SearchModel
 
@@ -112,7 +113,7 @@ def register(app: typer.Typer, console: Console) -> None:
         model: Path = typer.Option(..., "--model", help="The model that made the index."),
         text: Optional[str] = typer.Option(None, "--text", help="Search by this text."),
         study: Optional[Path] = typer.Option(None, "--study", help="Search by this study file (or DICOM folder)."),
-        modality: Optional[str] = typer.Option(None, "--modality", help="The modality of --study."),
+        modality: Optional[str] = typer.Option(None, "--modality", "-m", help="The modality of --study."),
         k: int = typer.Option(10, "-k", "--k", min=1, help="Number of results."),
         modality_filter: Optional[list[str]] = typer.Option(None, "--modality-filter",
                                                             help="Only results of this modality (repeatable)."),
@@ -122,6 +123,7 @@ def register(app: typer.Typer, console: Console) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """Search an index by text or by a study of any modality."""
+        quiet_libraries()  # these load the model: no third-party progress bars in our output
         from m3bind.search.index import SearchIndex
         from m3bind.search.model_identity import SearchModel
         from m3bind.search.query import search_study, search_text
@@ -169,6 +171,7 @@ def register(app: typer.Typer, console: Console) -> None:
         max_concurrent: int = typer.Option(4, "--max-concurrent", min=1, help="Requests working at once."),
     ) -> None:
         """Serve the index: an HTTP API and a search page (http://HOST:PORT/)."""
+        quiet_libraries()  # these load the model: no third-party progress bars in our output
         import uvicorn
 
         from m3bind.search.limits import ServeSettings, read_token
