@@ -509,3 +509,28 @@ def test_one_modality_without_validation_rows_runs_to_a_report_with_the_defaults
     assert set(report["zero_shot"]["ecg"]) == {"unbound", "bound", "m3bind"}
     md = (exp.out_dir / "report" / "report.md").read_text()
     assert f"Prototype rule: {protocol.STAGE_PROTOTYPE_RULE}, the default (no modality has single-label" in md
+
+
+def test_a_paired_set_that_pairs_nothing_is_refused_before_training(run, tmp_path):
+    """Paired manifests whose patient ids never meet would report Recall@K 0 for every query, a
+    number that looks like a result; `check_paired_set` (run by `m3bind run` before pretraining,
+    and by bind and eval) names the files instead. A patient missing in one modality is counted."""
+    from m3bind.errors import DataError
+
+    root, _, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    paired = tmp_path / "cohort" / "paired" / "ecg.csv"
+    table = pd.read_csv(paired, dtype=str, keep_default_na=False)
+    renamed = table.assign(patient_id="other-" + table["patient_id"])
+    renamed.to_csv(paired, index=False)
+    config = _config(tmp_path, "run")
+    with pytest.raises(DataError, match=r"paired.xray\.csv: no patient_id of its 'val' rows is in the ecg paired "
+                                        r"manifest's 'val' rows \(.*ecg\.csv\)"):
+        protocol.check_paired_set(Experiment(parse_config(config)))
+    table.loc[0, "patient_id"] = ""
+    table.to_csv(paired, index=False)
+    with pytest.raises(DataError, match=r"ecg\.csv, row 1, column 'patient_id': no patient_id"):
+        protocol.check_paired_set(Experiment(parse_config(config)))
+    table.loc[0, "patient_id"] = "someone-else"
+    table.to_csv(paired, index=False)
+    protocol.check_paired_set(Experiment(parse_config(config)))  # one unmatched patient: allowed, and counted

@@ -82,3 +82,13 @@ def test_concept_numbers_are_undefined_when_no_study_shows_a_concept():
                               [CARDIO, NORMAL, NORMAL], ks=(1,))
     assert scores["concept_precision"] == {1: 1.0}
     assert scores["concept_chance"] == pytest.approx((1 / 3 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_queries_without_their_patient_in_the_gallery_are_counted():
+    from m3bind.eval.retrieval import query_scores
+
+    sims = np.eye(3)
+    scores = query_scores(sims, ["p1", "p2", "p9"], ["p1", "p2", "p3"], [frozenset()] * 3, [frozenset()] * 3, (1,))
+    summary = scores.summary()
+    assert summary["queries_without_partner"] == 1 and summary["queries"] == 3
+    assert summary["recall"][1] == pytest.approx(2 / 3)   # the unpartnered query can only miss

@@ -177,7 +177,10 @@ def run_all(config: Path = typer.Argument(..., help="Experiment config (YAML).")
     """Every stage: pretrain (built-in models), bind, distill, evaluate."""
     from m3bind.stages import run_bind, run_distill, run_eval, run_pretrain
 
+    from m3bind.eval.protocol import check_paired_set
+
     exp = _experiment(config, skip_bad)
+    check_paired_set(exp)  # before any training: a paired set that pairs nothing is a data error
     with progress_bar() as bar:
         run_pretrain(exp, resume=resume, progress=bar, log=log_line)
         summary = run_bind(exp, resume=resume, progress=bar, log=log_line)

@@ -266,6 +266,27 @@ def paired_studies(exp: Experiment, modality: str, split: str):
     return exp.studies(modality, split, paired=True)
 
 
+def check_paired_set(exp: Experiment) -> None:
+    """Fail early, naming the files, when the paired set cannot pair anything: a retrieval pair
+    whose two manifests share no ``patient_id`` on a split (a query without its patient in the
+    gallery can only miss, so every Recall@K would be a silent 0), or rows without a patient id."""
+    pairs = retrieval_pairs(exp) if exp.cfg.paired_manifests else []
+    for m in {m for pair in pairs for m in pair}:
+        table = exp.paired_manifest(m).table
+        empty = (table["patient_id"].str.strip() == "").to_numpy().nonzero()[0]
+        if len(empty):
+            raise DataError(exp.paired_manifest(m).source, "no patient_id (a paired manifest pairs studies by "
+                                                           "patient_id)", row=int(empty[0]) + 1, column="patient_id")
+    for split in ("val", "test"):
+        for query, gallery in pairs:
+            ids = {m: set(exp.paired_manifest(m).split(split).table["patient_id"]) for m in (query, gallery)}
+            if ids[query] and ids[gallery] and not ids[query] & ids[gallery]:
+                raise DataError(exp.paired_manifest(query).source,
+                                f"no patient_id of its '{split}' rows is in the {gallery} paired manifest's "
+                                f"'{split}' rows ({exp.paired_manifest(gallery).source}): the paired set pairs "
+                                "studies of one patient by equal patient_id")
+
+
 def paired_has_split(exp: Experiment, split: str) -> bool:
     """Whether every paired manifest has rows of ``split`` (older paired sets are test-only)."""
     return all((exp.paired_manifest(m).table["split"] == split).any() for m in exp.cfg.paired_manifests)

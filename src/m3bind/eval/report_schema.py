@@ -126,6 +126,7 @@ class RetrievalScores(_Leaf):
     head_draws: int | None = None
     queries: int
     gallery: int
+    queries_without_partner: int = 0   # their patient has no study in the gallery: Recall@K misses
 
     @field_validator("recall", "recall_chance", "concept_precision")
     @classmethod

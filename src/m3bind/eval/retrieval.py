@@ -106,6 +106,8 @@ class QueryScores:
     concept_auc: np.ndarray                   # (Q, C), NaN where the query does not show the concept
     gallery: int
     concept_chance: float
+    # Queries whose patient has no study in the gallery: they can only miss in Recall@K.
+    without_partner: int = 0
 
     @property
     def queries(self) -> int:
@@ -121,7 +123,7 @@ class QueryScores:
             "concept_chance": _defined(self.concept_chance),
             "concept_auc": float(np.mean(list(per_concept.values()))) if per_concept else None,
             "concept_auc_per_concept": per_concept,
-            "queries": self.queries, "gallery": self.gallery,
+            "queries": self.queries, "gallery": self.gallery, "queries_without_partner": self.without_partner,
         }
 
     def resampled(self, counts: np.ndarray) -> dict:
@@ -153,7 +155,8 @@ def mean_query_scores(draws: Sequence[QueryScores]) -> QueryScores:
     return QueryScores(recall={k: np.mean([d.recall[k] for d in draws], 0) for k in first.recall},
                        precision={k: np.mean([d.precision[k] for d in draws], 0) for k in first.precision},
                        concepts=first.concepts, concept_auc=np.mean([d.concept_auc for d in draws], 0),
-                       gallery=first.gallery, concept_chance=first.concept_chance)
+                       gallery=first.gallery, concept_chance=first.concept_chance,
+                       without_partner=first.without_partner)
 
 
 def query_scores(sims: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequence[str],
@@ -172,8 +175,10 @@ def query_scores(sims: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequen
         chance = concept_chance(query_concepts, gallery_concepts)
     else:
         precision, chance = {k: np.full(len(query_ids), np.nan) for k in ks}, float("nan")
+    in_gallery = set(gallery_ids)
     return QueryScores(recall=recall_hits(ranking, query_ids, gallery_ids, ks), precision=precision,
-                       concepts=concepts, concept_auc=auc, gallery=len(gallery_ids), concept_chance=chance)
+                       concepts=concepts, concept_auc=auc, gallery=len(gallery_ids), concept_chance=chance,
+                       without_partner=sum(q not in in_gallery for q in query_ids))
 
 
 def embedding_query_scores(query_emb: torch.Tensor, gallery_emb: torch.Tensor, query_ids: Sequence[str],

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from m3bind.eval.protocol import (heldout_texts, paired_retrieval, random_head_retrieval, retrieval_pairs,
-                                  stage_prototype_rule, zero_shot_by_modality)
+from m3bind.eval.protocol import (check_paired_set, heldout_texts, paired_retrieval, random_head_retrieval,
+                                  retrieval_pairs, stage_prototype_rule, zero_shot_by_modality)
 from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.stages.artifacts import bind_dir, prepare_bound, save_bound, write_summary
@@ -20,6 +20,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
 
     names = exp.cfg.bind.modalities or exp.modalities
     pairs = retrieval_pairs(exp)
+    check_paired_set(exp)
     torch.manual_seed(exp.cfg.seed)
     bound = prepare_bound(exp, names)
     train = {m: exp.studies(m, "train") for m in names}

@@ -36,6 +36,7 @@ from m3bind.eval.metrics import multilabel_metrics
 from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts, presence_pairs,
                                  presence_probabilities, sampled_prompts)
 from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores,
+                                  check_paired_set,
                                   choose_chaining_profile, choose_prototype_rule, concepts_from_column,
                                   configured_rule, embed_texts, embed_view_images, has_findings, has_rows,
                                   NO_FINDINGS, heldout_texts, modality_classes,
@@ -287,6 +288,7 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     if not names:
         raise ConfigError(f"no modality's manifest has '{REPORT_SPLIT}' rows to evaluate on (a manifest without a "
                           "'split' column is all 'train'): give the studies to report on split 'test'")
+    check_paired_set(exp)
     bootstrap = Bootstrap(exp.cfg.eval.bootstrap_resamples, exp.cfg.eval.bootstrap_seed)
     if exp.cfg.eval.lambda0_control and (bind_dir(exp) / "model" / "bound.json").exists():
         with timer("control binding"):
@@ -397,6 +399,11 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
 
     report["notes"] += _notes(exp, names, rule_choice, pairs)
     report["notes"] += _pairs_without_concepts_note(report["retrieval"])
+    report["notes"] += [f"{pair}: {scores['queries_without_partner']} of {scores['queries']} query patients have no "
+                        f"study of the gallery modality in the paired '{REPORT_SPLIT}' rows; they count as misses in "
+                        "Recall@K (concept metrics do not need the same patient)."
+                        for pair, scores in report["retrieval"].get("bound", {}).items()
+                        if scores.get("queries_without_partner")]
     if pairs and not report["retrieval"].get("chaining"):
         report["notes"].append("The chaining baseline did not run: it ranks studies through concepts that two "
                                "paired modalities share, and these have none.")
