@@ -333,3 +333,19 @@ def test_corrupt_png(tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     _raises_data_error(path, "unreadable image")
+
+
+def test_wfdb_leads_come_in_the_standard_order_with_standard_names(tmp_path):
+    """A record that stores its leads in another order, upper-case names and an extra channel
+    reads as the usual I, II, III, aVR, ... V6 (as DICOM ECGs already did): a model never sees
+    V1 where it learnt lead I."""
+    signal = synthetic_ecg(1000, fs=250, n_leads=13)
+    stored = ["V1", "V2", "V3", "V4", "V5", "V6", "I", "II", "III", "AVR", "AVL", "AVF", "RESP"]
+    header = write_wfdb(tmp_path, "shuffled", signal, fs=250, lead_names=stored)
+    study = read_study(header, expect=SignalKind.SIGNAL_1D)
+    assert study.meta["lead_names"] == TWELVE_LEADS and study.meta["dropped_channels"] == ["RESP"]
+    for lead, name in enumerate(TWELVE_LEADS):
+        column = [n.upper() for n in stored].index(name.upper())
+        assert np.abs(study.array[lead] - signal[:, column]).max() <= 0.0005 + 1e-6
+    plain = read_study(write_wfdb(tmp_path, "plain", signal[:, :12], fs=250), expect=SignalKind.SIGNAL_1D)
+    assert plain.meta["dropped_channels"] == [] and plain.meta["lead_names"] == TWELVE_LEADS

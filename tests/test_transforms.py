@@ -221,7 +221,7 @@ def test_ecg_flat_lead_becomes_zeros_not_nan():
 
 def test_ecg_bad_inputs():
     transform = build_transform("ecg")
-    with pytest.raises(DataError, match=r"rec\.hea.*6 leads, expected 12"):
+    with pytest.raises(DataError, match=r"rec\.hea.*6 leads \(1, 2, 3, 4, 5, 6\), expected 12"):
         transform(ecg_study(np.zeros((6, 1000)), fs=500))
     gappy = np.zeros((12, 1000))
     gappy[7, 5] = np.nan
@@ -275,3 +275,25 @@ def test_build_transform_from_dict_and_pickle_round_trip():
     assert build_transform("mri", CTPreprocess(spacing=None, shape=(2, 2, 2))).modality == "mri"
     with pytest.raises(ConfigError, match="mri"):
         build_transform("mri", {"size": 3})
+
+
+def test_an_eight_lead_ecg_gets_its_limb_leads_derived():
+    """Recorders often store only the 8 independent leads (I, II, V1-V6); the other four follow
+    from Einthoven's law and Goldberger's augmented leads, so a 12-lead model can read them.
+    Other lead sets are refused with their names."""
+    from m3bind.data.transforms import twelve_from_eight_leads
+
+    rng = np.random.default_rng(0)
+    lead_i, lead_ii, chest = rng.normal(size=500), rng.normal(size=500), rng.normal(size=(6, 500))
+    full = np.stack([lead_i, lead_ii, lead_ii - lead_i, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2,
+                     lead_ii - lead_i / 2, *chest]).astype(np.float32)
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    eight = [0, 1, 6, 7, 8, 9, 10, 11]
+    assert np.allclose(twelve_from_eight_leads(full[eight], [names[i] for i in eight]), full, atol=1e-6)
+    assert twelve_from_eight_leads(full[:8], names[:8]) is None  # no V3-V6
+    transform = build_transform("ecg", ECGPreprocess(fs=100.0, normalize="none"))
+    as_twelve = transform(Study(full, {"fs": 100.0, "lead_names": names, "path": "a.hea"}))
+    as_eight = transform(Study(full[eight], {"fs": 100.0, "lead_names": [names[i] for i in eight], "path": "b.hea"}))
+    assert torch.allclose(as_eight, as_twelve, atol=1e-6)
+    with pytest.raises(DataError, match=r"ECG has 8 leads \(I, II, III, aVR, aVL, aVF, V1, V2\), expected 12 \(or the 8"):
+        transform(Study(full[:8], {"fs": 100.0, "lead_names": names[:8], "path": "c.hea"}))

@@ -734,9 +734,22 @@ def _read_wfdb(path: Path, limits: ReadLimits) -> Study:
             signal[lead] *= factor
             units[lead] = "mV"
     fs = float(record.fs)
-    meta = {"kind": SignalKind.SIGNAL_1D, "fs": fs, "lead_names": list(record.sig_name or []),
-            "units": units, "duration_s": signal.shape[1] / fs}
-    return Study(signal, meta)
+    meta = {"kind": SignalKind.SIGNAL_1D, "fs": fs, "units": units, "duration_s": signal.shape[1] / fs}
+    if not record.sig_name:
+        return Study(signal, {**meta, "lead_names": []})
+    # As for DICOM: standard names ("AVR" -> "aVR"), the twelve leads in their usual order
+    # whatever the file's, and other channels (respiration, a marker) after them or dropped.
+    names = [_standard_lead_name(str(name), lead) for lead, name in enumerate(record.sig_name)]
+    order = _standard_lead_order(names)
+    meta.update(lead_names=[names[i] for i in order], units=[units[i] for i in order],
+                dropped_channels=[names[i] for i in range(len(names)) if i not in set(order)])
+    return Study(signal if order == list(range(len(names))) else np.ascontiguousarray(signal[order]), meta)
+
+
+def _standard_lead_name(label: str, index: int) -> str:
+    """The standard lead name ``label`` gives ("Lead II", "AVR", "MDC_ECG_LEAD_V1"), else the label."""
+    match = _LEAD_LABEL.match(label.strip())
+    return _CANONICAL_LEAD[match.group(1).upper()] if match else (label.strip() or f"channel {index + 1}")
 
 
 def _check_wfdb_header(path: Path, header: Any, limits: ReadLimits) -> None:

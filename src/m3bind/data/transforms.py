@@ -207,10 +207,30 @@ def _preprocess_pathology(study: Study, spec: PathologyPreprocess) -> torch.Tens
     return TF.normalize(image, list(spec.mean), list(spec.std))
 
 
+_INDEPENDENT_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def twelve_from_eight_leads(signal: np.ndarray, names: list[str]) -> np.ndarray | None:
+    """The standard 12 leads from the 8 independent ones (I, II, V1-V6), which is how many
+    recorders store them: III = II - I, aVR = -(I + II) / 2, aVL = I - II / 2, aVF = II - I / 2
+    (Einthoven's law and Goldberger's augmented leads). None when those 8 are not all named."""
+    index = {name: i for i, name in enumerate(names)}
+    if not all(lead in index for lead in _INDEPENDENT_LEADS):
+        return None
+    lead_i, lead_ii = signal[index["I"]], signal[index["II"]]
+    limb = [lead_i, lead_ii, lead_ii - lead_i, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2, lead_ii - lead_i / 2]
+    return np.stack(limb + [signal[index[f"V{k}"]] for k in range(1, 7)]).astype(signal.dtype)
+
+
 def _preprocess_ecg(study: Study, spec: ECGPreprocess) -> torch.Tensor:
     signal = study.array
     if signal.shape[0] != spec.leads:
-        raise _fail(study, f"ECG has {signal.shape[0]} leads, expected {spec.leads}")
+        derived = twelve_from_eight_leads(signal, lead_names_of(study)) if spec.leads == 12 else None
+        if derived is None:
+            raise _fail(study, f"ECG has {signal.shape[0]} leads ({', '.join(lead_names_of(study))}), expected "
+                               f"{spec.leads}" + (" (or the 8 independent leads I, II, V1-V6, from which the others "
+                                                  "are derived)" if spec.leads == 12 else ""))
+        signal = derived
     fs_in = study.meta.get("fs")
     if fs_in is None:
         raise _fail(study, "ECG has no sampling rate ('fs') in its metadata")
