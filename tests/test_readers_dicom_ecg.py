@@ -205,7 +205,7 @@ def test_a_three_lead_general_ecg_keeps_its_leads_standard_ones_first(tmp_path):
     assert study.meta["lead_names"] == ["I", "II", "Respiration"]
     np.testing.assert_allclose(study.array[0], raw[:, 2] * 1e-3, atol=1e-7)
     # the 12-lead model's transform refuses it with the lead count
-    with pytest.raises(DataError, match="ECG has 3 leads, expected 12"):
+    with pytest.raises(DataError, match=r"ECG has 3 leads \(I, II, Respiration\), expected 12"):
         build_transform("ecg", default_preprocess("ecg", demo=True))(study)
     with pytest.raises(DataError, match="3 leads, expected 12"):
         read_study(path, expected_leads=12)
