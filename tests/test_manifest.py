@@ -151,3 +151,40 @@ def test_one_class_per_finding_whatever_its_spelling_in_the_file(tmp_path):
     assert [manifest.labels(i) for i in range(6)] == [["cataract"], ["cataract"], ["cataract", "Drusen"],
                                                       ["cataract", "Drusen"], [], ["Pleural_Effusion"]]
     assert manifest.table.at[4, "labels"] == "No Finding"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_findings_as_lists_read_like_separated_cells(tmp_path, suffix):
+    """JSONL and Parquet manifests naturally hold findings as arrays: they must be the same
+    findings as the '|'-separated CSV cell, not one class named "['effusion', 'edema']"."""
+    (tmp_path / "a.png").write_bytes(b"")
+    table = pd.DataFrame({"path": ["a.png"] * 4, "text": ["r"] * 4,
+                          "labels": [["Effusion", "edema"], [], ["No Finding"], ["effusion"]],
+                          "concepts": [["effusion"], [], [], ["effusion", "edema"]]})
+    path = tmp_path / f"m{suffix}"
+    table.to_json(path, orient="records", lines=True) if suffix == ".jsonl" else table.to_parquet(path)
+    manifest = read_manifest(path, "xray")
+    assert [manifest.labels(i) for i in range(4)] == [["Effusion", "edema"], [], [], ["Effusion"]]
+    assert manifest.label_names() == ["Effusion", "edema"]
+    assert manifest.table["concepts"].tolist() == ["effusion", "", "", "effusion|edema"]
+
+
+def test_a_list_where_one_value_belongs_names_row_and_column(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    pd.DataFrame({"path": ["a.png", "a.png"], "text": ["fine", ["two", "reports"]]}).to_json(
+        tmp_path / "m.jsonl", orient="records", lines=True)
+    with pytest.raises(DataError, match=r"m\.jsonl, row 2, column 'text': a list \(\['two', 'reports'\]\) where one value"):
+        read_manifest(tmp_path / "m.jsonl", "xray")
+
+
+def test_a_manifest_written_on_windows_finds_its_files(tmp_path):
+    (tmp_path / "images" / "p1").mkdir(parents=True)
+    (tmp_path / "images" / "p1" / "s1.png").write_bytes(b"")
+    (tmp_path / "m.csv").write_text("path,text\nimages\\p1\\s1.png,Normal.\n")
+    manifest = read_manifest(tmp_path / "m.csv", "xray")
+    assert manifest.table.at[0, "path"] == "images/p1/s1.png"
+    assert manifest.absolute_path(0) == tmp_path / "images" / "p1" / "s1.png"
+    # with a '/' anywhere the path is taken literally, so a missing file is still named as written
+    (tmp_path / "n.csv").write_text("path,text\nimages/p1\\s1.png,Normal.\n")
+    with pytest.raises(DataError, match=r"row 1, column 'path': file 'images/p1\\s1\.png' does not exist"):
+        read_manifest(tmp_path / "n.csv", "xray")

@@ -1,7 +1,7 @@
 """Manifests: one table per dataset, one row per study (the project's data interface).
 
-Columns: ``path`` (relative to the manifest's folder), ``text``, ``labels`` ('|'-separated;
-empty, "normal" or "No Finding" for a normal study), ``split`` (train/val/test; "validate",
+Columns: ``path`` (relative to the manifest's folder), ``text``, ``labels`` ('|'-separated, or a
+JSON/Parquet list; empty, "normal" or "No Finding" for a normal study), ``split`` (train/val/test; "validate",
 "valid", "validation" and "dev" also mean val, in any case), ``patient_id`` (optional; equal ids
 across two modalities' manifests make a cross-modal pair), ``modality`` (optional when the
 caller says which modality it expects). Extra columns are kept untouched. CSV, JSONL and
@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -27,6 +28,8 @@ SPLITS = ("train", "val", "test")
 SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
                    "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 LABEL_SEPARATOR = "|"
+# Columns of findings, which JSONL and Parquet manifests may hold as lists.
+LIST_COLUMNS = ("labels", "concepts")
 
 
 @dataclass
@@ -88,6 +91,9 @@ def parse_labels(raw: object) -> list[str]:
     are left out, so "No Finding", "normal" and an empty cell all mean a normal study."""
     if raw is None or (isinstance(raw, float) and pd.isna(raw)):
         return []
+    if _is_list_cell(raw):
+        parts = (str(part).strip() for part in raw)
+        return [part for part in parts if part and not is_normal_label(part)]
     parts = (part.strip() for part in str(raw).split(LABEL_SEPARATOR))
     return [part for part in parts if part and not is_normal_label(part)]
 
@@ -152,9 +158,14 @@ def read_manifest(path: str | Path, modality: str | None = None, check_files: bo
         table["patient_id"] = ""
     if "modality" not in table.columns or modality is not None and (table["modality"].astype(str) == "").all():
         table["modality"] = modality or ""
+    for column in LIST_COLUMNS:
+        if column in table.columns:  # a JSONL array or Parquet list cell: ["effusion", "edema"]
+            table[column] = table[column].map(_joined_list_cell)
     for column in ("path", "text", "labels", "split", "patient_id", "modality"):
+        _refuse_list_cells(path, table, column)
         table[column] = table[column].map(_cell_text)
     table["split"] = table["split"].map(lambda v: SPLIT_SPELLINGS.get(v.strip().casefold(), v))
+    table["path"] = table["path"].map(_posix_path)
     table["labels"] = one_spelling_per_label(table["labels"])
 
     for row, record in enumerate(table.itertuples(index=False), start=1):
@@ -178,6 +189,35 @@ def one_spelling_per_label(cells: pd.Series) -> pd.Series:
         canonical = list(dict.fromkeys(spelling[label_key(label)] for label in labels))
         out.append(LABEL_SEPARATOR.join(canonical) if canonical else cell)
     return pd.Series(out, index=cells.index, dtype=object)
+
+
+def _posix_path(value: str) -> str:
+    """A manifest written on Windows ('images\\p1\\s1.dcm', no '/') read with '/' separators;
+    a path that has any '/' is taken as it is (a backslash is then part of a file name)."""
+    return value.replace("\\", "/") if "\\" in value and "/" not in value else value
+
+
+def _is_list_cell(value: object) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _joined_list_cell(value: object) -> object:
+    """A list cell of a findings column as one '|'-separated cell; other cells unchanged."""
+    if not _is_list_cell(value):
+        return value
+    return LABEL_SEPARATOR.join(str(part).strip() for part in value if str(part).strip())
+
+
+def _refuse_list_cells(path: Path, table: pd.DataFrame, column: str) -> None:
+    """Only findings columns may hold lists; a list path or report is a malformed row, named."""
+    for row, value in enumerate(table[column], start=1):
+        if _is_list_cell(value):
+            raise DataError(path, f"a list ({_short(value)}) where one value is expected", row=row, column=column)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(list(value))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _cell_text(value: object) -> str:
