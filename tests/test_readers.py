@@ -349,3 +349,25 @@ def test_wfdb_leads_come_in_the_standard_order_with_standard_names(tmp_path):
         assert np.abs(study.array[lead] - signal[:, column]).max() <= 0.0005 + 1e-6
     plain = read_study(write_wfdb(tmp_path, "plain", signal[:, :12], fs=250), expect=SignalKind.SIGNAL_1D)
     assert plain.meta["dropped_channels"] == [] and plain.meta["lead_names"] == TWELVE_LEADS
+
+
+@pytest.mark.parametrize(("name", "reference"), [("SC_rgb_jpeg_gdcm.dcm", "SC_rgb.dcm"),
+                                                   ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm")])
+def test_lossless_jpeg_dicom_decodes_like_its_uncompressed_original(name, reference):
+    """JPEG Lossless (process 14) and JPEG-LS are how many PACS export CT and CR: Pillow reads
+    neither, GDCM (a dependency) reads both."""
+    from pydicom.data import get_testdata_file
+
+    study = read_study(get_testdata_file(name, download=False))
+    original = read_study(get_testdata_file(reference, download=False))
+    assert study.array.shape == original.array.shape and study.array.std() > 0
+    np.testing.assert_array_equal(study.array, original.array)
+
+
+def test_a_dicom_no_decoder_reads_says_so_instead_of_corrupt():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPGExtended.dcm", download=False)
+    with pytest.raises(DataError, match=r"JPGExtended\.dcm: no installed decoder reads DICOM pixel data compressed "
+                                        r"as 'JPEG Extended \(Process 2 and 4\)'.*pylibjpeg-libjpeg"):
+        read_study(path)

@@ -312,7 +312,20 @@ def _stored_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
     try:
         return ds.pixel_array
     except _DICOM_ERRORS as exc:
+        if _no_decoder(exc):
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(syntax, "name", None) or str(syntax)
+            raise DataError(path, f"no installed decoder reads DICOM pixel data compressed as '{name}' "
+                                  f"({' '.join(str(exc).split())}); pylibjpeg-libjpeg (GPL-3, not installed "
+                                  "with m3bind) decodes 12-bit JPEG Extended, or convert the file with "
+                                  "'gdcmconv --raw'") from exc
         raise DataError(path, f"corrupt or truncated DICOM pixel data: {exc}") from exc
+
+
+def _no_decoder(error: Exception) -> bool:
+    """Whether pydicom failed because no decoder plugin handles the encoding (not a bad file)."""
+    message = str(error)
+    return "missing dependencies" in message or ("does not support" in message and "plugins" in message)
 
 
 def _group_value(ds: pydicom.Dataset, frame: int | None, sequence: str, keyword: str) -> Any:
