@@ -104,3 +104,33 @@ def test_the_installed_archive_has_the_iu_reports():
     assert len(reports) > 1500 and counts["normal"] > 1000 and counts["cardiomegaly"] > 200
     assert set(counts) == {"normal", "cardiomegaly", "pleural effusion", "lung nodule", "consolidation",
                            "pneumothorax"}
+
+
+def test_reports_are_mapped_onto_the_users_classes_in_their_spelling(tmp_path):
+    """A user's X-ray model knows only its own classes: reports naming other findings are left out,
+    a heading spelled like a class wins over the built-in mapping (Pneumonia is 'Pneumonia', not
+    consolidation), and ChestX-ray14's 'Effusion' receives the pleural effusion reports."""
+    archive = _archive(tmp_path, REPORTS)
+    reports = read_reports(archive, ["normal", "Effusion", "Pneumonia", "Consolidation"])
+    assert reports == [("Findings: Clear lungs. Impression: Normal chest.", "normal"),
+                       ("Findings: Right effusion. Impression: Effusion.", "Effusion"),
+                       # 'Big heart and effusion' names one of these classes now: cardiomegaly is not one
+                       ("Findings: Big heart and effusion. Impression: Both.", "Effusion"),
+                       ("Findings: Lobar opacity. Impression: Pneumonia.", "Pneumonia")]
+    # the default is the built-in X-ray classes, as before
+    assert [c for _, c in read_reports(archive)] == ["cardiomegaly", "normal", "pleural effusion", "consolidation"]
+
+
+def test_scored_only_against_the_users_classes_and_skipped_without_two(tmp_path):
+    archive = _archive(tmp_path, REPORTS[:3] * 4)
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("classes:\n  normal: [clear lungs]\n  Cardiomegaly: [big heart]\n  Atelectasis: [collapse]\n")
+    views = {"bound": _KeywordEncoder(), "m3bind": _KeywordEncoder()}
+    result = real_report_check(views, load_prompt_file(prompts), PROTOTYPE_RULES["renormalised"],
+                               Bootstrap(resamples=20), archive=archive, classes=["normal", "Atelectasis", "Cardiomegaly"])
+    # effusion reports name no class of this model; Atelectasis has no report, so it is not a choice
+    assert result["per_class"] == {"normal": 4, "Cardiomegaly": 4}
+    assert result["variants"]["bound"]["accuracy"] == pytest.approx(1.0)
+    skipped = real_report_check(views, load_prompt_file(prompts), PROTOTYPE_RULES["renormalised"], Bootstrap(),
+                                archive=archive, classes=["normal", "Atelectasis"])
+    assert "name 1 of the X-ray classes (normal, Atelectasis)" in skipped["skipped"]

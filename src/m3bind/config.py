@@ -182,8 +182,10 @@ class EvalConfig(Section):
                                               description="The student check on a second cohort.")
     real_reports: bool = Field(True, description="Classify the real Indiana University chest X-ray reports shipped "
                                                  "in the torchxrayvision package (read from the installed package; "
-                                                 "skipped with a note when it is not installed or there is no "
-                                                 "'xray' modality) with the bound X-ray text encoder and the student.")
+                                                 "skipped with a note when it is not installed or no modality is "
+                                                 "an X-ray one, 'xray' or like: xray) with the bound X-ray text "
+                                                 "encoder and the student, against the X-ray manifest's own classes "
+                                                 "(reports whose MeSH findings name one of them).")
 
 
 class DataConfig(Section):

@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import tarfile
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from m3bind.data.manifest import is_normal_label, label_key
 from m3bind.eval.bootstrap import Bootstrap, mean_statistic
 from m3bind.eval.prompts import PromptSet, expert_prompts
 from m3bind.eval.zeroshot import PrototypeRule, ZeroShotScores, class_prototypes
@@ -47,8 +48,30 @@ def report_archive() -> Path | None:
     return path if path.is_file() else None
 
 
-def read_reports(archive: Path) -> list[tuple[str, str]]:
-    """(report text, class) for every report whose MeSH major findings name exactly one class."""
+# The names datasets give these MeSH findings (ChestX-ray14, CheXpert, MIMIC-CXR label sets).
+MESH_ALIASES = {"Pleural Effusion": ("effusion",), "Nodule": ("lung nodule", "pulmonary nodule"),
+                "Pulmonary Atelectasis": ("atelectasis",), "Pulmonary Edema": ("edema",),
+                "Pulmonary Emphysema": ("emphysema",), "Pulmonary Fibrosis": ("fibrosis",),
+                "Hernia, Hiatal": ("hernia",), "Infiltrate": ("infiltration",),
+                "Fractures, Bone": ("fracture",), "Airspace Disease": ("lung opacity",),
+                "Opacity": ("lung opacity",)}
+
+
+def _class_of_heading(heading: str, classes: Mapping[str, str]) -> str | None:
+    """The class (``classes``: label_key -> spelling) a MeSH major heading names: the class
+    spelled like the heading itself first ("Pneumonia" is a user's "pneumonia" class), else the
+    class the built-in mapping gives it ("Pneumonia" -> consolidation), else a known alias."""
+    for name in (heading, MESH_CLASSES.get(heading), *MESH_ALIASES.get(heading, ())):
+        if name is not None and label_key(name) in classes:
+            return classes[label_key(name)]
+    return None
+
+
+def read_reports(archive: Path, classes: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(report text, class) for every report whose MeSH major findings name exactly one of
+    ``classes`` (default: the built-in X-ray classes); the class is spelled as in ``classes``."""
+    wanted = classes if classes is not None else sorted(set(MESH_CLASSES.values()))
+    keyed = {label_key(c): c for c in wanted}
     out = []
     with tarfile.open(archive) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
@@ -56,11 +79,11 @@ def read_reports(archive: Path) -> list[tuple[str, str]]:
                 continue
             root = ET.parse(tar.extractfile(member)).getroot()
             headings = {e.text.split("/")[0].strip() for e in root.iter("major") if e.text}
-            classes = {MESH_CLASSES[h] for h in headings if h in MESH_CLASSES}
+            named = {_class_of_heading(h, keyed) for h in headings} - {None}
             sections = {a.get("Label"): (a.text or "").strip() for a in root.iter("AbstractText")}
             findings, impression = sections.get("FINDINGS", ""), sections.get("IMPRESSION", "")
-            if len(classes) == 1 and (findings or impression):
-                out.append((f"Findings: {findings} Impression: {impression}".strip(), classes.pop()))
+            if len(named) == 1 and (findings or impression):
+                out.append((f"Findings: {findings} Impression: {impression}".strip(), named.pop()))
     return out
 
 
@@ -77,18 +100,26 @@ def _scores(view, texts: list[str], labels: list[str], classes: list[str], promp
 
 
 def real_report_check(views: Mapping[str, object], prompt_set: PromptSet, rule: PrototypeRule,
-                      bootstrap: Bootstrap, archive: Path | None = None) -> dict:
+                      bootstrap: Bootstrap, archive: Path | None = None,
+                      classes: Sequence[str] | None = None) -> dict:
     """Report -> class zero-shot of each variant's X-ray text side (``views``: variant -> view
-    whose ``encode_texts`` is that text encoder), their agreement, and the paired difference."""
+    whose ``encode_texts`` is that text encoder), their agreement, and the paired difference.
+    ``classes``: the X-ray manifest's classes ("normal" included); only reports naming one of
+    them are scored, against those classes alone, so a model is never asked about findings it
+    was not trained on (default: the built-in X-ray classes)."""
     archive = archive or report_archive()
     if archive is None:
         return {"skipped": "the torchxrayvision package (1.5.7, which ships the reports) is not installed; "
                            "pip install 'm3bind[realtext]'"}
     if not views:
         return {"skipped": "no bound X-ray text encoder to check"}
-    reports = read_reports(archive)
+    reports = read_reports(archive, classes)
     texts, labels = [t for t, _ in reports], [c for _, c in reports]
-    classes = ["normal", *sorted({c for c in labels if c != "normal"})]
+    found = sorted(set(labels), key=lambda c: (not is_normal_label(c), c))
+    if len(found) < 2:
+        return {"skipped": f"the reports' MeSH findings name {len(found)} of the X-ray classes "
+                           f"({', '.join(classes or [])}); classifying needs two"}
+    classes = found
     scores = {v: _scores(view, texts, labels, classes, prompt_set, rule) for v, view in views.items()}
     out = {"source": str(archive), "licence": LICENCE, "reports": len(texts),
            "per_class": {c: labels.count(c) for c in classes}, "prototypes": rule.name,

@@ -364,9 +364,10 @@ def _real_reports_section(report: Report) -> list[str]:
     if real.get("skipped"):
         return lines + [f"_Skipped: {real['skipped']}_"]
     counts = ", ".join(f"{c} {n}" for c, n in real.get("per_class", {}).items())
-    lines += [f"{real['reports']} real reports ({counts}) whose MeSH major findings name one X-ray class, classified "
-              f"by their text embedding against the X-ray class prototypes ({real.get('prototypes')}). Source: "
-              f"{real.get('licence')}, read from the installed package.", ""]
+    modality = real.get("modality", "xray")
+    lines += [f"{real['reports']} real reports ({counts}) whose MeSH major findings name one of the {modality} "
+              f"classes, classified by their text embedding against those classes' prototypes "
+              f"({real.get('prototypes')}). Source: {real.get('licence')}, read from the installed package.", ""]
     rows = [[v, fmt_ci(r["accuracy"], r.get("accuracy_ci")), fmt_ci(r.get("auc_macro"), r.get("auc_macro_ci")),
              fmt_number(r.get("aca")), fmt_number(r.get("majority_rate"))] for v, r in real.get("variants", {}).items()]
     lines += md_table(["text encoder", "accuracy", "macro AUC", "ACA", "majority class"], rows)

@@ -389,11 +389,14 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
         with timer("student check"):
             report["student_check"] = run_student_check(exp, variants["bound"], variants["m3bind"], rule, bootstrap,
                                                         log=log)
-    if exp.cfg.eval.real_reports and "xray" in names:
+    chest = _chest_xray_modality(exp, names)
+    if exp.cfg.eval.real_reports and chest is not None:
         with timer("real reports"):
-            report["real_reports"] = real_report_check({v: variants[v]["xray"] for v in ("bound", "m3bind")
-                                                        if v in variants and "xray" in variants[v]},
-                                                       prompt_set_for(exp, "xray"), rule, bootstrap)
+            report["real_reports"] = real_report_check({v: variants[v][chest] for v in ("bound", "m3bind")
+                                                        if v in variants and chest in variants[v]},
+                                                       prompt_set_for(exp, chest), rule, bootstrap,
+                                                       classes=modality_classes(exp, chest))
+            report["real_reports"]["modality"] = chest
         if report["real_reports"].get("skipped"):
             report["notes"].append(f"Real-report check skipped: {report['real_reports']['skipped']}")
 
@@ -431,6 +434,13 @@ def _pairs_without_concepts_note(retrieval: Mapping[str, Mapping[str, dict]]) ->
             "only Recall@K (the same patient) is measured. A 'concepts' column in the paired manifests names "
             "cross-modal concepts (e.g. cardiomegaly on an X-ray and on the ECG showing left ventricular "
             "hypertrophy)."]
+
+
+def _chest_xray_modality(exp: Experiment, names: Sequence[str]) -> str | None:
+    """The modality whose text side the chest X-ray reports test: the one named ``xray``, else the
+    first handled like it (``like: xray``, e.g. ``cxr``), else None."""
+    xray_like = [m for m in names if exp.builtin_kind(m) == "xray"]
+    return "xray" if "xray" in xray_like else next(iter(xray_like), None)
 
 
 def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list) -> list[str]:
