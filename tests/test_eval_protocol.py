@@ -313,7 +313,8 @@ def test_a_custom_modality_with_coded_labels_runs_end_to_end(run, tmp_path):
 def test_a_modality_with_training_rows_only_is_left_out_of_evaluation_and_named(run, tmp_path):
     """A manifest without a split column is all 'train' (bound, evaluated elsewhere): evaluation
     reports the other modalities and says which one it left out, instead of failing on its empty
-    test split; asking that modality's test studies directly names the file and the row counts."""
+    test split; asking that modality's test studies directly names the file and the row counts.
+    (X-ray also loses its val rows here, which the report must name.)"""
     from m3bind.errors import DataError
     from m3bind.stages import run_eval
 
@@ -322,6 +323,9 @@ def test_a_modality_with_training_rows_only_is_left_out_of_evaluation_and_named(
     manifest = tmp_path / "cohort" / "ct" / "manifest.csv"
     table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     table.drop(columns=["split"]).to_csv(manifest, index=False)
+    xray = tmp_path / "cohort" / "xray" / "manifest.csv"
+    xray_table = pd.read_csv(xray, dtype=str, keep_default_na=False)
+    xray_table[xray_table.split != "val"].to_csv(xray, index=False)
     config = _config(tmp_path, "run", lambda0_control=False, student_check={"enabled": False})
     config["modalities"] = {m: {**spec, "model": {"type": "builtin", "path": str(exp.pretrained_dir(m))}}
                             for m, spec in config["modalities"].items()}
@@ -334,6 +338,12 @@ def test_a_modality_with_training_rows_only_is_left_out_of_evaluation_and_named(
     assert report["modalities"] == ["xray", "ct", "ecg"] and set(report["zero_shot"]) == {"xray", "ecg"}
     assert any(n.startswith("ct: no 'test' rows in the manifest") for n in report["notes"])
     assert "xray->ct" in report["retrieval"]["bound"]  # its paired studies still take part
+    # ... in the baselines too: each covers every pair the bound model is scored on
+    for baseline in ("random_heads", "chaining"):
+        assert set(report["retrieval"][baseline]) == set(report["retrieval"]["bound"]), baseline
+    assert not any(n.startswith("The chaining baseline did not run") for n in report["notes"])
+    # xray has no val rows: the report says its prototype rule came from the other modalities
+    assert any(n.startswith("xray: no 'val' rows, so the prototype rule") for n in report["notes"])
 
 
 def test_a_dataset_without_validation_rows_gets_no_stage_zero_shot_line(run, tmp_path):

@@ -295,7 +295,8 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
             run_control(exp, progress=progress, log=log)
     # Nothing trains from here on: the variants can share their image towers' embeddings.
     with exp.sharing_image_embeddings():
-        report, maps = _evaluate_variants(exp, names, command, log, few_shot, timer, bootstrap)
+        report, maps = _evaluate_variants(exp, names, command, log, few_shot, timer, bootstrap,
+                                          bound_names=bound_names)
     if untested:
         report["modalities"] = bound_names  # sections name only the ones they cover
         report["notes"].append(f"{', '.join(untested)}: no '{REPORT_SPLIT}' rows in the manifest (a manifest without "
@@ -310,14 +311,18 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
 
 
 def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log, few_shot: bool, timer: StageTimer,
-                       bootstrap: Bootstrap) -> tuple[dict, dict]:
-    """Every report section for the variants whose files exist, and the embedding maps' samples."""
+                       bootstrap: Bootstrap, bound_names: Sequence[str] | None = None) -> tuple[dict, dict]:
+    """Every report section for the variants whose files exist, and the embedding maps' samples.
+    ``names``: the modalities with test rows (the per-modality sections); ``bound_names``: every
+    bound one, whose paired studies take part in retrieval (default: ``names``)."""
     import m3bind
     from m3bind.eval.real_reports import real_report_check
     from m3bind.eval.student_check import run_student_check
     from m3bind.train.bind import text_space
 
-    variants = load_variants(exp, names)
+    # Every variant holds every bound modality: the baselines (unbound, random heads, chaining)
+    # must cover the same retrieval pairs as the bound model, test rows or not.
+    variants = load_variants(exp, bound_names or names)
     pairs = retrieval_pairs(exp) if exp.cfg.paired_manifests else []
 
     # --- choices, on the validation splits only ---
@@ -407,7 +412,7 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
                         "Recall@K (concept metrics do not need the same patient)."
                         for pair, scores in report["retrieval"].get("bound", {}).items()
                         if scores.get("queries_without_partner")]
-    if pairs and not report["retrieval"].get("chaining"):
+    if pairs and not report["retrieval"].get("chaining") and not chaining_choice["concepts"]:
         report["notes"].append("The chaining baseline did not run: it ranks studies through concepts that two "
                                "paired modalities share, and these have none.")
     ablations = {path.parent.name: json.loads(path.read_text())
@@ -451,6 +456,11 @@ def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list
                      + f"); every table uses '{rule_choice['chosen']}' (best mean), and each zero-shot entry's "
                        "expert_by_rule lists the test numbers under every rule.")
     notes += _prompt_notes(exp, names)
+    without_val = [m for m in names if not has_rows(exp, m, "val")]
+    if without_val and not rule_choice.get("default") and not rule_choice.get("configured"):
+        notes.append(f"{', '.join(without_val)}: no 'val' rows, so the prototype rule used for "
+                     f"{'it' if len(without_val) == 1 else 'them'} was chosen on the other modalities' validation "
+                     "studies.")
     if rule_choice.get("default"):
         notes.append(f"No modality has single-label validation studies (split 'val'), so the prototype rule could "
                      f"not be chosen on validation: the default '{rule_choice['chosen']}' is used. Add validation "
