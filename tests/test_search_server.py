@@ -92,9 +92,10 @@ def test_text_search_answers_like_the_library(client, library):
     assert [(h["patient_id"], h["modality"]) for h in patient["hits"]] == [("P2", "ct")]
 
 
-def test_upload_of_one_file_answers_like_the_library(client, library, world):
+@pytest.mark.parametrize("name", ["chest.dcm", "IM0001", "1.2.840.113619.2.55.3.6041"])  # PACS names DICOMs freely
+def test_upload_of_one_file_answers_like_the_library(client, library, world, name):
     path = world.root / "studies" / "xray" / "P3_xray.dcm"
-    answer = client.post("/api/search/study", files={"file": ("chest.dcm", path.read_bytes())},
+    answer = client.post("/api/search/study", files={"file": (name, path.read_bytes())},
                          data={"modality": "xray", "k": "2", "modalities": ["xray", "retina"], "per_modality": "true"})
     assert answer.status_code == 200, answer.text
     expected = search_study(*library, path, "xray", 2, modalities=["xray", "retina"], per_modality=True)
@@ -184,6 +185,8 @@ def test_oversize_unsupported_and_unreadable_uploads(client):
     assert streamed.status_code == 413
     unsupported = client.post("/api/search/study", files={"file": ("notes.docx", b"PK..")}, data={"modality": "xray"})
     assert unsupported.status_code == 415 and "unsupported file type" in unsupported.json()["detail"]
+    nameless = client.post("/api/search/study", files={"file": ("IM0001", b"\0" * 200)}, data={"modality": "xray"})
+    assert nameless.status_code == 415 and nameless.json()["detail"].startswith("IM0001: unsupported file type")
     corrupt = client.post("/api/search/study", files={"file": ("scan.dcm", b"not a dicom")}, data={"modality": "xray"})
     assert corrupt.status_code == 422 and corrupt.json()["detail"].startswith("scan.dcm: ")
     bomb = client.post("/api/search/study", files={"file": ("a.zip", b"not a zip")}, data={"modality": "ct"})

@@ -182,7 +182,7 @@ def _api(index: SearchIndex, model: SearchModel, settings: ServeSettings) -> API
         def work() -> list[Hit]:
             with tempfile.TemporaryDirectory(prefix="m3bind-upload-", dir=settings.upload_dir) as folder:
                 try:
-                    saved = save_upload(file.file, Path(folder), suffix, settings.max_upload_bytes)
+                    saved = save_upload(file.file, Path(folder), suffix, settings.max_upload_bytes, file.filename)
                     study = unpack_study(saved, Path(folder) / "study", settings.max_unpacked_bytes) \
                         if suffix == ".zip" else saved
                     return search_study(index, model, study, modality, k, modalities=modalities, labels=labels,

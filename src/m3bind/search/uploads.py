@@ -29,21 +29,30 @@ class UploadTooLarge(DataError):
     """An upload, or the contents of an uploaded zip, over the size limit."""
 
 
+_UNSUPPORTED = (f"unsupported file type; upload one of {', '.join(UPLOAD_SUFFIXES)} (a DICOM slice folder or a "
+                "WFDB record as a .zip), or a DICOM file under any name")
+
+
 def upload_suffix(filename: str | None) -> str:
-    """The accepted suffix of ``filename`` (``.nii.gz`` counts as one), or UnsupportedUpload."""
+    """The accepted suffix of ``filename`` (``.nii.gz`` counts as one); "" for any other name,
+    whose content decides (:func:`save_upload`): PACS exports name DICOM files IM0001 or by UID."""
     name = (filename or "").lower()
     for suffix in sorted(UPLOAD_SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
             return suffix
-    raise UnsupportedUpload(filename or "upload", f"unsupported file type; upload one of "
-                            f"{', '.join(UPLOAD_SUFFIXES)} (a DICOM slice folder or a WFDB record as a .zip)")
+    return ""
 
 
-def save_upload(source: BinaryIO, folder: Path, suffix: str, max_bytes: int) -> Path:
-    """Copy the uploaded stream to ``folder/upload<suffix>``, refusing more than ``max_bytes``."""
-    target = folder / f"upload{suffix}"
+def save_upload(source: BinaryIO, folder: Path, suffix: str, max_bytes: int, filename: str | None = None) -> Path:
+    """Copy the uploaded stream to ``folder/upload<suffix>``, refusing more than ``max_bytes``.
+    Without a suffix the file must be DICOM (the 'DICM' preamble), else UnsupportedUpload."""
+    import pydicom
+
+    target = folder / f"upload{suffix or '.dcm'}"
     with open(target, "wb") as handle:
         _copy_limited(source, handle, max_bytes, "upload")
+    if not suffix and not pydicom.misc.is_dicom(target):
+        raise UnsupportedUpload(filename or "upload", _UNSUPPORTED)
     return target
 
 
