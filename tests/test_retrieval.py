@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from m3bind.eval.retrieval import (concept_auc, concept_chance, concept_precision_at_k, recall_at_k,
+from m3bind.eval.retrieval import (concept_auc, concept_chance, concept_precision_at_k, query_scores, recall_at_k,
                                    retrieval_scores)
 
 CARDIO, EFFUSION = frozenset({"cardiomegaly"}), frozenset({"effusion"})
@@ -92,3 +92,33 @@ def test_queries_without_their_patient_in_the_gallery_are_counted():
     summary = scores.summary()
     assert summary["queries_without_partner"] == 1 and summary["queries"] == 3
     assert summary["recall"][1] == pytest.approx(2 / 3)   # the unpartnered query can only miss
+
+
+def test_recall_chance_is_k_over_g_for_one_study_each_and_exact_for_several():
+    from itertools import combinations
+
+    from m3bind.eval.retrieval import recall_chance
+
+    gallery = ["a", "b", "c", "d", "e", "f"]
+    assert recall_chance(["a", "c"], gallery, [1, 2, 6, 10]) == pytest.approx({1: 1 / 6, 2: 2 / 6, 6: 1.0, 10: 1.0})
+    # patient "a" has 3 of 6 gallery studies; "z" has none: brute force over every random top K
+    gallery = ["a", "a", "a", "b", "c", "d"]
+    for k in (1, 2, 3, 4):
+        tops = list(combinations(range(6), k))
+        hit_a = np.mean([any(gallery[i] == "a" for i in top) for top in tops])
+        hit_b = np.mean([any(gallery[i] == "b" for i in top) for top in tops])
+        assert recall_chance(["a", "b", "z"], gallery, [k])[k] == pytest.approx((hit_a + hit_b + 0.0) / 3)
+
+
+def test_the_reported_recall_chance_is_what_random_rankings_score():
+    """Several studies of one patient in the gallery make a hit likelier: the chance row must say so."""
+    rng = np.random.default_rng(0)
+    gallery = ["p0", "p0", "p0", "p1", "p2", "p3", "p4", "p5"]
+    queries = ["p0", "p1", "p2"]
+    none = [frozenset()] * 8
+    draws = [query_scores(rng.normal(size=(3, 8)), queries, gallery, none[:3], none, ks=[1, 3]).recall
+             for _ in range(4000)]
+    summary = query_scores(rng.normal(size=(3, 8)), queries, gallery, none[:3], none, ks=[1, 3]).summary()
+    for k in (1, 3):
+        assert np.mean([d[k].mean() for d in draws]) == pytest.approx(summary["recall_chance"][k], abs=0.02)
+    assert summary["recall_chance"][1] > 1 / 8

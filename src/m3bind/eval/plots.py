@@ -99,8 +99,8 @@ def plot_retrieval_bars(results: Mapping[str, Mapping[str, Mapping]], path: Path
         path: the PNG to write.
         title: the figure title.
 
-    Each group carries a dashed line at its own chance level (K / gallery size), since gallery
-    sizes may differ between pairs. Raises ``ValueError`` when there is nothing to draw.
+    Each group carries a dashed line at its own chance level (K / gallery size with one study per
+    patient), since gallery sizes may differ between pairs. Raises ``ValueError`` when there is nothing to draw.
     """
     variants = [v for v, by_pair in results.items() if by_pair]
     if not variants:

@@ -87,8 +87,9 @@ def _header_section(report: Report) -> list[str]:
         "**How to read.** Numbers are fractions in [0, 1] except few-shot accuracies, which are in %. "
         f"`{MISSING}` marks a number that is undefined or was not measured. Tables have a *chance* row where "
         "the chance level is known: "
-        "zero-shot accuracy and ACA 1/C for C classes, AUC 0.5, Recall@K = K / gallery size, concept "
-        "precision = the expected precision of a random ranking.",
+        "zero-shot accuracy and ACA 1/C for C classes, AUC 0.5, Recall@K = K / gallery size (computed exactly "
+        "when a patient has several gallery studies), concept precision = the expected precision of a random "
+        "ranking.",
         "",
         "## Compared models",
         "",

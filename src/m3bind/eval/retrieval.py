@@ -1,8 +1,8 @@
 """Cross-modal retrieval between two image modalities in the shared space.
 
 A query study of modality A ranks every gallery study of modality B by cosine similarity.
-- Recall@K by patient: the gallery holds the query patient's own study; is it in the top K?
-  Chance is K / gallery size.
+- Recall@K by patient: the gallery holds the query patient's own study (or studies); is one in
+  the top K? Chance is K / gallery size when each patient has one study (:func:`recall_chance`).
 - Concept precision@K (label-aware): synthetic patients with the same findings are
   interchangeable, so also score the share of the top K that share the query's cross-modal
   concept set (both "no concept" counts as a match: normal finds normal).
@@ -17,6 +17,7 @@ intervals (:mod:`m3bind.eval.bootstrap`) resample.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,34 @@ def recall_hits(ranking: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequ
     hits = gallery_ids[ranking] == np.asarray(query_ids)[:, None]  # (Q, G)
     first_hit = np.where(hits.any(1), hits.argmax(1), ranking.shape[1])
     return {k: (first_hit < k).astype(float) for k in ks}
+
+
+def recall_chance(query_ids: Sequence[str], gallery_ids: Sequence[str], ks: Sequence[int]) -> dict[int, float]:
+    """Recall@K of a random ranking, exactly: a query whose patient has n studies in a gallery of
+    G finds one in a random top K with probability 1 - C(G - n, K) / C(G, K), which is K / G
+    when every patient has one study (and 0 for a query whose patient has none)."""
+    size = len(gallery_ids)
+    studies_of = Counter(gallery_ids)
+    queries_with = Counter(studies_of[q] for q in query_ids)  # n -> queries whose patient has n studies
+    out = {}
+    for k in ks:
+        hit = {n: _random_hit(n, size, k) for n in queries_with}
+        # one n for every query (the usual case): its value as it is, K / G exactly for n = 1
+        out[k] = (next(iter(hit.values())) if len(hit) == 1 else
+                  float(sum(hit[n] * count for n, count in queries_with.items()) / len(query_ids)) if hit else 0.0)
+    return out
+
+
+def _random_hit(n: int, size: int, k: int) -> float:
+    """Probability that a random top K of ``size`` studies holds one of ``n`` given ones."""
+    if n == 0:
+        return 0.0
+    if n == 1:
+        return min(1.0, k / size)
+    miss = 1.0  # all K picks avoid the n studies
+    for i in range(min(k, size)):
+        miss *= max(size - n - i, 0) / (size - i)
+    return 1.0 - miss
 
 
 def recall_at_k(ranking: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequence[str],
@@ -108,6 +137,8 @@ class QueryScores:
     concept_chance: float
     # Queries whose patient has no study in the gallery: they can only miss in Recall@K.
     without_partner: int = 0
+    # K -> Recall@K of a random ranking (:func:`recall_chance`); None: K / gallery size.
+    recall_chance: dict[int, float] | None = None
 
     @property
     def queries(self) -> int:
@@ -118,7 +149,7 @@ class QueryScores:
         per_concept = {c: float(np.nanmean(self.concept_auc[:, i])) for i, c in enumerate(self.concepts)}
         return {
             "recall": {k: float(v.mean()) for k, v in self.recall.items()},
-            "recall_chance": {k: min(1.0, k / self.gallery) for k in self.recall},
+            "recall_chance": self.recall_chance or {k: min(1.0, k / self.gallery) for k in self.recall},
             "concept_precision": {k: _defined(v.mean()) for k, v in self.precision.items()},
             "concept_chance": _defined(self.concept_chance),
             "concept_auc": float(np.mean(list(per_concept.values()))) if per_concept else None,
@@ -156,7 +187,7 @@ def mean_query_scores(draws: Sequence[QueryScores]) -> QueryScores:
                        precision={k: np.mean([d.precision[k] for d in draws], 0) for k in first.precision},
                        concepts=first.concepts, concept_auc=np.mean([d.concept_auc for d in draws], 0),
                        gallery=first.gallery, concept_chance=first.concept_chance,
-                       without_partner=first.without_partner)
+                       without_partner=first.without_partner, recall_chance=first.recall_chance)
 
 
 def query_scores(sims: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequence[str],
@@ -178,7 +209,8 @@ def query_scores(sims: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequen
     in_gallery = set(gallery_ids)
     return QueryScores(recall=recall_hits(ranking, query_ids, gallery_ids, ks), precision=precision,
                        concepts=concepts, concept_auc=auc, gallery=len(gallery_ids), concept_chance=chance,
-                       without_partner=sum(q not in in_gallery for q in query_ids))
+                       without_partner=sum(q not in in_gallery for q in query_ids),
+                       recall_chance=recall_chance(query_ids, gallery_ids, ks))
 
 
 def embedding_query_scores(query_emb: torch.Tensor, gallery_emb: torch.Tensor, query_ids: Sequence[str],
