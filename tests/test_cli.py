@@ -31,3 +31,33 @@ def test_cohort_command_writes_manifests_and_preview(tmp_path):
         assert (out / modality / "manifest.csv").exists()
     assert (out / "preview.png").stat().st_size > 10_000
     assert "xray" in result.output and "train" in result.output
+
+
+def test_config_reads_the_manifests_it_names_and_shows_their_splits(tmp_path):
+    """`m3bind config` is the dry run before a long job: a missing study file is found there,
+    named with its row, and a good config shows each manifest's splits and classes."""
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "xray.csv").write_text("path,text,labels,split,patient_id\n"
+                                       "a.png,Enlarged heart.,Cardiomegaly,train,p1\n"
+                                       "a.png,Clear lungs.,,val,p2\n"
+                                       "a.png,Effusion.,Pleural Effusion,test,p3\n")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"modalities": {"xray": {"manifest": "xray.csv"}}}))
+    result = runner.invoke(app, ["config", str(config)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("│ xray"))
+    assert [cell.strip() for cell in row.strip("│ ").split("│")][:6] == ["xray", "training", "1", "1", "1", "3"]
+    assert "Cardiomegaly," in row  # the classes (the column may wrap in a narrow terminal)
+    (tmp_path / "xray.csv").write_text("path,text\na.png,Fine.\nb.png,Missing file.\n")
+    missing = runner.invoke(app, ["config", str(config)])
+    assert missing.exit_code == 2 and "xray.csv, row 2, column 'path': file 'b.png' does not exist" in missing.output
+    assert runner.invoke(app, ["config", str(config), "--no-data"]).exit_code == 0
+
+
+def test_a_misspelt_modality_in_another_section_is_named(tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"modalities": {"xray": {"manifest": "x.csv"}, "ecg": {"manifest": "e.csv"}},
+                                      "paired_manifests": {"xr": "p.csv", "ecg": "q.csv"}}, sort_keys=False))
+    result = runner.invoke(app, ["config", str(config), "--no-data"])
+    assert result.exit_code == 2
+    assert "paired_manifests names 'xr', which is not under modalities (xray, ecg); did you mean 'xray'?" in result.output

@@ -131,7 +131,7 @@ def test_a_bad_config_file_is_one_line(bad, command, case, problem):
 
 
 # --- what the config points at ----------------------------------------------------------------
-@pytest.mark.parametrize("command", ["pretrain", "run"])
+@pytest.mark.parametrize("command", ["config", "pretrain", "run"])
 def test_a_manifest_without_its_text_column_is_one_line(bad, command):
     _assert_one_error_line(_invoke(command, bad.bad_manifest), f"{bad.root / 'no-text.csv'}: ",
                            "missing required column(s) text")

@@ -92,8 +92,11 @@ def cohort(out: Path = typer.Option(Path("m3bind-demo/cohort"), help="Folder to 
 @friendly_errors
 def config_command(path: Optional[Path] = typer.Argument(None, help="A YAML config to validate."),
                    reference: bool = typer.Option(False, "--reference", help="Print every key with its default."),
+                   data: bool = typer.Option(True, "--data/--no-data",
+                                             help="Also read every manifest: rows, splits and that each study "
+                                                  "file exists (not its contents)."),
                    ) -> None:
-    """Validate an experiment config, or print the config reference."""
+    """Validate an experiment config (and its manifests), or print the config reference."""
     from m3bind.config import config_reference, load_config
 
     if reference or path is None:
@@ -105,7 +108,32 @@ def config_command(path: Optional[Path] = typer.Argument(None, help="A YAML conf
         console.print(table)
     if path is not None:
         cfg = load_config(path)
+        if data:
+            _print_manifests(path)
         console.print(f"[green]{path}: valid[/] ({len(cfg.modalities)} modalities: {', '.join(cfg.modalities)})")
+
+
+def _print_manifests(config: Path) -> None:
+    """Read every manifest of the config (a bad row or a missing file stops here, named) and show
+    what each holds, so a long run is not the first to find out."""
+    from m3bind.eval.protocol import modality_classes
+    from m3bind.experiment import Experiment
+
+    exp = Experiment.from_file(config)
+    table = Table(title="manifests")
+    for column in ("modality", "set", "train", "val", "test", "patients", "classes"):
+        table.add_column(column)
+    sources = [(m, "training", exp.manifest) for m in exp.modalities]
+    sources += [(m, "paired", exp.paired_manifest) for m in exp.cfg.paired_manifests]
+    for modality, kind, read in sources:
+        rows = read(modality).table
+        counts = rows["split"].value_counts()
+        patients = rows["patient_id"][rows["patient_id"] != ""].nunique()
+        classes = modality_classes(exp, modality)[1:] if kind == "training" else []
+        shown = ", ".join(classes[:6]) + (f" (+{len(classes) - 6})" if len(classes) > 6 else "")
+        table.add_row(modality, kind, *(str(int(counts.get(split, 0))) for split in ("train", "val", "test")),
+                      str(patients), shown if kind == "training" else "")
+    console.print(table)
 
 
 SKIP_BAD = typer.Option(False, "--skip-bad-studies",

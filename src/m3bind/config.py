@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m3bind.data.limits import ReadLimits
 from m3bind.errors import ConfigError
@@ -248,6 +248,26 @@ class ExperimentConfig(Section):
                                  f"built-in model needs to know what it is like: add `like: xray` (or ct, retina, "
                                  f"ecg, pathology) under modalities.{name}")
         return value
+
+    @model_validator(mode="after")
+    def _modality_names_elsewhere_are_configured(self):
+        # A misspelt name here would silently drop that modality from pairing or binding.
+        configured = list(self.modalities)
+        named = [("paired_manifests", name) for name in self.paired_manifests]
+        named += [("bind.modalities", name) for name in self.bind.modalities or []]
+        named += [("eval.retrieval_pairs", name) for pair in self.eval.retrieval_pairs or [] for name in pair]
+        for key, name in named:
+            if name not in configured:
+                close = difflib.get_close_matches(name, configured, n=1)
+                raise ValueError(f"{key} names '{name}', which is not under modalities "
+                                 f"({', '.join(configured) or 'none configured'})"
+                                 + (f"; did you mean '{close[0]}'?" if close else ""))
+        missing = [name for pair in self.eval.retrieval_pairs or [] for name in pair
+                   if name not in self.paired_manifests]
+        if missing:
+            raise ValueError(f"eval.retrieval_pairs names '{missing[0]}', which has no paired manifest "
+                             f"(paired_manifests: {', '.join(self.paired_manifests) or 'none'})")
+        return self
 
 
 def _unwrap(annotation: Any) -> Any:
