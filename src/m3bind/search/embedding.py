@@ -77,7 +77,9 @@ def plan_studies(manifests: Sequence[Manifest], modalities: Sequence[str], *, sh
             modality = str(table.at[row, "modality"])
             if modality not in modalities:
                 problem = (f"modality '{modality}' is not one of the model's ({', '.join(modalities)})"
-                           if modality else "no modality (add a 'modality' column or give the manifest's modality)")
+                           if modality else "no modality: add a 'modality' column, or say it for the whole "
+                                            "manifest (`m3bind index -m MODALITY`; one modality per call, --add "
+                                            "for the next)")
                 error = DataError(manifest.source, problem, row=row + 1, column="modality")
                 if on_error == "raise":
                     raise error
