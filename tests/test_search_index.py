@@ -302,3 +302,16 @@ def test_auto_switches_to_exact_when_removals_shrink_the_index(world, model, tmp
     with SearchIndexContext(folder) as index:
         one = index.store.all_ids()[:1].tolist()
     assert remove_studies(model, folder, one).kind == "flat"
+
+
+def test_rows_naming_an_already_listed_study_are_reported_not_indexed_twice(world, model, tmp_path):
+    table = pd.read_csv(world.manifest, dtype=str, keep_default_na=False)
+    repeated = pd.concat([table, table.iloc[[2]]])                    # row 16 repeats row 3
+    manifest = world.manifest.parent / "repeated.csv"
+    repeated.to_csv(manifest, index=False)
+    report = build_index(model, [manifest, world.manifest], tmp_path / "index", workers=0, batch_size=8)
+    assert report.total == report.embedded == 15
+    # the repeat inside the file, then every row of the second manifest (all listed in the first)
+    assert len(report.repeated) == 1 + 15
+    first = report.repeated[0]
+    assert (first.manifest, first.row, first.first) == (str(manifest), 16, f"{manifest}, row 3")

@@ -16,7 +16,7 @@ from pathlib import Path
 from m3bind.data.datasets import OnError
 from m3bind.data.manifest import read_manifest
 from m3bind.errors import CheckpointError
-from m3bind.search.embedding import PlannedStudy, SkippedStudy, embed_studies, plan_studies
+from m3bind.search.embedding import PlannedStudy, RepeatedRow, SkippedStudy, embed_studies, plan_studies
 from m3bind.search.layout import METADATA_FILE, ModelRecord, ShardRecord, read_index_description
 from m3bind.search.model_identity import SearchModel
 from m3bind.search.store import MetadataStore, StudyRecord
@@ -37,6 +37,7 @@ class BuildReport:
     seconds: float
     skipped: list[SkippedStudy] = field(default_factory=list)
     removed: int = 0
+    repeated: list[RepeatedRow] = field(default_factory=list)  # rows naming an already listed study
 
 
 def model_record(model: SearchModel) -> ModelRecord:
@@ -59,7 +60,9 @@ def build_index(model: SearchModel, manifests: Sequence[str | Path], out: str | 
     writer = IndexWriter.open(Path(out), model_record(model), create=not add, resume_finished=add,
                               settings=settings, shard=shard)
     try:
-        planned, skipped = plan_studies(tables, model.encoder.modalities, shard=shard, on_error=on_error)
+        repeated: list[RepeatedRow] = []
+        planned, skipped = plan_studies(tables, model.encoder.modalities, shard=shard, on_error=on_error,
+                                        repeated=repeated)
         indexed = writer.store.indexed_paths([study.path for study in planned])
         pending = [study for study in planned if study.path not in indexed]
         done = embedded = 0
@@ -73,7 +76,7 @@ def build_index(model: SearchModel, manifests: Sequence[str | Path], out: str | 
                 progress(done, len(pending))
         kind = writer.finish()
         return BuildReport(Path(out), embedded=embedded, already_indexed=len(indexed), total=writer.store.count(),
-                           kind=kind, seconds=time.perf_counter() - start, skipped=skipped)
+                           kind=kind, seconds=time.perf_counter() - start, skipped=skipped, repeated=repeated)
     finally:
         writer.close()
 

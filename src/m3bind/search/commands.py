@@ -77,6 +77,12 @@ def register(app: typer.Typer, console: Console) -> None:
             rate = report.embedded / report.seconds if report.seconds else 0.0
             console.print(f"embedded {report.embedded} studies in {report.seconds:.1f} s ({rate:.1f} studies/s); "
                           f"{report.already_indexed} were already indexed")
+            if report.repeated:
+                first = report.repeated[0]
+                console.print(f"[yellow]{len(report.repeated)} manifest rows name a study an earlier row already "
+                              f"named (the first: {escape(first.manifest)}, row {first.row}, as "
+                              f"{escape(first.first)}); each study is indexed once, with its first row's report "
+                              "and labels[/]", soft_wrap=True)
             if report.skipped:
                 console.print(f"[yellow]skipped {len(report.skipped)} unusable studies:[/]")
                 for skipped in report.skipped[:_MAX_SKIPS_SHOWN]:

@@ -57,23 +57,40 @@ def shard_of(path: str, count: int) -> int:
     return int.from_bytes(digest[:8], "little") % count
 
 
+@dataclass(frozen=True)
+class RepeatedRow:
+    """A manifest row naming a study an earlier row already named: the study is indexed once,
+    with the first row's report and labels."""
+
+    manifest: str
+    row: int                  # 1-based, as in every error naming a row
+    first: str                # "<manifest>, row N" of the row that was kept
+
+
 def plan_studies(manifests: Sequence[Manifest], modalities: Sequence[str], *, shard: ShardRecord | None = None,
-                 on_error: OnError = "raise") -> tuple[list[PlannedStudy], list[SkippedStudy]]:
+                 on_error: OnError = "raise",
+                 repeated: list[RepeatedRow] | None = None) -> tuple[list[PlannedStudy], list[SkippedStudy]]:
     """Every study of ``manifests`` (each path once), or the ``shard``'s share of them.
 
     A row whose modality the model does not have is a DataError naming the manifest and row,
-    or a skipped study with ``on_error="skip"``.
+    or a skipped study with ``on_error="skip"``. Rows naming a study again are appended to
+    ``repeated`` when given (they are not studies of their own, so nothing is lost, but a
+    manifest listing a file twice is usually a mistake the user wants to hear about).
     """
     planned: list[PlannedStudy] = []
     skipped: list[SkippedStudy] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for position, manifest in enumerate(manifests):
         table = manifest.table
         for row in range(len(manifest)):
             path = os.path.abspath(manifest.absolute_path(row))
-            if path in seen or (shard is not None and shard_of(path, shard.count) != shard.index):
+            if shard is not None and shard_of(path, shard.count) != shard.index:
                 continue
-            seen.add(path)
+            if path in seen:
+                if repeated is not None:
+                    repeated.append(RepeatedRow(str(manifest.source), row + 1, seen[path]))
+                continue
+            seen[path] = f"{manifest.source}, row {row + 1}"
             modality = str(table.at[row, "modality"])
             if modality not in modalities:
                 problem = (f"modality '{modality}' is not one of the model's ({', '.join(modalities)})"
