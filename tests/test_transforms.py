@@ -297,3 +297,25 @@ def test_an_eight_lead_ecg_gets_its_limb_leads_derived():
     assert torch.allclose(as_eight, as_twelve, atol=1e-6)
     with pytest.raises(DataError, match=r"ECG has 8 leads \(I, II, III, aVR, aVL, aVF, V1, V2\), expected 12 \(or the 8"):
         transform(Study(full[:8], {"fs": 100.0, "lead_names": names[:8], "path": "c.hea"}))
+
+
+@pytest.mark.parametrize("modality", ["retina", "pathology"])
+def test_a_photo_of_any_bit_depth_is_preprocessed_like_its_8bit_version(tmp_path, modality):
+    """Photographic transforms divide by 255 (max_value); a 16-bit or float grayscale file keeps
+    its own units when read, so without rescaling it came out saturated (16-bit) or black (float)."""
+    import tifffile
+    from PIL import Image
+
+    from m3bind.data.readers import read_study
+
+    rng = np.random.default_rng(0)
+    eight = (rng.random((90, 70)) * 255).astype(np.uint8)
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")       # 0..65535
+    tifffile.imwrite(tmp_path / "sixteen.tif", eight.astype(np.uint16) * 257)
+    tifffile.imwrite(tmp_path / "unit.tif", eight.astype(np.float32) / 255)           # 0..1
+    transform = build_transform(modality, default_preprocess(modality, demo=True))
+    reference = transform(read_study(tmp_path / "eight.png"))
+    assert float(reference.std()) > 0.1
+    for name in ("sixteen.png", "sixteen.tif", "unit.tif"):
+        torch.testing.assert_close(transform(read_study(tmp_path / name)), reference, atol=1e-5, rtol=0, msg=name)

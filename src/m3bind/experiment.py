@@ -44,8 +44,11 @@ def _file_fingerprint(path: Path) -> str:
 def study_cache_key(manifest: Manifest, spec, limits) -> str:
     """What a split's preprocessed cache depends on: the manifest's rows and file, every study
     file's size and modification time (a replaced file rebuilds the cache), the preprocessing
-    settings and the read limits (which decide which studies are readable)."""
-    digest = hashlib.sha1()
+    settings and the read limits (which decide which studies are readable), and the version of
+    the transforms' code."""
+    from m3bind.data.transforms import TRANSFORM_VERSION
+
+    digest = hashlib.sha1(f"transforms {TRANSFORM_VERSION}".encode())
     digest.update(manifest.table.to_csv(index=False).encode())
     digest.update(str(manifest.source.resolve()).encode())
     for i in range(len(manifest)):

@@ -33,6 +33,11 @@ _FLAT_LEAD_STD = 1e-6
 _LUMA = (0.299, 0.587, 0.114)
 
 
+# Raised whenever a transform's output changes for the same file and settings, so that
+# preprocessed-study caches written by earlier code are rebuilt (2: photos of any bit depth).
+TRANSFORM_VERSION = 2
+
+
 def default_preprocess(modality: str, demo: bool = False) -> PreprocessSpec:
     """Preprocessing settings of a built-in modality: the published model's, or the demo's."""
     info = BUILTIN_MODALITIES.get(modality)
@@ -191,8 +196,24 @@ def _preprocess_ct(study: Study, spec: CTPreprocess) -> torch.Tensor:
     return _center_crop_or_pad(volume, spec.shape, spec.pad_value).unsqueeze(0)
 
 
+def _photo_on_8bit_scale(study: Study) -> np.ndarray:
+    """A photograph's pixels on the 0..255 scale that ``max_value`` (255) is set for. Colour
+    images are read as 8-bit already; a grayscale file keeps its own units, so a 16-bit photo
+    (0..65535) or a float one (0..1) would be saturated or black after dividing by 255."""
+    mode = str(study.meta.get("mode", ""))
+    if mode.startswith("I;16"):
+        return study.array / 257.0
+    if mode in ("F", "I") and study.array.size:
+        peak = float(np.nanmax(study.array))
+        if mode == "F" and peak <= 1.0:
+            return study.array * 255.0
+        if 255.0 < peak <= 65535.0:
+            return study.array / 257.0
+    return study.array
+
+
 def _preprocess_retina(study: Study, spec: RetinaPreprocess) -> torch.Tensor:
-    image = _to_rgb(_to_chw(study.array)) / spec.max_value
+    image = _to_rgb(_to_chw(_photo_on_8bit_scale(study))) / spec.max_value
     image = _resize_longest_side(image, spec.size, InterpolationMode.BILINEAR).clamp(0.0, 1.0)
     height, width = image.shape[-2:]
     # FLAIR's canvas: the image sits in the top-left corner, zeros fill right and bottom.
@@ -200,7 +221,7 @@ def _preprocess_retina(study: Study, spec: RetinaPreprocess) -> torch.Tensor:
 
 
 def _preprocess_pathology(study: Study, spec: PathologyPreprocess) -> torch.Tensor:
-    image = _to_rgb(_to_chw(study.array)) / spec.max_value
+    image = _to_rgb(_to_chw(_photo_on_8bit_scale(study))) / spec.max_value
     image = TF.resize(image, [spec.size], interpolation=InterpolationMode.BICUBIC, antialias=True)
     # Bicubic overshoots; open_clip resizes 8-bit PIL images, which clip to the valid range.
     image = TF.center_crop(image, [spec.size, spec.size]).clamp(0.0, 1.0)
