@@ -21,13 +21,25 @@ from m3bind.eval.prompts import (
     sampled_prompts,
 )
 
+# The built-in cohort's classes come first in each built-in set; the public datasets' label sets follow.
 EXPECTED_CLASSES = {
-    "xray": ["normal", "cardiomegaly", "pleural effusion", "lung nodule", "consolidation", "pneumothorax"],
-    "ct": ["normal", "cardiomegaly", "pleural effusion", "lung nodule", "emphysema", "pericardial effusion"],
-    "retina": ["normal", "diabetic retinopathy", "glaucoma", "hypertensive retinopathy", "drusen", "cataract"],
-    "pathology": ["normal", "adenocarcinoma", "squamous cell carcinoma", "inflammation", "necrosis", "fibrosis"],
+    "xray": ["normal", "cardiomegaly", "pleural effusion", "lung nodule", "consolidation", "pneumothorax",
+             "atelectasis", "edema", "emphysema", "fibrosis", "infiltration", "mass", "hernia", "pleural thickening",
+             "fracture", "lung opacity", "enlarged cardiomediastinum", "pneumonia", "lung lesion", "support devices"],
+    "ct": ["normal", "cardiomegaly", "pleural effusion", "lung nodule", "emphysema", "pericardial effusion",
+           "atelectasis", "consolidation", "lung opacity", "bronchiectasis", "peribronchial thickening",
+           "interlobular septal thickening", "mosaic attenuation pattern", "pulmonary fibrotic sequela",
+           "lymphadenopathy", "hiatal hernia", "arterial wall calcification", "coronary artery wall calcification",
+           "medical material"],
+    "retina": ["normal", "diabetic retinopathy", "glaucoma", "hypertensive retinopathy", "drusen", "cataract",
+               "age-related macular degeneration", "pathologic myopia", "macular edema", "retinal vein occlusion"],
+    "pathology": ["normal", "adenocarcinoma", "squamous cell carcinoma", "inflammation", "necrosis", "fibrosis",
+                  "adipose tissue", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                  "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
     "ecg": ["normal", "atrial fibrillation", "left ventricular hypertrophy", "sinus bradycardia", "st elevation",
-            "low qrs voltage"],
+            "low qrs voltage", "myocardial infarction", "st/t change", "conduction disturbance", "hypertrophy",
+            "right bundle branch block", "left bundle branch block", "first degree av block", "sinus tachycardia",
+            "premature ventricular contraction"],
     "chexpert": ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"],
     "flair_odir": ["normal", "pathologic myopia", "cataract"],
 }
@@ -219,3 +231,35 @@ def test_coded_label_names_find_their_prompt_file_entry_and_read_as_words():
     assert expert["PNEUMOMEDIASTINUM"] == ["Impression: pneumomediastinum."]
     assert sampled_prompts(xray, ["PNEUMOMEDIASTINUM"], n=3) == {"PNEUMOMEDIASTINUM": ["pneumomediastinum"]}
     assert presence_pairs(xray, ["LUNG_NODULE"])["LUNG_NODULE"][0] == "Lung nodule is present."
+
+
+@pytest.mark.parametrize(("name", "label", "found"), [
+    ("xray", "Effusion", "pleural effusion"),                # ChestX-ray14
+    ("xray", "Pleural_Thickening", "pleural thickening"),
+    ("xray", "Enlarged Cardiomediastinum", "enlarged cardiomediastinum"),   # CheXpert
+    ("ecg", "MI", "myocardial infarction"),                  # PTB-XL superclasses and codes
+    ("ecg", "STTC", "st/t change"),
+    ("ecg", "NORM", "normal"),
+    ("ecg", "AFIB", "atrial fibrillation"),
+    ("retina", "AMD", "age-related macular degeneration"),
+    ("pathology", "TUM", "colorectal adenocarcinoma epithelium"),   # NCT-CRC-HE-100K
+    ("ct", "Lymphadenopathy", "lymphadenopathy"),            # CT-RATE
+])
+def test_public_dataset_labels_find_expert_descriptions(name, label, found):
+    prompt_set = load_prompt_set(name)
+    assert prompt_set.find(label) == found
+    assert missing_classes(prompt_set, [label]) == []
+    assert expert_prompts(prompt_set, [label], class_name=False)[label] == [
+        prompt_set.template.format(d) for d in prompt_set.classes[found]]
+
+
+def test_aliases_are_checked(tmp_path):
+    good = _write(tmp_path, "classes:\n  a: [x]\n  b: [y]\naliases:\n  a: [alpha, A1]\n")
+    assert load_prompt_file(good).find("ALPHA") == "a" and load_prompt_file(good).find("gamma") is None
+    for body, problem in [("aliases:\n  c: [z]\n", "aliases for 'c', which is not one of the classes"),
+                          ("aliases:\n  a: [b]\n", "alias 'b' of 'a' is already class 'b'"),
+                          ("aliases:\n  a: [z]\n  b: [Z]\n", "alias 'Z' of 'b' is already an alias of 'a'"),
+                          ("aliases:\n  a: 3\n", "aliases of 'a' must be a list of non-empty names")]:
+        path = _write(tmp_path, "classes:\n  a: [x]\n  b: [y]\n" + body)
+        with pytest.raises(DataError, match=problem):
+            load_prompt_file(path)

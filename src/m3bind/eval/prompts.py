@@ -12,6 +12,8 @@ Schema::
     classes:                        # required: class name -> expert-knowledge descriptions (pi_EK),
       normal: ["lungs are clear", "heart size is normal"]         # at least one each
       cardiomegaly: ["enlarged cardiac silhouette", "the heart is enlarged"]
+    aliases:                        # optional: other names datasets give a class (ChestX-ray14's
+      pleural effusion: [effusion]  #   "Effusion", PTB-XL's "MI"): a label spelled so finds it
     presence: ["{} is present.", "{} is not present."]  # optional: CT-RATE positive/negative pair
     attributes:                     # optional: GLoRIA / CheXpert 5x200 style attribute lists
       cardiomegaly:                 #   for some classes; a prompt is one value from each list,
@@ -32,7 +34,8 @@ Protocols (the caller embeds every prompt and, per class, averages the embedding
 - :func:`presence_pairs` and :func:`presence_probabilities`: CT-RATE's "{} is present." /
   "{} is not present." pair per finding, softmax over the pair.
 
-Class names are matched case-insensitively ("Pleural Effusion" finds "pleural effusion");
+Class names are matched case-insensitively ("Pleural Effusion" finds "pleural effusion"), then
+through ``aliases`` ("Effusion" finds "pleural effusion");
 results are keyed by the names the caller asked for. A class the file does not list falls back
 to its naive prompt in every protocol (:func:`missing_classes` names them, so a report can say
 so): a dataset's labels work without a prompt file entry for each.
@@ -57,7 +60,7 @@ from m3bind.errors import DataError
 
 DEFAULT_TEMPLATE = "{}"
 DEFAULT_PRESENCE = ("{} is present.", "{} is not present.")
-_KNOWN_KEYS = {"modality", "template", "classes", "presence", "attributes"}
+_KNOWN_KEYS = {"modality", "template", "classes", "aliases", "presence", "attributes"}
 _PACKAGE_DIR = "prompt_sets"
 
 
@@ -71,15 +74,19 @@ class PromptSet:
     presence: tuple[str, str] = DEFAULT_PRESENCE
     attributes: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     modality: str | None = None
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # class -> other names of it
 
     @property
     def class_names(self) -> list[str]:
         return list(self.classes)
 
     def find(self, name: str) -> str | None:
-        """The file's spelling of class ``name`` (case-insensitive), or None if it has none."""
+        """The file's spelling of class ``name`` (case-insensitive, then through the aliases), or
+        None if it has none."""
         wanted = label_key(name)
-        return next((known for known in self.classes if label_key(known) == wanted), None)
+        return next((known for known in self.classes if label_key(known) == wanted),
+                    next((known for known, names in self.aliases.items()
+                          if any(label_key(alias) == wanted for alias in names)), None))
 
 
 def empty_prompt_set(modality: str) -> PromptSet:
@@ -228,7 +235,27 @@ def _parse(text: str, source: str) -> PromptSet:
         raise DataError(source, "'modality' must be a string")
     return PromptSet(source=source, classes=classes, template=template, presence=presence,
                      attributes=_parse_attributes(data.get("attributes") or {}, classes, source),
-                     modality=modality)
+                     modality=modality, aliases=_parse_aliases(data.get("aliases") or {}, classes, source))
+
+
+def _parse_aliases(section: Any, classes: Mapping[str, Any], source: str) -> dict[str, tuple[str, ...]]:
+    """class -> its other names; each name must be new (not a class, not another class's alias)."""
+    if not isinstance(section, Mapping):
+        raise DataError(source, "'aliases' must map a class to a list of other names for it")
+    taken = {label_key(name): f"class '{name}'" for name in classes}
+    aliases = {}
+    for name, others in section.items():
+        if str(name) not in classes:
+            raise DataError(source, f"aliases for '{name}', which is not one of the classes")
+        others = [others] if isinstance(others, str) else others
+        if not isinstance(others, list) or not all(isinstance(o, str) and o.strip() for o in others):
+            raise DataError(source, f"aliases of '{name}' must be a list of non-empty names")
+        for other in others:
+            if label_key(other) in taken:
+                raise DataError(source, f"alias '{other}' of '{name}' is already {taken[label_key(other)]}")
+            taken[label_key(other)] = f"an alias of '{name}'"
+        aliases[str(name)] = tuple(o.strip() for o in others)
+    return aliases
 
 
 def _parse_classes(section: Any, source: str) -> dict[str, tuple[str, ...]]:
