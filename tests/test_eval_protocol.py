@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -544,3 +545,40 @@ def test_a_paired_set_that_pairs_nothing_is_refused_before_training(run, tmp_pat
     table.loc[0, "patient_id"] = "someone-else"
     table.to_csv(paired, index=False)
     protocol.check_paired_set(Experiment(parse_config(config)))  # one unmatched patient: allowed, and counted
+
+
+def test_a_patient_on_both_paired_val_and_test_is_refused_and_train_test_overlap_is_noted(run, tmp_path):
+    """Choices are made on the paired val patients: one of them also on test would let those
+    choices see test. Patients on a manifest's train and test splits are reported in the notes."""
+    from m3bind.errors import DataError
+    from m3bind.stages.evaluate import _patient_overlap_notes
+
+    root, _, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    paired = tmp_path / "cohort" / "paired" / "ecg.csv"
+    table = pd.read_csv(paired, dtype=str, keep_default_na=False)
+    test_patient = table.loc[table.split == "test", "patient_id"].iloc[0]
+    table.loc[table.index[table.split == "val"][0], "patient_id"] = test_patient
+    table.to_csv(paired, index=False)
+    config = _config(tmp_path, "run")
+    with pytest.raises(DataError, match=rf"1 patient\(s\) of the paired set are on both the 'val' and the 'test' "
+                                        rf"split \(e\.g\. '{test_patient}', 'val' in .*ecg\.csv\)"):
+        protocol.check_paired_set(Experiment(parse_config(config)))
+
+    exp = Experiment(parse_config(_config(root, "unused")))
+    assert _patient_overlap_notes(exp, ["xray", "ecg"]) == []          # the cohort keeps patients apart
+    manifest = tmp_path / "cohort" / "xray" / "manifest.csv"
+    rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    test_ids = rows.loc[rows.split == "test", "patient_id"].iloc[:2].tolist()
+    train_index = rows.index[rows.split == "train"][:2]
+    rows.loc[train_index, "patient_id"] = test_ids
+    rows.loc[rows.index[rows.split == "train"][2], "patient_id"] = test_patient   # a paired test patient
+    rows.to_csv(manifest, index=False)
+    table.loc[table.index[table.split == "val"][0], "patient_id"] = "val-only"
+    table.to_csv(paired, index=False)
+    notes = _patient_overlap_notes(Experiment(parse_config(config)), ["xray", "ecg"])
+    assert len(notes) == 2, notes
+    assert notes[0].startswith("xray: 2 patient(s) have studies on both the 'train' and the 'test' split")
+    # the patient ids are shared across the cohort's modalities, so that paired test patient is an
+    # X-ray paired test patient whose X-ray model trained on one of their studies
+    assert re.match(r"xray: 1 of the \d+ paired test patients also have training studies", notes[1]), notes[1]

@@ -277,6 +277,7 @@ def check_paired_set(exp: Experiment) -> None:
         if len(empty):
             raise DataError(exp.paired_manifest(m).source, "no patient_id (a paired manifest pairs studies by "
                                                            "patient_id)", row=int(empty[0]) + 1, column="patient_id")
+    _check_val_and_test_patients_differ(exp)
     for split in ("val", "test"):
         for query, gallery in pairs:
             ids = {m: set(exp.paired_manifest(m).split(split).table["patient_id"]) for m in (query, gallery)}
@@ -285,6 +286,31 @@ def check_paired_set(exp: Experiment) -> None:
                                 f"no patient_id of its '{split}' rows is in the {gallery} paired manifest's "
                                 f"'{split}' rows ({exp.paired_manifest(gallery).source}): the paired set pairs "
                                 "studies of one patient by equal patient_id")
+
+
+def _check_val_and_test_patients_differ(exp: Experiment) -> None:
+    """Choices made on the paired val patients must not see a test patient: a patient id on both
+    splits, in any of the paired manifests, is refused with the files and an example."""
+    seen: dict[str, dict[str, str]] = {"val": {}, "test": {}}  # split -> patient id -> the manifest
+    for m in exp.cfg.paired_manifests:
+        manifest = exp.paired_manifest(m)
+        for split in seen:
+            for patient in manifest.split(split).table["patient_id"]:
+                if patient:
+                    seen[split].setdefault(patient, str(manifest.source))
+    shared = sorted(set(seen["val"]) & set(seen["test"]))
+    if shared:
+        example = shared[0]
+        raise DataError(seen["test"][example], f"{len(shared)} patient(s) of the paired set are on both the 'val' "
+                                               f"and the 'test' split (e.g. '{example}', 'val' in "
+                                               f"{seen['val'][example]}): choices made on validation would see "
+                                               "test patients; give each patient one split")
+
+
+def patients_on_both(table, first: str, second: str) -> int:
+    """How many patient ids of ``table`` have rows on both splits (rows without an id not counted)."""
+    ids = {split: set(table.loc[table["split"] == split, "patient_id"]) - {""} for split in (first, second)}
+    return len(ids[first] & ids[second])
 
 
 def paired_has_split(exp: Experiment, split: str) -> bool:

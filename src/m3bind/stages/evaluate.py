@@ -39,6 +39,7 @@ from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, R
                                   check_paired_set,
                                   choose_chaining_profile, choose_prototype_rule, concepts_from_column,
                                   configured_rule, embed_texts, embed_view_images, has_findings, has_rows,
+                                  patients_on_both,
                                   NO_FINDINGS, heldout_texts, modality_classes,
                                   paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
@@ -441,6 +442,25 @@ def _pairs_without_concepts_note(retrieval: Mapping[str, Mapping[str, dict]]) ->
             "hypertrophy)."]
 
 
+def _patient_overlap_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
+    """Test numbers are meant for unseen patients: say where a test patient also trained."""
+    notes = []
+    for m in names:
+        table = exp.manifest(m).table
+        both = patients_on_both(table, "train", "test")
+        if both:
+            notes.append(f"{m}: {both} patient(s) have studies on both the 'train' and the 'test' split of "
+                         f"{exp.manifest(m).source.name}; its test numbers are partly on patients it trained on.")
+        if m in exp.cfg.paired_manifests:
+            trained = set(table.loc[table["split"] == "train", "patient_id"]) - {""}
+            paired_test = set(exp.paired_manifest(m).split(REPORT_SPLIT).table["patient_id"]) - {""}
+            if trained & paired_test:
+                notes.append(f"{m}: {len(trained & paired_test)} of the {len(paired_test)} paired test patients "
+                             f"also have training studies in {exp.manifest(m).source.name}; retrieval on them is "
+                             "not on unseen patients.")
+    return notes
+
+
 def _chest_xray_modality(exp: Experiment, names: Sequence[str]) -> str | None:
     """The modality whose text side the chest X-ray reports test: the one named ``xray``, else the
     first handled like it (``like: xray``, e.g. ``cxr``), else None."""
@@ -456,6 +476,7 @@ def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list
                      + f"); every table uses '{rule_choice['chosen']}' (best mean), and each zero-shot entry's "
                        "expert_by_rule lists the test numbers under every rule.")
     notes += _prompt_notes(exp, names)
+    notes += _patient_overlap_notes(exp, names)
     without_val = [m for m in names if not has_rows(exp, m, "val")]
     if without_val and not rule_choice.get("default") and not rule_choice.get("configured"):
         notes.append(f"{', '.join(without_val)}: no 'val' rows, so the prototype rule used for "
