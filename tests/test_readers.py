@@ -371,3 +371,25 @@ def test_a_dicom_no_decoder_reads_says_so_instead_of_corrupt():
     with pytest.raises(DataError, match=r"JPGExtended\.dcm: no installed decoder reads DICOM pixel data compressed "
                                         r"as 'JPEG Extended \(Process 2 and 4\)'.*pylibjpeg-libjpeg"):
         read_study(path)
+
+
+def test_a_study_folder_with_a_localizer_reads_its_main_series(tmp_path):
+    """PACS exports put the scout beside the axial series: the series with the most slices is the
+    study (the other is listed in the metadata); two series of equal size are refused."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for z in range(4):
+        write_dicom(folder / f"ax{z}.dcm", np.full((3, 4), z, dtype=np.uint16), slope=1, intercept=-1000,
+                    position=(0.0, 0.0, 2.0 * z), series_uid="1.2.3.axial")
+    write_dicom(folder / "scout.dcm", np.full((5, 6), 7, dtype=np.uint16), position=(0.0, 0.0, 0.0),
+                orientation=(1, 0, 0, 0, 0, -1), series_uid="1.2.3.scout")
+    study = read_study(folder)
+    assert study.array.shape == (4, 3, 4)
+    np.testing.assert_array_equal(study.array[:, 0, 0], [-1000, -999, -998, -997])
+    assert study.meta["other_series_left_out"] == ["1.2.3.scout: 1 file(s)"]
+    for z in range(3):
+        write_dicom(folder / f"cor{z}.dcm", np.full((3, 4), 1, dtype=np.uint16), position=(0.0, 2.0 * z, 0.0),
+                    series_uid="1.2.3.scout")
+    with pytest.raises(DataError, match=r"study: folder mixes 2 DICOM series and the largest two have 4 slice "
+                                        r"files each; put each series in its own folder"):
+        read_study(folder)

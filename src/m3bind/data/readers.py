@@ -489,12 +489,28 @@ def _dicom_files_in(folder: Path) -> list[Path]:
     return files
 
 
+def _main_series(folder: Path, files: list[Path], headers: list[pydicom.Dataset]
+                 ) -> tuple[list[Path], list[pydicom.Dataset], list[str]]:
+    """The files of the folder's series with the most slices, and what was left out. PACS exports
+    put the scout or localizer (1-3 slices) beside the axial series in one study folder; two
+    series of equal size leave no main one and are refused."""
+    groups: dict[str, list[int]] = {}
+    for i, ds in enumerate(headers):
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(i)
+    if len(groups) == 1:
+        return files, headers, []
+    ranked = sorted(groups.items(), key=lambda item: -len(item[1]))
+    (_, keep), (_, runner_up) = ranked[0], ranked[1]
+    if len(keep) == len(runner_up):
+        raise DataError(folder, f"folder mixes {len(groups)} DICOM series and the largest two have "
+                                f"{len(keep)} slice files each; put each series in its own folder")
+    left_out = [f"{uid or '(no SeriesInstanceUID)'}: {len(indices)} file(s)" for uid, indices in ranked[1:]]
+    return [files[i] for i in keep], [headers[i] for i in keep], left_out
+
+
 def _stack_series(folder: Path, files: list[Path], headers: list[pydicom.Dataset],
                   limits: ReadLimits) -> Study:
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in headers}
-    if len(series) > 1:
-        raise DataError(folder, f"folder mixes {len(series)} DICOM series; put each series "
-                                "in its own folder")
+    files, headers, left_out = _main_series(folder, files, headers)
     for f, ds in zip(files, headers):
         if _n_frames(ds) > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
             raise DataError(f, "a slice folder must hold single-frame grayscale DICOM files")
@@ -522,6 +538,8 @@ def _stack_series(folder: Path, files: list[Path], headers: list[pydicom.Dataset
     meta = _dicom_meta(headers[0])
     meta.update(kind=SignalKind.VOLUME_3D, n_files=len(files),
                 spacing=_volume_spacing(dz, _pixel_spacing(headers[0])))
+    if left_out:
+        meta["other_series_left_out"] = left_out
     return Study(volume, meta)
 
 
