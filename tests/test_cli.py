@@ -61,3 +61,17 @@ def test_a_misspelt_modality_in_another_section_is_named(tmp_path):
     result = runner.invoke(app, ["config", str(config), "--no-data"])
     assert result.exit_code == 2
     assert "paired_manifests names 'xr', which is not under modalities (xray, ecg); did you mean 'xray'?" in result.output
+
+
+def test_config_refuses_a_paired_set_that_run_would_refuse(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    for m in ("xray", "ecg"):
+        (tmp_path / f"{m}.csv").write_text("path,text,split,patient_id\na.png,r,train,t1\na.png,r,test,q1\n")
+    (tmp_path / "px.csv").write_text("path,text,split,patient_id\na.png,r,val,p1\na.png,r,test,p1\n")
+    (tmp_path / "pe.csv").write_text("path,text,split,patient_id\na.png,r,val,p1\na.png,r,test,p2\n")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"modalities": {"xray": {"manifest": "xray.csv"}, "ecg": {"manifest": "ecg.csv"}},
+                                      "paired_manifests": {"xray": "px.csv", "ecg": "pe.csv"}}))
+    result = runner.invoke(app, ["config", str(config)])
+    assert result.exit_code == 2
+    assert "patient(s) of the paired set are on both the 'val' and the 'test' split (e.g. 'p1'" in result.output
