@@ -34,9 +34,12 @@ def test_cohort_command_writes_manifests_and_preview(tmp_path):
 
 
 def test_config_reads_the_manifests_it_names_and_shows_their_splits(tmp_path):
-    """`m3bind config` is the dry run before a long job: a missing study file is found there,
-    named with its row, and a good config shows each manifest's splits and classes."""
-    (tmp_path / "a.png").write_bytes(b"")
+    """`m3bind config` is the dry run before a long job: a missing study file, or a first study
+    that cannot be decoded, is found there, named with its row, and a good config shows each
+    manifest's splits, classes and the preprocessed shape of its first study."""
+    from PIL import Image
+
+    Image.new("L", (40, 30), 128).save(tmp_path / "a.png")
     (tmp_path / "xray.csv").write_text("path,text,labels,split,patient_id\n"
                                        "a.png,Enlarged heart.,Cardiomegaly,train,p1\n"
                                        "a.png,Clear lungs.,,val,p2\n"
@@ -46,8 +49,14 @@ def test_config_reads_the_manifests_it_names_and_shows_their_splits(tmp_path):
     result = runner.invoke(app, ["config", str(config)])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("│ xray"))
-    assert [cell.strip() for cell in row.strip("│ ").split("│")][:6] == ["xray", "training", "1", "1", "1", "3"]
-    assert "Cardiomegaly," in row  # the classes (the column may wrap in a narrow terminal)
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    assert cells[:6] == ["xray", "training", "1", "1", "1", "3"]
+    assert cells[7] == "3x224x224"  # the published X-ray preprocessing (demo_sizes is off)
+    assert "Cardiom" in cells[6]  # the classes (the column wraps in a narrow terminal)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "xray.csv").write_text("path,text\nbad.png,Unreadable.\n")
+    unreadable = runner.invoke(app, ["config", str(config)])
+    assert unreadable.exit_code == 2 and "bad.png" in unreadable.output and "row 1" in unreadable.output
     (tmp_path / "xray.csv").write_text("path,text\na.png,Fine.\nb.png,Missing file.\n")
     missing = runner.invoke(app, ["config", str(config)])
     assert missing.exit_code == 2 and "xray.csv, row 2, column 'path': file 'b.png' does not exist" in missing.output
@@ -64,7 +73,9 @@ def test_a_misspelt_modality_in_another_section_is_named(tmp_path):
 
 
 def test_config_refuses_a_paired_set_that_run_would_refuse(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"")
+    from PIL import Image
+
+    Image.new("L", (40, 30), 128).save(tmp_path / "a.png")
     for m in ("xray", "ecg"):
         (tmp_path / f"{m}.csv").write_text("path,text,split,patient_id\na.png,r,train,t1\na.png,r,test,q1\n")
     (tmp_path / "px.csv").write_text("path,text,split,patient_id\na.png,r,val,p1\na.png,r,test,p1\n")

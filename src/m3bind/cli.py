@@ -93,8 +93,8 @@ def cohort(out: Path = typer.Option(Path("m3bind-demo/cohort"), help="Folder to 
 def config_command(path: Optional[Path] = typer.Argument(None, help="A YAML config to validate."),
                    reference: bool = typer.Option(False, "--reference", help="Print every key with its default."),
                    data: bool = typer.Option(True, "--data/--no-data",
-                                             help="Also read every manifest: rows, splits and that each study "
-                                                  "file exists (not its contents)."),
+                                             help="Also read every manifest (rows, splits, that each study "
+                                                  "file exists) and decode its first study."),
                    ) -> None:
     """Validate an experiment config (and its manifests), or print the config reference."""
     from m3bind.config import config_reference, load_config
@@ -121,19 +121,26 @@ def _print_manifests(config: Path) -> None:
 
     exp = Experiment.from_file(config)
     check_paired_set(exp)  # what `m3bind run` refuses before training, refused here too
+    from m3bind.data.datasets import load_item
+    from m3bind.data.transforms import build_transform
+
     table = Table(title="manifests")
-    for column in ("modality", "set", "train", "val", "test", "patients", "classes"):
-        table.add_column(column)
+    for column in ("modality", "set", "train", "val", "test", "patients", "classes", "first study"):
+        table.add_column(column, overflow="fold")
     sources = [(m, "training", exp.manifest) for m in exp.modalities]
     sources += [(m, "paired", exp.paired_manifest) for m in exp.cfg.paired_manifests]
     for modality, kind, read in sources:
-        rows = read(modality).table
+        manifest = read(modality)
+        rows = manifest.table
         counts = rows["split"].value_counts()
+        # Decoding one study through the model's preprocessing finds an unreadable format or a
+        # preprocessing mismatch (lead count, channels) in seconds rather than at training.
+        first = load_item(manifest, 0, build_transform(modality, exp.preprocess(modality)), exp.cfg.data.read_limits)
         patients = rows["patient_id"][rows["patient_id"] != ""].nunique()
         classes = modality_classes(exp, modality)[1:] if kind == "training" else []
         shown = ", ".join(classes[:6]) + (f" (+{len(classes) - 6})" if len(classes) > 6 else "")
         table.add_row(modality, kind, *(str(int(counts.get(split, 0))) for split in ("train", "val", "test")),
-                      str(patients), shown if kind == "training" else "")
+                      str(patients), shown if kind == "training" else "", "x".join(map(str, first.shape)))
     console.print(table)
 
 
