@@ -116,14 +116,13 @@ def config_command(path: Optional[Path] = typer.Argument(None, help="A YAML conf
 def _print_manifests(config: Path) -> None:
     """Read every manifest of the config (a bad row or a missing file stops here, named) and show
     what each holds, so a long run is not the first to find out."""
+    from m3bind.data.datasets import load_item
+    from m3bind.data.transforms import build_transform
     from m3bind.eval.protocol import check_paired_set, modality_classes
     from m3bind.experiment import Experiment
 
     exp = Experiment.from_file(config)
     check_paired_set(exp)  # what `m3bind run` refuses before training, refused here too
-    from m3bind.data.datasets import load_item
-    from m3bind.data.transforms import build_transform
-
     table = Table(title="manifests")
     for column in ("modality", "set", "train", "val", "test", "patients", "classes", "first study"):
         table.add_column(column, overflow="fold")

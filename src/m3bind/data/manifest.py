@@ -91,10 +91,8 @@ def parse_labels(raw: object) -> list[str]:
     are left out, so "No Finding", "normal" and an empty cell all mean a normal study."""
     if raw is None or (isinstance(raw, float) and pd.isna(raw)):
         return []
-    if _is_list_cell(raw):
-        parts = (str(part).strip() for part in raw)
-        return [part for part in parts if part and not is_normal_label(part)]
-    parts = (part.strip() for part in str(raw).split(LABEL_SEPARATOR))
+    cells = raw if _is_list_cell(raw) else str(raw).split(LABEL_SEPARATOR)
+    parts = (str(part).strip() for part in cells)
     return [part for part in parts if part and not is_normal_label(part)]
 
 
@@ -205,7 +203,7 @@ def _joined_list_cell(value: object) -> object:
     """A list cell of a findings column as one '|'-separated cell; other cells unchanged."""
     if not _is_list_cell(value):
         return value
-    return LABEL_SEPARATOR.join(str(part).strip() for part in value if str(part).strip())
+    return LABEL_SEPARATOR.join(part for part in (str(p).strip() for p in value) if part)
 
 
 def _refuse_list_cells(path: Path, table: pd.DataFrame, column: str) -> None:

@@ -280,7 +280,8 @@ def check_paired_set(exp: Experiment) -> None:
     _check_val_and_test_patients_differ(exp)
     for split in ("val", "test"):
         for query, gallery in pairs:
-            ids = {m: set(exp.paired_manifest(m).split(split).table["patient_id"]) for m in (query, gallery)}
+            # (rows without an id were refused above)
+            ids = {m: patient_ids(exp.paired_manifest(m), split) for m in (query, gallery)}
             if ids[query] and ids[gallery] and not ids[query] & ids[gallery]:
                 raise DataError(exp.paired_manifest(query).source,
                                 f"no patient_id of its '{split}' rows is in the {gallery} paired manifest's "
@@ -295,9 +296,8 @@ def _check_val_and_test_patients_differ(exp: Experiment) -> None:
     for m in exp.cfg.paired_manifests:
         manifest = exp.paired_manifest(m)
         for split in seen:
-            for patient in manifest.split(split).table["patient_id"]:
-                if patient:
-                    seen[split].setdefault(patient, str(manifest.source))
+            for patient in sorted(patient_ids(manifest, split)):
+                seen[split].setdefault(patient, str(manifest.source))
     shared = sorted(set(seen["val"]) & set(seen["test"]))
     if shared:
         example = shared[0]
@@ -307,10 +307,10 @@ def _check_val_and_test_patients_differ(exp: Experiment) -> None:
                                                "test patients; give each patient one split")
 
 
-def patients_on_both(table, first: str, second: str) -> int:
-    """How many patient ids of ``table`` have rows on both splits (rows without an id not counted)."""
-    ids = {split: set(table.loc[table["split"] == split, "patient_id"]) - {""} for split in (first, second)}
-    return len(ids[first] & ids[second])
+def patient_ids(manifest, split: str) -> set[str]:
+    """The patient ids of a manifest's ``split`` rows (rows without an id left out)."""
+    table = manifest.table
+    return set(table.loc[table["split"] == split, "patient_id"]) - {""}
 
 
 def paired_has_split(exp: Experiment, split: str) -> bool:

@@ -39,7 +39,7 @@ from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, R
                                   check_paired_set,
                                   choose_chaining_profile, choose_prototype_rule, concepts_from_column,
                                   configured_rule, embed_texts, embed_view_images, has_findings, has_rows,
-                                  patients_on_both,
+                                  patient_ids,
                                   NO_FINDINGS, heldout_texts, modality_classes,
                                   paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
@@ -446,17 +446,17 @@ def _patient_overlap_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
     """Test numbers are meant for unseen patients: say where a test patient also trained."""
     notes = []
     for m in names:
-        table = exp.manifest(m).table
-        both = patients_on_both(table, "train", "test")
+        manifest = exp.manifest(m)
+        trained = patient_ids(manifest, "train")
+        both = len(trained & patient_ids(manifest, REPORT_SPLIT))
         if both:
             notes.append(f"{m}: {both} patient(s) have studies on both the 'train' and the 'test' split of "
-                         f"{exp.manifest(m).source.name}; its test numbers are partly on patients it trained on.")
+                         f"{manifest.source.name}; its test numbers are partly on patients it trained on.")
         if m in exp.cfg.paired_manifests:
-            trained = set(table.loc[table["split"] == "train", "patient_id"]) - {""}
-            paired_test = set(exp.paired_manifest(m).split(REPORT_SPLIT).table["patient_id"]) - {""}
+            paired_test = patient_ids(exp.paired_manifest(m), REPORT_SPLIT)
             if trained & paired_test:
                 notes.append(f"{m}: {len(trained & paired_test)} of the {len(paired_test)} paired test patients "
-                             f"also have training studies in {exp.manifest(m).source.name}; retrieval on them is "
+                             f"also have training studies in {manifest.source.name}; retrieval on them is "
                              "not on unseen patients.")
     return notes
 
