@@ -9,6 +9,8 @@ close to the pretrained models, and the random-head baseline sits at chance.
 """
 import json
 
+import numpy as np
+
 import pytest
 from typer.testing import CliRunner
 
@@ -104,6 +106,30 @@ def test_quick_demo_end_to_end(tmp_path):
     with pytest.raises(ConfigError, match="not-an-index: exists and is not a search index"):
         index_test_studies(exp, tmp_path / "not-an-index", workers=0)
     assert (tmp_path / "not-an-index" / "notes.txt").read_text() == "mine"
+
+    # The index embeds the copies the evaluation preprocessed (every indexed study has one);
+    # decoding the files instead gives the same vectors.
+    from m3bind.search.building import build_index
+    from m3bind.stages.demo import index_manifests, preprocessed_studies
+
+    search_model = SearchModel.load(out / "model")
+    demo_vectors = _vectors_by_path(out / "index")
+    assert set(preprocessed_studies(exp, search_model)) == set(demo_vectors)
+    build_index(search_model, index_manifests(exp), tmp_path / "from-files", workers=0)
+    file_vectors = _vectors_by_path(tmp_path / "from-files")
+    assert set(file_vectors) == set(demo_vectors)
+    assert all(np.array_equal(file_vectors[path], demo_vectors[path]) for path in demo_vectors)
+
+
+def _vectors_by_path(folder) -> dict:
+    from m3bind.search.index import SearchIndex
+
+    opened = SearchIndex.open(folder)
+    try:
+        return {record.path: vector for records, vectors in opened.store.iter_studies()
+                for record, vector in zip(records, vectors)}
+    finally:
+        opened.close()
 
 
 @pytest.mark.parametrize("quick", [False, True])

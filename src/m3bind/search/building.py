@@ -16,7 +16,8 @@ from pathlib import Path
 from m3bind.data.datasets import OnError
 from m3bind.data.manifest import read_manifest
 from m3bind.errors import CheckpointError
-from m3bind.search.embedding import PlannedStudy, RepeatedRow, SkippedStudy, embed_studies, plan_studies
+from m3bind.search.embedding import (PlannedStudy, Preprocessed, RepeatedRow, SkippedStudy, embed_studies,
+                                     plan_studies)
 from m3bind.search.layout import METADATA_FILE, ModelRecord, ShardRecord, read_index_description
 from m3bind.search.model_identity import SearchModel
 from m3bind.search.store import MetadataStore, StudyRecord
@@ -48,12 +49,15 @@ def model_record(model: SearchModel) -> ModelRecord:
 def build_index(model: SearchModel, manifests: Sequence[str | Path], out: str | Path, *, add: bool = False,
                 modality: str | None = None, settings: VectorIndexSettings | None = None,
                 shard: ShardRecord | None = None, on_error: OnError = "raise", batch_size: int = 32,
-                workers: int = 2, progress: Progress | None = None) -> BuildReport:
+                workers: int = 2, progress: Progress | None = None,
+                preprocessed: Preprocessed | None = None) -> BuildReport:
     """Embed every study of ``manifests`` into the index at ``out`` (created, resumed or, with ``add``, extended).
 
     ``modality`` fills the modality of manifests without a ``modality`` column. ``shard``
     keeps only that shard's share of the studies (see :func:`~m3bind.search.embedding.shard_of`).
     ``on_error="skip"`` skips unusable files and reports them instead of stopping at the first.
+    ``preprocessed`` gives studies the model's transforms have already made (see
+    :func:`~m3bind.search.embedding.embed_studies`); they are not read from their files again.
     """
     start = time.perf_counter()
     tables = [read_manifest(path, modality=modality, check_files=False) for path in manifests]
@@ -67,7 +71,7 @@ def build_index(model: SearchModel, manifests: Sequence[str | Path], out: str | 
         pending = [study for study in planned if study.path not in indexed]
         done = embedded = 0
         for batch in embed_studies(model.encoder, tables, pending, batch_size=batch_size, workers=workers,
-                                   on_error=on_error):
+                                   on_error=on_error, preprocessed=preprocessed):
             writer.add([_record(tables, study) for study in batch.studies], batch.vectors)
             skipped += batch.skipped
             embedded += len(batch.studies)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,13 +137,31 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]):
     return [i for i, _ in good], images, failed
 
 
+# Absolute study path -> (rows, position): the study already preprocessed by the model's own
+# transforms, as row ``position`` of ``rows`` (an on-disk row store or a tensor).
+Preprocessed = Mapping[str, tuple[object, int]]
+
+
+def _read_preprocessed(preprocessed: Preprocessed, group: Sequence[PlannedStudy],
+                       batch_size: int) -> Iterator[tuple[list[int], torch.Tensor, list]]:
+    """The batches the DataLoader would give for ``group``, read from copies already made."""
+    for start in range(0, len(group), batch_size):
+        positions = list(range(start, min(start + batch_size, len(group))))
+        rows = [preprocessed[group[p].path] for p in positions]
+        yield positions, torch.stack([torch.as_tensor(store[position]) for store, position in rows]), []
+
+
 @torch.no_grad()
 def embed_studies(model: M3Bind, manifests: Sequence[Manifest], studies: Sequence[PlannedStudy], *,
-                  batch_size: int = 32, workers: int = 2, on_error: OnError = "raise") -> Iterator[EmbeddedBatch]:
+                  batch_size: int = 32, workers: int = 2, on_error: OnError = "raise",
+                  preprocessed: Preprocessed | None = None) -> Iterator[EmbeddedBatch]:
     """Embedded batches of ``studies``, grouped by modality, in the order of the plan within a modality.
 
     With ``on_error="raise"`` the first unusable file raises a DataError naming it and its
-    manifest row; the batches yielded before it are complete.
+    manifest row; the batches yielded before it are complete. A modality whose every study is
+    in ``preprocessed`` is read from those copies instead of its files (the same tensors in the
+    same batches, so the same vectors): decoding is most of an index build's time, and a run
+    that has just evaluated the same studies holds them preprocessed already.
     """
     from m3bind.data.wsi import is_whole_slide
 
@@ -165,10 +183,13 @@ def embed_studies(model: M3Bind, manifests: Sequence[Manifest], studies: Sequenc
         group = [study for study in group if study.path not in slide_paths]
         if not group:
             continue
-        dataset = _StudyFiles(manifests, group, model.models[modality].transform())
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                            prefetch_factor=2 if workers else None)
-        for positions, images, failed in loader:
+        if preprocessed is not None and all(study.path in preprocessed for study in group):
+            batches = _read_preprocessed(preprocessed, group, batch_size)
+        else:
+            batches = DataLoader(_StudyFiles(manifests, group, model.models[modality].transform()),
+                                 batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                                 prefetch_factor=2 if workers else None)
+        for positions, images, failed in batches:
             if failed and on_error == "raise":
                 raise DataError(None, failed[0][1])
             vectors = (model.encode_images(modality, images, batch_size=len(images)).numpy()
