@@ -1,7 +1,7 @@
 """Peak memory of `bind` and `distill` as the dataset grows: does a run hold its data, or stream it?
 
     python benchmarks/memory_scale.py OUT_DIR [--patients 1000] [--factor 30] [--steps 20]
-        [--repeats 3] [--modalities xray retina pathology ecg] [--published]
+        [--repeats 3] [--modalities xray retina pathology ecg] [--published] [--pretrain-batch B]
 
 It writes one synthetic cohort of N patients. The small run uses its manifests; the large run uses
 manifests in which every training row appears ``factor`` times under new patient ids (same files,
@@ -67,7 +67,7 @@ def replicated_manifest(manifest: Path, factor: int) -> Path:
 
 
 def prepare(out: Path, cohort: Path, factor: int, modalities: list[str], steps: int,
-            published: bool) -> tuple[Path, int]:
+            published: bool, pretrain_batch: int | None = None) -> tuple[Path, int]:
     """A config for the cohort's manifests repeated ``factor`` times, pretrained for 5 steps."""
     from m3bind.stages.demo import demo_config
 
@@ -81,6 +81,8 @@ def prepare(out: Path, cohort: Path, factor: int, modalities: list[str], steps: 
         spec["manifest"] = str(replicated_manifest(Path(spec["manifest"]), factor))
         studies += len(pd.read_csv(spec["manifest"], dtype=str, keep_default_na=False))
     cfg["pretrain"].update(steps=5, checkpoint_every=5)
+    if pretrain_batch:  # 32 published-size CT volumes and their activations do not fit in 24 GiB
+        cfg["pretrain"]["batch_size"] = pretrain_batch
     cfg["bind"].update(steps=steps, checkpoint_every=steps)
     cfg["distill"].update(kd_steps=steps // 2, contrastive_steps=steps - steps // 2, checkpoint_every=steps)
     cfg["eval"]["student_check"]["enabled"] = False
@@ -114,13 +116,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modalities", nargs="+", default=["xray", "ct", "retina", "ecg", "pathology"])
     parser.add_argument("--published", action="store_true")
+    parser.add_argument("--pretrain-batch", type=int, default=None,
+                        help="batch size of the 5 pretraining steps that fill the cache (default: the demo's 32)")
     args = parser.parse_args()
     cohort = args.out / f"cohort-{args.patients}"
     if not (cohort / "cohort.json").exists():
         generate_cohort(cohort, n_patients=args.patients, seed=0, workers=2)
     rows = []
     for factor in (1, args.factor):
-        config, studies = prepare(args.out, cohort, factor, args.modalities, args.steps, args.published)
+        config, studies = prepare(args.out, cohort, factor, args.modalities, args.steps, args.published,
+                                  args.pretrain_batch)
         rows.append((factor, studies, measure_stages(config, args.repeats)))
     print(f"modalities: {' '.join(args.modalities)}; {args.steps} steps; lowest of {args.repeats} runs "
           "(all runs in brackets)")
