@@ -125,6 +125,8 @@ def preprocessed_studies(exp: Experiment, model) -> dict[str, tuple[object, int]
     in the same batches, so the same vectors)."""
     import os
 
+    from m3bind.data.store import RowStore
+
     found: dict[str, tuple[object, int]] = {}
     for modality in exp.modalities:
         models = model.encoder.models
@@ -139,6 +141,8 @@ def preprocessed_studies(exp: Experiment, model) -> dict[str, tuple[object, int]
             if not len(manifest.table):
                 continue
             studies = exp.studies(modality, split, paired=paired)
+            if not isinstance(studies.images, RowStore):  # streamed from the files: there is no copy
+                continue
             for position, row in enumerate(studies.rows):
                 found.setdefault(os.path.abspath(manifest.absolute_path(row - 1)), (studies.images, position))
     return found
