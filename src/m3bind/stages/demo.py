@@ -128,8 +128,8 @@ def preprocessed_studies(exp: Experiment, model) -> dict[str, tuple[object, int]
     from m3bind.data.store import RowStore
 
     found: dict[str, tuple[object, int]] = {}
+    models = model.encoder.models
     for modality in exp.modalities:
-        models = model.encoder.models
         if modality not in models or models[modality].preprocess != exp.preprocess(modality):
             continue
         sources = [(False, "test")]
