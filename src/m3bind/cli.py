@@ -141,6 +141,42 @@ def _print_manifests(config: Path) -> None:
         table.add_row(modality, kind, *(str(int(counts.get(split, 0))) for split in ("train", "val", "test")),
                       str(patients), shown if kind == "training" else "", "x".join(map(str, first.shape)))
     console.print(table)
+    _print_prompt_coverage(exp)
+
+
+def _print_prompt_coverage(exp) -> None:
+    """Which prompts zero-shot will use for each modality's findings, and which concepts each
+    retrieval pair can be scored on: a class spelled unlike any prompt entry (a naive prompt) or
+    two manifests without a shared finding show here, before a run, not in its report."""
+    from m3bind.eval.prompts import missing_classes
+    from m3bind.eval.protocol import (REPORT_SPLIT, concepts_from_column, has_findings, manifest_concepts,
+                                      modality_classes, prompt_set_for, prompt_set_origin, retrieval_pairs)
+
+    table = Table(title="zero-shot prompts")
+    for column in ("modality", "prompt set", "findings with naive prompts only (no entry in the set)"):
+        table.add_column(column, overflow="fold")
+    for m in exp.modalities:
+        if not has_findings(exp, m):
+            table.add_row(m, "-", "no findings: evaluated by retrieval only")
+            continue
+        origin = prompt_set_origin(exp, m)
+        source = {"file": str(exp.cfg.modalities[m].prompts), None: "none (naive prompts)"}.get(
+            origin, f"shipped '{origin}'" + (f" (handled like {origin})" if origin != m else ""))
+        missing = missing_classes(prompt_set_for(exp, m), modality_classes(exp, m)[1:])
+        table.add_row(m, source, ", ".join(missing) or "none")
+    console.print(table)
+    pairs = {tuple(sorted(pair)) for pair in retrieval_pairs(exp)} if exp.cfg.paired_manifests else set()
+    if not pairs:
+        return
+    column = "concepts" if concepts_from_column(exp) else "labels"
+    table = Table(title=f"paired concepts on the {REPORT_SPLIT} split (from the '{column}' columns)")
+    for name in ("pair", "concepts both can show"):
+        table.add_column(name, overflow="fold")
+    for a, b in sorted(pairs):
+        shared = sorted(manifest_concepts(exp, a, REPORT_SPLIT) & manifest_concepts(exp, b, REPORT_SPLIT))
+        table.add_row(f"{a} / {b}", ", ".join(shared) if shared else
+                      "none: Recall@K only (a 'concepts' column names cross-modal concepts)")
+    console.print(table)
 
 
 SKIP_BAD = typer.Option(False, "--skip-bad-studies",

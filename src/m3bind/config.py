@@ -47,9 +47,10 @@ class ModalityConfig(Section):
     like: str | None = Field(None, description="For a modality name m3bind does not know (mammography, "
                                                "dermatology, mri, ...): the built-in modality whose input "
                                                "kind, preprocessing defaults and built-in model sizes it "
-                                               "takes (xray, ct, retina, ecg or pathology). Prompts are "
-                                               "not taken: give a prompt file, or get naive prompts from "
-                                               "the label names.")
+                                               "takes (xray, ct, retina, ecg or pathology). Its prompts "
+                                               "too when they describe at least half of the modality's "
+                                               "findings (a 'cxr' with ChestX-ray14 labels), else naive "
+                                               "prompts from the label names; a prompt file overrides both.")
 
     @field_validator("like")
     @classmethod

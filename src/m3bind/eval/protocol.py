@@ -78,15 +78,40 @@ def embed_texts(encode_texts, texts) -> torch.Tensor:
 
 # --- zero-shot ------------------------------------------------------------------------------
 def prompt_set_for(exp: Experiment, modality: str):
-    """The modality's zero-shot prompt set: the config's file, else the built-in one, else an
-    empty set (every class then gets naive prompts from its name; see class_prompts)."""
+    """The modality's zero-shot prompt set: the config's file, else the built-in one, else the
+    built-in one of the modality it is handled ``like`` when that set knows at least half of its
+    findings, else an empty set (every class then gets naive prompts from its name; see
+    class_prompts). :func:`prompt_set_origin` says which one it is."""
     from m3bind.config import resolve_path
-    from m3bind.eval.prompts import available_prompt_sets, empty_prompt_set, load_prompt_file, load_prompt_set
+    from m3bind.eval.prompts import empty_prompt_set, load_prompt_file, load_prompt_set
 
-    path = exp.cfg.modalities[modality].prompts
-    if path:
-        return load_prompt_file(resolve_path(exp.config_path, path))
-    return load_prompt_set(modality) if modality in available_prompt_sets() else empty_prompt_set(modality)
+    origin = prompt_set_origin(exp, modality)
+    if origin == "file":
+        return load_prompt_file(resolve_path(exp.config_path, exp.cfg.modalities[modality].prompts))
+    return empty_prompt_set(modality) if origin is None else load_prompt_set(origin)
+
+
+def prompt_set_origin(exp: Experiment, modality: str) -> str | None:
+    """Where :func:`prompt_set_for` takes the modality's prompts from: 'file' (the config's
+    ``prompts``), the name of a shipped set, or None (no set: naive prompts only)."""
+    from m3bind.eval.prompts import available_prompt_sets, load_prompt_set
+
+    spec = exp.cfg.modalities[modality]
+    if spec.prompts:
+        return "file"
+    if modality in available_prompt_sets():
+        return modality
+    # A user who names the chest X-ray modality "mimic" or "cxr" keeps the X-ray prompts for the
+    # findings they describe. A mammography set handled like xray shares a word or two with the
+    # chest findings ("mass") but not their meaning, so it gets naive prompts rather than chest
+    # descriptions in a chest template: the set must know at least half of the findings.
+    if spec.like in available_prompt_sets():
+        shipped = load_prompt_set(spec.like)
+        findings = exp.manifest(modality).label_names()
+        known = sum(shipped.find(name) is not None for name in findings)
+        if findings and 2 * known >= len(findings):
+            return spec.like
+    return None
 
 
 def class_prompts(exp: Experiment, modality: str, classes: Sequence[str], style: str = "expert",
@@ -329,8 +354,26 @@ def study_concepts(exp: Experiment, modality: str, split: str, studies) -> list[
     modalities use, see pair_query_scores)."""
     table = exp.paired_manifest(modality).split(split).table
     column = "concepts" if concepts_from_column(exp) else "labels"
-    # Concepts are compared across two modalities' manifests, which may spell a finding differently.
-    return [frozenset(label_key(c) for c in parse_labels(table.at[row - 1, column])) for row in studies.rows]
+    prompt_set = prompt_set_for(exp, modality)
+    return [frozenset(concept_key(prompt_set, c) for c in parse_labels(table.at[row - 1, column]))
+            for row in studies.rows]
+
+
+def manifest_concepts(exp: Experiment, modality: str, split: str) -> frozenset[str]:
+    """Every concept the modality's paired manifest names on ``split`` (as :func:`concept_key`),
+    read from the table alone, without decoding a study (for ``m3bind config``)."""
+    table = exp.paired_manifest(modality).table
+    column = "concepts" if concepts_from_column(exp) else "labels"
+    prompt_set = prompt_set_for(exp, modality)
+    return frozenset(concept_key(prompt_set, c) for raw in table.loc[table["split"] == split, column]
+                     for c in parse_labels(raw))
+
+
+def concept_key(prompt_set, name: str) -> str:
+    """A concept's name as two modalities' manifests can agree on it: the modality's prompt set's
+    own name for it when the set knows it (ChestX-ray14's "Effusion" and CT-RATE's "Pleural
+    effusion" are both "pleural effusion"), in its spelling-free form."""
+    return label_key(prompt_set.find(name) or name)
 
 
 def concept_names(exp: Experiment, split: str = TUNING_SPLIT) -> list[str]:

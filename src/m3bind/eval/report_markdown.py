@@ -304,7 +304,9 @@ def _protocol_section(report: Report) -> list[str]:
     elif protocol.get("prototype_rule"):
         lines += [f"Prototype rule: {protocol['prototype_rule']} (set in the config).", ""]
     chaining = protocol.get("chaining")
-    if chaining:
+    if chaining and not chaining.get("concepts"):
+        lines += ["Chaining baseline: not run; no concept is shared by two paired modalities (see the notes).", ""]
+    elif chaining:
         table = chaining.get("validation_concept_auc")
         chosen = ("validation mean concept AUC: " + ", ".join(f"{p} {fmt_number(v)}" for p, v in table.items())
                   if table else "not chosen on validation: the paired set has no val rows")

@@ -41,7 +41,8 @@ from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, R
                                   configured_rule, embed_texts, embed_view_images, has_findings, has_rows,
                                   patient_ids,
                                   NO_FINDINGS, heldout_texts, modality_classes,
-                                  paired_has_split, paired_query_scores, prompt_set_for, random_head_scores,
+                                  paired_has_split, paired_query_scores, prompt_set_for, prompt_set_origin,
+                                  random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
 from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, single_label_targets
@@ -265,6 +266,10 @@ def zero_shot_differences(raw: Mapping[str, Mapping[str, Mapping[str, ZeroShotSc
 def _prompt_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
     notes = []
     for m in names:
+        origin = prompt_set_origin(exp, m)
+        if origin not in ("file", m, None):
+            notes.append(f"{m}: no prompt file; handled like {origin}, it takes the shipped {origin} prompt set, "
+                         f"which describes at least half of its findings.")
         missing = missing_classes(prompt_set_for(exp, m), modality_classes(exp, m))
         if missing and has_findings(exp, m):
             notes.append(f"{m}: no prompt-file entry for {', '.join(missing)}: these classes use naive prompts made "

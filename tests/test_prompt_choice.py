@@ -1,0 +1,92 @@
+"""Which prompts a user's modality gets, and how two manifests' findings meet as concepts.
+
+A user names modalities after their datasets ("cxr", "mimic") and keeps the datasets' own label
+spellings ("Effusion" in ChestX-ray14, "Pleural effusion" in CT-RATE, "PTX"). Zero-shot should
+still find the shipped expert descriptions, and cross-modal concept scores should still see one
+finding in both manifests; a modality whose findings the shipped set does not describe
+(mammography handled like xray) must not get chest descriptions.
+"""
+import nibabel as nib
+import numpy as np
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from m3bind.cli import app
+from m3bind.eval.prompts import load_prompt_set
+from m3bind.eval.protocol import (class_prompts, concept_key, manifest_concepts, prompt_set_for, prompt_set_origin)
+from m3bind.experiment import Experiment
+
+
+def _manifest(path, study, rows):
+    lines = ["path,text,labels,split,patient_id"]
+    lines += [f"{study},report {i},{labels},{split},{patient}" for i, (labels, split, patient) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _user_dataset(tmp_path):
+    """cxr (like xray), mammo (like xray), chestct (like ct) and a plain xray; PNG and NIfTI studies."""
+    Image.new("L", (40, 30), 128).save(tmp_path / "a.png")
+    nib.save(nib.Nifti1Image(np.zeros((12, 12, 6), np.int16), np.eye(4)), tmp_path / "v.nii.gz")
+    _manifest(tmp_path / "cxr.csv", "a.png", [("Effusion|PTX", "train", "t1"), ("SPN", "train", "t2"),
+                                             ("CTR>0.5", "val", "t3"), ("No Finding", "test", "t4")])
+    _manifest(tmp_path / "mammo.csv", "a.png", [("mass", "train", "m1"), ("calcification", "val", "m2"),
+                                               ("architectural distortion", "test", "m3")])
+    _manifest(tmp_path / "chestct.csv", "v.nii.gz", [("Pleural_Effusion", "train", "c1"),
+                                                    ("pulmonary nodule|Emphysema", "val", "c2"), ("", "test", "c3")])
+    _manifest(tmp_path / "xray.csv", "a.png", [("Cardiomegaly", "train", "x1"), ("", "test", "x2")])
+    _manifest(tmp_path / "cxr_paired.csv", "a.png", [("Effusion", "val", "p1"), ("Nodule|Effusion", "test", "p2"),
+                                                    ("Cardiomegaly", "test", "p3")])
+    _manifest(tmp_path / "chestct_paired.csv", "v.nii.gz", [("", "val", "p1"), ("PLEURAL EFFUSION", "test", "p2"),
+                                                           ("Lung_Nodule", "test", "p3")])
+    config = {"demo_sizes": True,
+              "modalities": {"cxr": {"like": "xray", "manifest": "cxr.csv"},
+                             "mammo": {"like": "xray", "manifest": "mammo.csv"},
+                             "chestct": {"like": "ct", "manifest": "chestct.csv"},
+                             "xray": {"manifest": "xray.csv"}},
+              "paired_manifests": {"cxr": "cxr_paired.csv", "chestct": "chestct_paired.csv"}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return Experiment.from_file(tmp_path / "exp.yaml")
+
+
+def test_a_modality_handled_like_a_builtin_one_takes_its_prompts_when_they_describe_its_findings(tmp_path):
+    exp = _user_dataset(tmp_path)
+    # cxr: Effusion and PTX are X-ray findings (2 of 4, with SPN and CTR>0.5 unknown): the shipped set.
+    assert prompt_set_origin(exp, "cxr") == "xray"
+    assert prompt_set_origin(exp, "chestct") == "ct"
+    assert prompt_set_origin(exp, "xray") == "xray"
+    # mammo: only "mass" is a chest X-ray class name, and a lung mass is not a breast mass.
+    assert prompt_set_origin(exp, "mammo") is None
+    xray = load_prompt_set("xray")
+    prompts = class_prompts(exp, "cxr", ["normal", "Effusion", "PTX", "SPN"], style="expert")
+    assert prompts["Effusion"][0] == xray.template.format(xray.classes["pleural effusion"][0])
+    assert prompts["PTX"][0] == xray.template.format(xray.classes["pneumothorax"][0])
+    assert prompts["SPN"] == [xray.template.format("SPN")]  # unknown: its naive prompt, in the set's template
+    assert class_prompts(exp, "mammo", ["normal", "mass"], style="expert")["mass"] == ["mass"]
+    # A prompt file always wins.
+    (tmp_path / "p.yaml").write_text("template: 'Mammogram: {}.'\nclasses:\n  mass: [a spiculated mass]\n")
+    exp.cfg.modalities["mammo"].prompts = "p.yaml"
+    assert prompt_set_origin(exp, "mammo") == "file"
+    assert prompt_set_for(exp, "mammo").classes == {"mass": ("a spiculated mass",)}
+
+
+def test_paired_findings_meet_as_one_concept_whatever_each_manifest_calls_them(tmp_path):
+    exp = _user_dataset(tmp_path)
+    assert manifest_concepts(exp, "cxr", "test") == {"pleural effusion", "lung nodule", "cardiomegaly"}
+    assert manifest_concepts(exp, "chestct", "test") == {"pleural effusion", "lung nodule"}
+    assert manifest_concepts(exp, "chestct", "val") == frozenset()
+    # A name the set does not know keeps its spelling-free form.
+    assert concept_key(load_prompt_set("ct"), "Tree_In_Bud") == "tree in bud"
+
+
+def test_config_check_shows_the_prompt_set_of_each_modality_and_the_concepts_of_each_pair(tmp_path):
+    _user_dataset(tmp_path)
+    result = CliRunner().invoke(app, ["config", str(tmp_path / "exp.yaml")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("│ ").split("│")]
+                                              for line in result.output.splitlines() if line.startswith("│"))}
+    assert rows["cxr"][:2] == ["shipped 'xray' (handled like xray)", "CTR>0.5, SPN"]
+    assert rows["mammo"][:2] == ["none (naive prompts)", "architectural distortion, calcification, mass"]
+    assert rows["chestct"][:2] == ["shipped 'ct' (handled like ct)", "none"]
+    assert rows["xray"][:2] == ["shipped 'xray'", "none"]
+    assert rows["chestct / cxr"] == ["lung nodule, pleural effusion"]
