@@ -126,6 +126,33 @@ def test_bad_study_raises_naming_it_or_is_skipped_and_listed(tmp_path):
     assert _experiment(tmp_path, manifest, on_error="skip").studies("xray", "train").skipped[0].row == 8
 
 
+def test_a_bad_study_on_a_later_split_is_named_by_its_row_in_the_file(tmp_path):
+    """A split is a subset of the file's rows: its 3rd study is not the file's row 3. Errors and
+    the skip list name the row a user finds in the manifest, also when read back from the cache
+    (and from a cache written before file rows were kept, which stored the split's row)."""
+    import json
+
+    manifest = _cohort(tmp_path, bad=9)
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table.loc[7:, "split"] = "test"  # file rows 8-24 are the test split; s09.npy is file row 10
+    table.to_csv(manifest, index=False)
+    with pytest.raises(DataError, match=r"s09\.npy, row 10: ") as error:
+        _experiment(tmp_path, manifest).studies("xray", "test")
+    assert error.value.row == 10
+    studies = _experiment(tmp_path, manifest, on_error="skip").studies("xray", "test")
+    assert [(item.row, item.index) for item in studies.skipped] == [(10, 2)]
+    assert 3 not in studies.rows and len(studies) == 16  # rows index the split's table
+    exp = _experiment(tmp_path, manifest, on_error="skip")
+    assert [item.row for item in exp.studies("xray", "test").skipped] == [10]
+    assert exp.skipped_studies()["xray/test"][0].startswith("row 10 (data/s09.npy): ")
+    meta = next((tmp_path / "run" / "cache").glob("xray-test-*/meta.json"))
+    saved = json.loads(meta.read_text())
+    saved["skipped"] = [{"row": 3, "path": "data/s09.npy", "problem": "old cache"}]
+    meta.write_text(json.dumps(saved))
+    old = _experiment(tmp_path, manifest, on_error="skip").studies("xray", "test").skipped
+    assert [(item.row, item.problem) for item in old] == [(10, "old cache")]
+
+
 def test_building_the_cache_leaves_the_global_rng_alone(tmp_path):
     # Training after a cold cache must draw the same dropout masks as after a warm one.
     manifest = _cohort(tmp_path, n=6)

@@ -188,7 +188,7 @@ class Experiment:
             meta = json.loads(meta_path.read_text())
             studies = StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],
                                patient_ids=meta["patient_ids"], rows=meta["rows"],
-                               skipped=[SkippedItem(**item) for item in meta["skipped"]])
+                               skipped=[SkippedItem.from_meta(manifest, item) for item in meta["skipped"]])
         else:
             if cache.exists():  # a build killed half way: start again
                 shutil.rmtree(cache)

@@ -32,9 +32,17 @@ OnError = Literal["raise", "skip"]
 
 @dataclass
 class SkippedItem:
-    row: int          # 1-based data row in the manifest
+    row: int          # 1-based data row in the manifest file (not in its split), for messages
     path: str
     problem: str
+    index: int | None = None  # 0-based row in the split's table it was read from
+
+    @classmethod
+    def from_meta(cls, manifest: Manifest, saved: dict) -> "SkippedItem":
+        """One saved in a study cache's meta.json, its file row taken from the manifest now (a
+        cache saved before ``index`` was kept stored the split's 1-based row as ``row``)."""
+        index = int(saved["index"]) if saved.get("index") is not None else int(saved["row"]) - 1
+        return cls(manifest.file_row(index), str(saved["path"]), str(saved["problem"]), index)
 
     def __str__(self) -> str:
         return f"row {self.row} ({self.path}): {self.problem}"
@@ -49,9 +57,9 @@ def load_item(manifest: Manifest, i: int, transform: Callable, limits: ReadLimit
         study = read_study(path, limits=limits or ReadLimits())
         tensor = transform(study)
     except DataError as exc:
-        raise DataError(exc.path or path, exc.problem, row=i + 1) from exc
+        raise DataError(exc.path or path, exc.problem, row=manifest.file_row(i)) from exc
     if not torch.isfinite(tensor).all():
-        raise DataError(path, "non-finite values after preprocessing", row=i + 1)
+        raise DataError(path, "non-finite values after preprocessing", row=manifest.file_row(i))
     return tensor
 
 
@@ -173,8 +181,7 @@ class StreamedImages:
     def _stack(self, items: list) -> torch.Tensor:
         for item in items:
             if isinstance(item, SkippedItem):
-                manifest = self.studies.manifest
-                raise DataError(manifest.absolute_path(item.row - 1), item.problem, row=item.row)
+                raise DataError(self.studies.manifest.root / item.path, item.problem, row=item.row)
         if not items:
             return torch.empty((0, *(self._row_shape or ())))
         return torch.stack([item["image"] for item in items]).float()
@@ -203,7 +210,7 @@ def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_
             good = [item for item in batch if isinstance(item, dict)]
             bad = [item for item in batch if isinstance(item, SkippedItem)]
             if bad and on_error == "raise":
-                raise DataError(manifest.absolute_path(bad[0].row - 1), bad[0].problem, row=bad[0].row)
+                raise DataError(manifest.root / bad[0].path, bad[0].problem, row=bad[0].row)
             skipped += bad
             if good:
                 writer.append(torch.stack([item.pop("image") for item in good]))
@@ -235,4 +242,5 @@ class _Attempts(Dataset):
         try:
             return self.studies[i]
         except DataError as exc:
-            return SkippedItem(i + 1, str(self.studies.manifest.table.at[i, "path"]), exc.problem)
+            manifest = self.studies.manifest
+            return SkippedItem(manifest.file_row(i), str(manifest.table.at[i, "path"]), exc.problem, index=i)

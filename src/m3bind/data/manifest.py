@@ -40,6 +40,9 @@ class Manifest:
     table: pd.DataFrame
     modality: str | None = None
     skipped: list[DataError] = field(default_factory=list)
+    # Each table row's 1-based data row in ``source`` (None: the table is the whole file, in
+    # order). A split keeps them, so an error on its 3rd study names the row a user can find.
+    source_rows: np.ndarray | None = None
 
     @property
     def root(self) -> Path:
@@ -48,12 +51,18 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.table)
 
+    def file_row(self, i: int) -> int:
+        """The 1-based data row of ``source`` that table row ``i`` came from (for messages)."""
+        return int(self.source_rows[i]) if self.source_rows is not None else i + 1
+
     def split(self, name: str) -> "Manifest":
         """The rows of one split (a new Manifest sharing the source)."""
         if name not in SPLITS:
             raise ValueError(f"unknown split '{name}'; expected one of {', '.join(SPLITS)}")
-        rows = self.table[self.table["split"] == name].reset_index(drop=True)
-        return Manifest(self.source, rows, self.modality)
+        mask = (self.table["split"] == name).to_numpy()
+        rows = self.table[mask].reset_index(drop=True)
+        source_rows = np.arange(1, len(self.table) + 1) if self.source_rows is None else self.source_rows
+        return Manifest(self.source, rows, self.modality, source_rows=source_rows[mask])
 
     def absolute_path(self, i: int) -> Path:
         return self.root / str(self.table.at[i, "path"])
