@@ -86,3 +86,28 @@ def test_config_refuses_a_paired_set_that_run_would_refuse(tmp_path):
     result = runner.invoke(app, ["config", str(config)])
     assert result.exit_code == 2
     assert "patient(s) of the paired set are on both the 'val' and the 'test' split (e.g. 'p1'" in result.output
+
+
+def test_config_reads_one_table_shared_by_several_modalities_and_names_rows_nobody_reads(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (40, 30), 128).save(tmp_path / "a.png")
+    Image.new("RGB", (40, 40), (120, 30, 30)).save(tmp_path / "f.png")
+    (tmp_path / "all.csv").write_text("path,text,labels,split,patient_id,modality\n"
+                                      "a.png,Enlarged heart.,Cardiomegaly,train,p1,xray\n"
+                                      "f.png,Cupped disc.,Glaucoma,train,p1,retina\n"
+                                      "a.png,Clear.,,test,p2,XRAY\n"
+                                      "f.png,Clear.,,test,p2,retina\n"
+                                      "f.png,Clear.,,val,p3,retina\n"
+                                      "a.png,Brain.,,train,p4,mri\n")
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"demo_sizes": True, "modalities": {"xray": {"manifest": "all.csv"},
+                                                                         "retina": {"manifest": "all.csv"}}}))
+    result = runner.invoke(app, ["config", str(config)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in result.output.splitlines()
+            if line.startswith("│ ")]
+    rows = {cells[0]: cells[1:] for cells in reversed(rows)}  # the manifests table (the first) wins
+    assert rows["xray"][:5] == ["training", "1", "0", "1", "2"]
+    assert rows["retina"][:5] == ["training", "1", "1", "1", "3"]
+    assert "rows not read (1 of 'mri'): no modality of the config by that name uses this file" in result.output

@@ -188,3 +188,41 @@ def test_a_manifest_written_on_windows_finds_its_files(tmp_path):
     (tmp_path / "n.csv").write_text("path,text\nimages/p1\\s1.png,Normal.\n")
     with pytest.raises(DataError, match=r"row 1, column 'path': file 'images/p1\\s1\.png' does not exist"):
         read_manifest(tmp_path / "n.csv", "xray")
+
+
+def test_one_table_for_several_modalities_gives_each_its_own_rows_with_their_file_rows(tmp_path):
+    """A dataset exported as one table with a modality column: each modality of the config reads
+    its rows (any case), labels are spelled one way per modality, split rows and errors keep the
+    row numbers of the file; a file of one other modality is still the wrong file, and a table of
+    several with a row naming none is refused at that row."""
+    for i in range(6):
+        (tmp_path / f"s{i}.npy").write_bytes(b"x")
+    rows = [{"path": f"s{i}.npy", "text": f"report {i}", "labels": label, "split": split, "modality": modality,
+             "patient_id": f"p{i}"}
+            for i, (label, split, modality) in enumerate([("Effusion", "train", "xray"), ("LVH", "train", "ECG"),
+                                                           ("effusion", "test", "xray"), ("", "test", "ecg"),
+                                                           ("EFFUSION", "test", "Xray"), ("", "val", "mri")])]
+    path = write_manifest(pd.DataFrame(rows), tmp_path / "all.csv")
+    xray = read_manifest(path, "xray", select_modality=True)
+    assert xray.table["text"].tolist() == ["report 0", "report 2", "report 4"]
+    assert set(xray.table["modality"]) == {"xray"} and xray.label_names() == ["EFFUSION"]  # one spelling (ties: sorted first)
+    assert [xray.file_row(i) for i in range(3)] == [1, 3, 5]
+    test = xray.split("test")
+    assert [test.file_row(i) for i in range(len(test))] == [3, 5]
+    ecg = read_manifest(path, "ecg", select_modality=True)
+    assert [ecg.file_row(i) for i in range(len(ecg))] == [2, 4] and ecg.label_names() == ["LVH"]
+    with pytest.raises(DataError, match="all.csv, column 'modality': no rows of modality 'ct'; its 'modality' "
+                                        "column names ECG, Xray, ecg, mri, xray"):
+        read_manifest(path, "ct", select_modality=True)
+    with pytest.raises(DataError, match="row 2, column 'modality'"):  # without select_modality: one modality per file
+        read_manifest(path, "xray")
+    (tmp_path / "s3.npy").unlink()
+    with pytest.raises(DataError, match=r"all.csv, row 4, column 'path': file 's3.npy' does not exist"):
+        read_manifest(path, "ecg", select_modality=True)
+    rows[3]["modality"] = ""
+    (tmp_path / "s3.npy").write_bytes(b"x")
+    with pytest.raises(DataError, match="row 4, column 'modality': no modality, in a manifest holding several"):
+        read_manifest(write_manifest(pd.DataFrame(rows), tmp_path / "all.csv"), "xray", select_modality=True)
+    only_ct = write_manifest(pd.DataFrame([{**rows[0], "modality": "ct"}]), tmp_path / "ct.csv")
+    with pytest.raises(DataError, match="row 1, column 'modality': modality 'ct' but this manifest is used for 'xray'"):
+        read_manifest(only_ct, "xray", select_modality=True)

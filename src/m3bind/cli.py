@@ -141,7 +141,29 @@ def _print_manifests(config: Path) -> None:
         table.add_row(modality, kind, *(str(int(counts.get(split, 0))) for split in ("train", "val", "test")),
                       str(patients), shown if kind == "training" else "", "x".join(map(str, first.shape)))
     console.print(table)
+    _print_unused_rows(exp)
     _print_prompt_coverage(exp)
+
+
+def _print_unused_rows(exp) -> None:
+    """A table shared by several modalities (a 'modality' column) may hold rows of a modality the
+    config does not name; they are read by nobody, so say so rather than leave them out silently."""
+    from m3bind.config import resolve_path
+    from m3bind.data.manifest import read_manifest
+
+    readers: dict = {}
+    for m, spec in exp.cfg.modalities.items():
+        if spec.manifest:
+            readers.setdefault(resolve_path(exp.config_path, spec.manifest).resolve(), set()).add(m.casefold())
+    for m, path in exp.cfg.paired_manifests.items():
+        readers.setdefault(resolve_path(exp.config_path, path).resolve(), set()).add(m.casefold())
+    for path, names in readers.items():
+        counts = read_manifest(path, check_files=False).table["modality"].str.strip().value_counts()
+        unused = {name: int(n) for name, n in counts.items() if name and name.casefold() not in names}
+        if len(counts) > 1 and unused:
+            listed = ", ".join(f"{n} of '{name}'" for name, n in sorted(unused.items()))
+            console.print(f"[yellow]note:[/] {path}: rows not read ({listed}): no modality of the config "
+                          f"by that name uses this file")
 
 
 def _print_prompt_coverage(exp) -> None:

@@ -113,7 +113,8 @@ class Experiment:
             spec = self._modality(modality)
             if spec.manifest is None:
                 raise ConfigError(f"modalities.{modality}.manifest is not set in {self.config_path}")
-            self._manifests[modality] = read_manifest(resolve_path(self.config_path, spec.manifest), modality)
+            self._manifests[modality] = read_manifest(resolve_path(self.config_path, spec.manifest), modality,
+                                                      select_modality=True)
         return self._manifests[modality]
 
     def paired_manifest(self, modality: str) -> Manifest:
@@ -122,7 +123,7 @@ class Experiment:
                               "for cross-modal retrieval")
         if modality not in self._paired_manifests:
             path = resolve_path(self.config_path, self.cfg.paired_manifests[modality])
-            self._paired_manifests[modality] = read_manifest(path, modality)
+            self._paired_manifests[modality] = read_manifest(path, modality, select_modality=True)
         return self._paired_manifests[modality]
 
     def preprocess(self, modality: str):

@@ -140,11 +140,15 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv, .jsonl or .parquet")
 
 
-def read_manifest(path: str | Path, modality: str | None = None, check_files: bool = True) -> Manifest:
+def read_manifest(path: str | Path, modality: str | None = None, check_files: bool = True,
+                  select_modality: bool = False) -> Manifest:
     """Read and validate a manifest.
 
     ``modality``: when given, rows whose ``modality`` column says otherwise are an error, and a
-    missing column is filled with it. ``check_files``: every ``path`` must exist on disk.
+    missing column is filled with it; with ``select_modality``, a file whose ``modality`` column
+    names several modalities is one table for all of them, and only ``modality``'s rows are read
+    (keeping their row numbers in the file for messages). ``check_files``: every ``path`` must
+    exist on disk.
     """
     path = Path(path)
     if not path.exists():
@@ -173,11 +177,39 @@ def read_manifest(path: str | Path, modality: str | None = None, check_files: bo
         table[column] = table[column].map(_cell_text)
     table["split"] = table["split"].map(lambda v: SPLIT_SPELLINGS.get(v.strip().casefold(), v))
     table["path"] = table["path"].map(_posix_path)
+    source_rows = None
+    if select_modality and modality is not None:
+        table, source_rows = _rows_of_modality(path, table, modality)
     table["labels"] = one_spelling_per_label(table["labels"])
 
-    for row, record in enumerate(table.itertuples(index=False), start=1):
+    for i, record in enumerate(table.itertuples(index=False)):
+        row = i + 1 if source_rows is None else int(source_rows[i])
         _validate_row(path, row, record._asdict(), modality, check_files)
-    return Manifest(path, table.reset_index(drop=True), modality)
+    return Manifest(path, table.reset_index(drop=True), modality, source_rows=source_rows)
+
+
+def _rows_of_modality(path: Path, table: pd.DataFrame, modality: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``modality``'s rows of a table whose ``modality`` column names several modalities (any
+    case), with their 1-based rows in the file; a one-modality table is returned as it is."""
+    named = table["modality"].str.strip()
+    if not (named != "").any():
+        return table, None
+    if (named.str.casefold() == modality.casefold()).all():
+        return table.assign(modality=modality), None
+    names = sorted({name for name in named if name})
+    if len(names) == 1:  # one other modality: a manifest given to the wrong modality, not a shared table
+        return table, None
+    blank = np.flatnonzero((named == "").to_numpy())
+    if len(blank):
+        raise DataError(path, f"no modality, in a manifest holding several ({', '.join(names)})",
+                        row=int(blank[0]) + 1, column="modality")
+    keep = (named.str.casefold() == modality.casefold()).to_numpy()
+    if not keep.any():
+        raise DataError(path, f"no rows of modality '{modality}'; its 'modality' column names {', '.join(names)}",
+                        column="modality")
+    table = table[keep].reset_index(drop=True)
+    table["modality"] = modality
+    return table, np.flatnonzero(keep) + 1
 
 
 def one_spelling_per_label(cells: pd.Series) -> pd.Series:

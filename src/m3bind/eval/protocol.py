@@ -297,11 +297,11 @@ def check_paired_set(exp: Experiment) -> None:
     gallery can only miss, so every Recall@K would be a silent 0), or rows without a patient id."""
     pairs = retrieval_pairs(exp) if exp.cfg.paired_manifests else []
     for m in {m for pair in pairs for m in pair}:
-        table = exp.paired_manifest(m).table
-        empty = (table["patient_id"].str.strip() == "").to_numpy().nonzero()[0]
+        manifest = exp.paired_manifest(m)
+        empty = (manifest.table["patient_id"].str.strip() == "").to_numpy().nonzero()[0]
         if len(empty):
-            raise DataError(exp.paired_manifest(m).source, "no patient_id (a paired manifest pairs studies by "
-                                                           "patient_id)", row=int(empty[0]) + 1, column="patient_id")
+            raise DataError(manifest.source, "no patient_id (a paired manifest pairs studies by patient_id)",
+                            row=manifest.file_row(int(empty[0])), column="patient_id")
     _check_val_and_test_patients_differ(exp)
     for split in ("val", "test"):
         for query, gallery in pairs:
