@@ -90,3 +90,35 @@ def test_config_check_shows_the_prompt_set_of_each_modality_and_the_concepts_of_
     assert rows["chestct"][:2] == ["shipped 'ct' (handled like ct)", "none"]
     assert rows["xray"][:2] == ["shipped 'xray'", "none"]
     assert rows["chestct / cxr"] == ["lung nodule, pleural effusion"]
+
+
+def test_other_names_of_normal_in_the_prompt_set_are_normal_studies_not_a_second_normal_class(tmp_path):
+    """PTB-XL calls every normal ECG "NORM" (and its rhythm statement "SR" is sinus rhythm). As a
+    class of its own, "NORM" would get the same prompts as "normal" and zero-shot could never tell
+    them apart; the ECG prompt set names both as aliases of normal, so they are read as normal.
+    In pathology "NORM" is NCT-CRC-HE's normal colon mucosa, a tissue class, and stays one."""
+    from m3bind.eval.protocol import modality_classes
+
+    for name in ("e.hea", "t.png"):
+        (tmp_path / name).write_bytes(b"x")
+    _manifest(tmp_path / "ptbxl.csv", "e.hea", [("NORM", "train", "a"), ("SR|LVH", "train", "b"),
+                                               ("MI|norm", "val", "c"), ("SR", "test", "d")])
+    _manifest(tmp_path / "crc.csv", "t.png", [("NORM", "train", "a"), ("TUM", "test", "b")])
+    config = {"modalities": {"ecg": {"manifest": "ptbxl.csv"}, "heart": {"like": "ecg", "manifest": "ptbxl.csv"},
+                             "pathology": {"manifest": "crc.csv"}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+    exp = Experiment.from_file(tmp_path / "exp.yaml")
+    for m in ("ecg", "heart"):
+        manifest = exp.manifest(m)
+        assert modality_classes(exp, m) == ["normal", "LVH", "MI"], m
+        assert [manifest.labels(i) for i in range(4)] == [[], ["LVH"], ["MI"], []]
+        assert manifest.read_as_normal == ("NORM", "SR", "norm")
+    assert modality_classes(exp, "pathology") == ["normal", "NORM", "TUM"]
+    assert exp.manifest("pathology").read_as_normal == ()
+    # A prompt file of the user's names its own aliases of normal.
+    (tmp_path / "p.yaml").write_text("classes:\n  normal: [no abnormality]\n  MI: [infarct]\naliases:\n  normal: [SR]\n")
+    config["modalities"]["ecg"]["prompts"] = "p.yaml"
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+    exp = Experiment.from_file(tmp_path / "exp.yaml")
+    assert modality_classes(exp, "ecg") == ["normal", "LVH", "MI", "NORM"]
+    assert exp.manifest("ecg").read_as_normal == ("SR",)

@@ -187,6 +187,10 @@ def _print_prompt_coverage(exp) -> None:
         missing = missing_classes(prompt_set_for(exp, m), modality_classes(exp, m)[1:])
         table.add_row(m, source, ", ".join(missing) or "none")
     console.print(table)
+    for m in exp.modalities:
+        if exp.manifest(m).read_as_normal:
+            console.print(f"{m}: labels read as the normal class (other names of it in the prompt set): "
+                          f"{', '.join(exp.manifest(m).read_as_normal)}")
     pairs = {tuple(sorted(pair)) for pair in retrieval_pairs(exp)} if exp.cfg.paired_manifests else set()
     if not pairs:
         return

@@ -114,7 +114,8 @@ class Experiment:
             if spec.manifest is None:
                 raise ConfigError(f"modalities.{modality}.manifest is not set in {self.config_path}")
             self._manifests[modality] = read_manifest(resolve_path(self.config_path, spec.manifest), modality,
-                                                      select_modality=True)
+                                                      select_modality=True,
+                                                      normal_labels=self.normal_spellings(modality))
         return self._manifests[modality]
 
     def paired_manifest(self, modality: str) -> Manifest:
@@ -123,8 +124,26 @@ class Experiment:
                               "for cross-modal retrieval")
         if modality not in self._paired_manifests:
             path = resolve_path(self.config_path, self.cfg.paired_manifests[modality])
-            self._paired_manifests[modality] = read_manifest(path, modality, select_modality=True)
+            self._paired_manifests[modality] = read_manifest(path, modality, select_modality=True,
+                                                             normal_labels=self.normal_spellings(modality))
         return self._paired_manifests[modality]
+
+    def normal_spellings(self, modality: str) -> tuple[str, ...]:
+        """Labels that mean a normal study for this modality beyond "normal" and "No Finding": the
+        aliases of 'normal' in its prompt file, else in the shipped prompt set of its name or of
+        the modality it is handled like (PTB-XL's "NORM" and "SR" for ECG). Read as a normal
+        study, they do not become a second normal class that zero-shot could never tell apart."""
+        from m3bind.eval.prompts import available_prompt_sets, load_prompt_file, load_prompt_set
+
+        spec = self._modality(modality)
+        if spec.prompts:
+            prompt_set = load_prompt_file(resolve_path(self.config_path, spec.prompts))
+        else:
+            shipped = modality if modality in available_prompt_sets() else spec.like
+            if shipped not in available_prompt_sets():
+                return ()
+            prompt_set = load_prompt_set(shipped)
+        return tuple(prompt_set.aliases.get(prompt_set.find("normal") or "normal", ()))
 
     def preprocess(self, modality: str):
         """The preprocessing of the modality's studies: a published model's own (what its adapter

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,9 @@ class Manifest:
     # Each table row's 1-based data row in ``source`` (None: the table is the whole file, in
     # order). A split keeps them, so an error on its 3rd study names the row a user can find.
     source_rows: np.ndarray | None = None
+    # Labels of the file read as the normal class (other spellings of it the caller named, such
+    # as PTB-XL's "NORM"), for the reports to say so.
+    read_as_normal: tuple[str, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -62,7 +66,8 @@ class Manifest:
         mask = (self.table["split"] == name).to_numpy()
         rows = self.table[mask].reset_index(drop=True)
         source_rows = np.arange(1, len(self.table) + 1) if self.source_rows is None else self.source_rows
-        return Manifest(self.source, rows, self.modality, source_rows=source_rows[mask])
+        return Manifest(self.source, rows, self.modality, source_rows=source_rows[mask],
+                        read_as_normal=self.read_as_normal)
 
     def absolute_path(self, i: int) -> Path:
         return self.root / str(self.table.at[i, "path"])
@@ -141,14 +146,15 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def read_manifest(path: str | Path, modality: str | None = None, check_files: bool = True,
-                  select_modality: bool = False) -> Manifest:
+                  select_modality: bool = False, normal_labels: Collection[str] = ()) -> Manifest:
     """Read and validate a manifest.
 
     ``modality``: when given, rows whose ``modality`` column says otherwise are an error, and a
     missing column is filled with it; with ``select_modality``, a file whose ``modality`` column
     names several modalities is one table for all of them, and only ``modality``'s rows are read
     (keeping their row numbers in the file for messages). ``check_files``: every ``path`` must
-    exist on disk.
+    exist on disk. ``normal_labels``: more spellings of the normal class than
+    :data:`NORMAL_LABELS` (a modality's prompt set's aliases of 'normal'); they are read as normal.
     """
     path = Path(path)
     if not path.exists():
@@ -180,12 +186,30 @@ def read_manifest(path: str | Path, modality: str | None = None, check_files: bo
     source_rows = None
     if select_modality and modality is not None:
         table, source_rows = _rows_of_modality(path, table, modality)
+    read_as_normal: tuple[str, ...] = ()
+    if normal_labels:
+        table["labels"], read_as_normal = _without_labels(table["labels"], normal_labels)
     table["labels"] = one_spelling_per_label(table["labels"])
 
     for i, record in enumerate(table.itertuples(index=False)):
         row = i + 1 if source_rows is None else int(source_rows[i])
         _validate_row(path, row, record._asdict(), modality, check_files)
-    return Manifest(path, table.reset_index(drop=True), modality, source_rows=source_rows)
+    return Manifest(path, table.reset_index(drop=True), modality, source_rows=source_rows,
+                    read_as_normal=read_as_normal)
+
+
+def _without_labels(cells: pd.Series, names: Collection[str]) -> tuple[pd.Series, tuple[str, ...]]:
+    """The labels column without the labels ``names`` spell (any case or spacing), and the
+    spellings that were found."""
+    keys = {label_key(name) for name in names}
+    found: set[str] = set()
+    out = []
+    for cell in cells:
+        labels = parse_labels(cell)
+        kept = [label for label in labels if label_key(label) not in keys]
+        found.update(label for label in labels if label_key(label) in keys)
+        out.append(LABEL_SEPARATOR.join(kept) if len(kept) < len(labels) else cell)
+    return pd.Series(out, index=cells.index, dtype=object), tuple(sorted(found))
 
 
 def _rows_of_modality(path: Path, table: pd.DataFrame, modality: str) -> tuple[pd.DataFrame, np.ndarray | None]:

@@ -270,6 +270,10 @@ def _prompt_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
         if origin not in ("file", m, None):
             notes.append(f"{m}: no prompt file; handled like {origin}, it takes the shipped {origin} prompt set, "
                          f"which describes at least half of its findings.")
+        normal = exp.manifest(m).read_as_normal
+        if normal:
+            notes.append(f"{m}: the labels {', '.join(normal)} are read as the normal class (the prompt set names "
+                         f"them as other names of 'normal'), not as findings.")
         missing = missing_classes(prompt_set_for(exp, m), modality_classes(exp, m))
         if missing and has_findings(exp, m):
             notes.append(f"{m}: no prompt-file entry for {', '.join(missing)}: these classes use naive prompts made "
