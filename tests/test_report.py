@@ -265,6 +265,16 @@ def test_markdown_header_and_zero_shot_table(written):
     assert "| bound | " not in ecg.split("Presence", 1)[1]
 
 
+def test_zero_shot_size_line_says_how_many_multi_finding_studies_only_presence_scores(tmp_path):
+    report = make_report()
+    presence = {**real_outputs()["presence"], "n": 75}
+    report["zero_shot"]["xray"]["m3bind"]["presence"] = presence
+    write_report(report, tmp_path, embeddings=make_embeddings())
+    xray = (tmp_path / "report.md").read_text(encoding="utf-8").split("### xray", 1)[1].split("###", 1)[0]
+    assert ("60 test studies of 75 (the 15 with several findings are scored only in the presence table); "
+            "3 classes (normal, a, b)") in xray
+
+
 def test_markdown_few_shot_table(written):
     _, out, _ = written
     md = (out / "report.md").read_text(encoding="utf-8")

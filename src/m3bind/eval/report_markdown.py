@@ -166,8 +166,11 @@ def _zero_shot_sizes(entries: list[tuple[str, ZeroShotEntry]]) -> list[str]:
     n = _first(s.n for s in scores)
     classes = _first(s.classes for s in scores)
     majority = _first(s.majority_rate for s in scores)
+    # Presence scores every study; the classification tables only single-finding ones.
+    total = _first(e.presence.n for _, e in entries if e.presence is not None)
     if n is not None:
-        parts.append(f"{n} test studies")
+        parts.append(f"{n} test studies" + (f" of {total} (the {total - n} with several findings are scored only "
+                                            f"in the presence table)" if total and total > n else ""))
     if classes:
         parts.append(f"{len(classes)} classes ({', '.join(classes)})")
     if majority is not None:
