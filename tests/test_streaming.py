@@ -236,3 +236,21 @@ def test_auto_caches_what_trains_from_pixels_or_skips_and_streams_frozen_publish
     shutil.rmtree(tmp_path / "run")
     assert isinstance(config(saved_model, cache_limit_gb=6e-5).studies("xray", "train").images, StreamedImages)
     assert isinstance(config(saved_model, cache_limit_gb=7e-5).studies("xray", "train").images, RowStore)
+
+
+def test_a_wfdb_record_is_fingerprinted_by_header_and_signal_whichever_name_the_manifest_uses(tmp_path):
+    """A replaced signal file must rebuild the cache also when the manifest names the record bare
+    ('rec') or by its signal file ('rec.dat'); a bare DICOM file name stays itself."""
+    import os
+
+    from m3bind.experiment import _file_fingerprint
+
+    (tmp_path / "rec.hea").write_text("rec 1 500 10\n")
+    (tmp_path / "rec.dat").write_bytes(b"\0" * 20)
+    (tmp_path / "IM0001").write_bytes(b"dicom")
+    before = {name: _file_fingerprint(tmp_path / name) for name in ("rec", "rec.hea", "rec.dat")}
+    assert all("rec.hea:" in f and "rec.dat:" in f for f in before.values())
+    (tmp_path / "rec.dat").write_bytes(b"\1" * 24)
+    os.utime(tmp_path / "rec.dat", ns=(1, 1))
+    assert all(_file_fingerprint(tmp_path / name) != before[name] for name in before)
+    assert _file_fingerprint(tmp_path / "IM0001").startswith("IM0001:5:")

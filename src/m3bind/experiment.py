@@ -29,8 +29,11 @@ def _file_fingerprint(path: Path) -> str:
     """Size and modification time of a study's files (a folder's files, a WFDB header's signal)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
+    elif path.suffix in ("", ".hea", ".dat"):  # a WFDB record, by any of its names: header and signal
+        named = dict.fromkeys([path, path.with_suffix(".hea"), path.with_suffix(".dat")])
+        files = [p for p in named if p.is_file()] or [path]
     else:
-        files = [path, *([path.with_suffix(".dat")] if path.suffix == ".hea" else [])]
+        files = [path]
     parts = []
     for file in files:
         try:
