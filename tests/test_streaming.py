@@ -254,3 +254,33 @@ def test_a_wfdb_record_is_fingerprinted_by_header_and_signal_whichever_name_the_
     os.utime(tmp_path / "rec.dat", ns=(1, 1))
     assert all(_file_fingerprint(tmp_path / name) != before[name] for name in before)
     assert _file_fingerprint(tmp_path / "IM0001").startswith("IM0001:5:")
+
+
+def test_what_reading_leaves_out_of_a_study_file_is_counted_per_split_and_kept_with_the_cache(tmp_path):
+    """A 15-lead ECG (the 12 leads and Frank's X, Y, Z) trains on its 12 leads; the split says
+    how many studies lost which channels, naming the first, instead of dropping them silently."""
+    import wfdb
+
+    from m3bind.data.datasets import read_notes
+
+    leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(5):
+        names = leads + (["vx", "vy", "vz"] if i != 1 else [])
+        wfdb.wrsamp(f"r{i}", fs=500, units=["mV"] * len(names), sig_name=names,
+                    p_signal=rng.normal(0, 0.3, (5000, len(names))), fmt=["16"] * len(names), write_dir=str(tmp_path))
+        rows.append({"path": f"r{i}.hea", "text": f"report {i}", "split": "train"})
+    manifest = write_manifest(pd.DataFrame(rows), tmp_path / "ecg.csv")
+    cfg = {"output_dir": str(tmp_path / "run"), "demo_sizes": True, "data": {"workers": 0},
+           "modalities": {"ecg": {"manifest": str(manifest)}}}
+    exp = Experiment(parse_config(cfg))
+    assert len(exp.studies("ecg", "train")) == 5
+    expected = {"ecg/train": ["4 studies: channels not used: vx, vy, vz (first: row 1 (r0.hea))"]}
+    assert exp.read_notes() == expected
+    assert Experiment(parse_config(cfg)).studies("ecg", "train").read_notes[0].count == 4  # from the cache
+    again = Experiment(parse_config(cfg))
+    again.studies("ecg", "train")
+    assert again.read_notes() == expected
+    assert read_notes({"other_series_left_out": ["1.2.3: 1 file(s)"]}) == ["other DICOM series left out: 1"]
+    assert read_notes({"dropped_channels": []}) == []

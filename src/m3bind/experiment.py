@@ -177,7 +177,7 @@ class Experiment:
         (see :meth:`study_cache_key`), then served from it a batch at a time; or, where the
         modality is not cached (:meth:`caches_studies`) and no cache of the split exists yet,
         read from the study files on every access."""
-        from m3bind.data.datasets import SkippedItem, StreamedImages, stream_studies
+        from m3bind.data.datasets import ReadNote, SkippedItem, StreamedImages, stream_studies
         from m3bind.data.store import RowStore
         from m3bind.data.transforms import build_transform
 
@@ -211,7 +211,9 @@ class Experiment:
             meta = json.loads(meta_path.read_text())
             studies = StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],
                                patient_ids=meta["patient_ids"], rows=meta["rows"],
-                               skipped=[SkippedItem.from_meta(manifest, item) for item in meta["skipped"]])
+                               skipped=[SkippedItem.from_meta(manifest, item) for item in meta["skipped"]],
+                               read_notes=[ReadNote(str(n["note"]), int(n["count"]), str(n["first"]))
+                                           for n in meta.get("read_notes", [])])
         else:
             if cache.exists():  # a build killed half way: start again
                 shutil.rmtree(cache)
@@ -220,7 +222,8 @@ class Experiment:
                                         limits=self.cfg.data.read_limits)
             atomic_write_text(meta_path, json.dumps({
                 "texts": studies.texts, "labels": studies.labels, "patient_ids": studies.patient_ids,
-                "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped]}))
+                "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped],
+                "read_notes": [vars(note) for note in studies.read_notes]}))
         studies.key = cache.name
         self._studies[memo] = studies
         return studies
@@ -256,6 +259,12 @@ class Experiment:
         """Every study left out so far under ``data.on_error: skip``, by modality and split."""
         return {f"{m}/{'paired-' if paired else ''}{split}": [str(item) for item in studies.skipped]
                 for (m, split, paired), studies in self._studies.items() if studies.skipped}
+
+    def read_notes(self) -> dict[str, list[str]]:
+        """What reading left out of the study files so far (ECG channels beyond the 12 leads,
+        other DICOM series), by modality and split; from splits held as on-disk copies."""
+        return {f"{m}/{'paired-' if paired else ''}{split}": [str(note) for note in studies.read_notes]
+                for (m, split, paired), studies in self._studies.items() if studies.read_notes}
 
     @property
     def device(self) -> torch.device:

@@ -50,6 +50,12 @@ class SkippedItem:
 
 def load_item(manifest: Manifest, i: int, transform: Callable, limits: ReadLimits | None = None) -> torch.Tensor:
     """Read and preprocess study ``i``; any failure becomes a DataError naming the file and row."""
+    return load_item_noting(manifest, i, transform, limits)[0]
+
+
+def load_item_noting(manifest: Manifest, i: int, transform: Callable,
+                     limits: ReadLimits | None = None) -> tuple[torch.Tensor, list[str]]:
+    """:func:`load_item`, and what reading left out of the file (:func:`read_notes`)."""
     from m3bind.data.readers import read_study  # readers import heavy format libraries
 
     path = manifest.absolute_path(i)
@@ -60,7 +66,43 @@ def load_item(manifest: Manifest, i: int, transform: Callable, limits: ReadLimit
         raise DataError(exc.path or path, exc.problem, row=manifest.file_row(i)) from exc
     if not torch.isfinite(tensor).all():
         raise DataError(path, "non-finite values after preprocessing", row=manifest.file_row(i))
-    return tensor
+    return tensor, read_notes(study.meta)
+
+
+def read_notes(meta: dict) -> list[str]:
+    """What a reader left out of a study file that a user would want to know about: ECG channels
+    that are not one of the standard 12 leads (Frank leads, a rhythm strip), and the other
+    series of a DICOM folder (a scout, a localizer)."""
+    notes = []
+    if meta.get("dropped_channels"):
+        notes.append(f"channels not used: {', '.join(map(str, meta['dropped_channels']))}")
+    if meta.get("other_series_left_out"):
+        notes.append(f"other DICOM series left out: {len(meta['other_series_left_out'])}")
+    return notes
+
+
+@dataclass
+class ReadNote:
+    """One kind of :func:`read_notes` note and the studies of a split it applies to."""
+
+    note: str
+    count: int
+    first: str  # "row N (path)" of the first study, for the user to look at
+
+    def __str__(self) -> str:
+        return f"{self.count} studies: {self.note} (first: {self.first})"
+
+
+def collect_read_notes(items: list[dict]) -> list[ReadNote]:
+    """The notes of a split's studies grouped by note, in order of first appearance."""
+    grouped: dict[str, ReadNote] = {}
+    for item in items:
+        for note in item.get("notes", ()):
+            if note in grouped:
+                grouped[note].count += 1
+            else:
+                grouped[note] = ReadNote(note, 1, f"row {item['file_row']} ({item['path']})")
+    return list(grouped.values())
 
 
 class StudyDataset(Dataset):
@@ -76,10 +118,11 @@ class StudyDataset(Dataset):
         return len(self.manifest)
 
     def __getitem__(self, i: int) -> dict:
-        image = load_item(self.manifest, i, self.transform, self.limits)
+        image, notes = load_item_noting(self.manifest, i, self.transform, self.limits)
         table = self.manifest.table
         return {"image": image, "text": str(table.at[i, "text"]), "labels": self.manifest.labels(i),
-                "row": i + 1, "patient_id": str(table.at[i, "patient_id"])}
+                "row": i + 1, "patient_id": str(table.at[i, "patient_id"]), "notes": notes,
+                "file_row": self.manifest.file_row(i), "path": str(table.at[i, "path"])}
 
 
 def default_workers() -> int:
@@ -107,6 +150,7 @@ class StudySet:
     patient_ids: list[str]
     rows: list[int]
     skipped: list[SkippedItem] = field(default_factory=list)
+    read_notes: list[ReadNote] = field(default_factory=list)  # what reading left out of the files
     # What the rows are (modality, split and the cache key of the manifest rows, files and
     # preprocessing), so that tables computed from them can be found again; "" for hand-built sets.
     key: str = ""
@@ -223,7 +267,7 @@ def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_
                                          f"{skipped[0] if skipped else '-'})")
     studies = StudySet(images=RowStore(directory), texts=[k["text"] for k in kept],
                        labels=[k["labels"] for k in kept], patient_ids=[k["patient_id"] for k in kept],
-                       rows=[k["row"] for k in kept], skipped=skipped)
+                       rows=[k["row"] for k in kept], skipped=skipped, read_notes=collect_read_notes(kept))
     return studies, kept
 
 

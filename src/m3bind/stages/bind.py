@@ -45,7 +45,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
                            "loss_weights": balance.loss_weights},
                "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
                "before": before, "after": after,
-               "skipped_studies": exp.skipped_studies()}
+               "skipped_studies": exp.skipped_studies(), "read_notes": exp.read_notes()}
     on_main_process(lambda: write_summary(bind_dir(exp) / "summary.json", summary))
     return summary
 

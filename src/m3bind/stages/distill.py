@@ -47,7 +47,7 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
                "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
                "zero_shot_student": zero_shot, "retrieval_before": before_retrieval,
                "retrieval_after": after_retrieval, "final_losses": outcome.history[-1] if outcome.history else {},
-               "skipped_studies": exp.skipped_studies()}
+               "skipped_studies": exp.skipped_studies(), "read_notes": exp.read_notes()}
     on_main_process(lambda: write_summary(exp.out_dir / "distill" / "summary.json", summary))
     for m, z in zero_shot.items():
         log(f"{m}: zero-shot accuracy with the student text encoder {describe_zero_shot(z)}")

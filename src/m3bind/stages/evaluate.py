@@ -514,6 +514,8 @@ def _notes(exp: Experiment, names: Sequence[str], rule_choice: dict, pairs: list
                  "(retrieval); differences use the same resamples for both sides (paired).")
     notes.append("Few-shot probes use frozen image embeddings; binding trains text-side LoRA and linear heads, so "
                  "the probes of the variants differ only through the heads.")
+    for split, items in exp.read_notes().items():
+        notes.append(f"{split}: reading left part of some study files out: " + "; ".join(items))
     for split, items in exp.skipped_studies().items():
         notes.append(f"{len(items)} unreadable {split} studies were left out (data.on_error: skip): "
                      + "; ".join(items[:20]) + (" ..." if len(items) > 20 else ""))

@@ -60,7 +60,8 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         zero_shot = modality_zero_shot(exp, modality, native_view(model))
         results[modality] = {"train_studies": len(train), "final_loss": outcome.history[-1]["loss"]
                              if outcome.history else None, "zero_shot": zero_shot,
-                             "skipped_studies": [str(item) for item in train.skipped]}
+                             "skipped_studies": [str(item) for item in train.skipped],
+                             "read_notes": [str(note) for note in train.read_notes]}
         log(f"{modality}: zero-shot accuracy {describe_zero_shot(zero_shot)}")
     summary = exp.out_dir / "pretrain" / "summary.json"
     previous = json.loads(summary.read_text()) if summary.exists() else {}
