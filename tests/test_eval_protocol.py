@@ -368,6 +368,38 @@ def test_a_dataset_without_validation_rows_gets_no_stage_zero_shot_line(run, tmp
     assert result["n"] == 0 and result["split"] == "val"
 
 
+def test_a_modality_whose_studies_all_have_several_findings_says_why_it_has_no_zero_shot_accuracy(run, tmp_path):
+    """Zero-shot classification scores single-finding studies; a split where every study has
+    several findings has none to score, and the stage line and the report say that, not 'no
+    val studies' or a table of dashes without a word."""
+    from m3bind.stages import run_eval
+
+    root, exp, _ = run
+    shutil.copytree(root / "cohort", tmp_path / "cohort")
+    manifest = tmp_path / "cohort" / "xray" / "manifest.csv"
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    table.loc[table.split != "train", "labels"] = "cardiomegaly|pleural effusion"
+    table.to_csv(manifest, index=False)
+    config = _config(tmp_path, "run", lambda0_control=False, student_check={"enabled": False})
+    config["modalities"] = {m: {**spec, "model": {"type": "builtin", "path": str(exp.pretrained_dir(m))}}
+                            for m, spec in config["modalities"].items()}
+    several = Experiment(parse_config(config))
+    from m3bind.models.binding import BoundModality
+
+    result = modality_zero_shot(several, "xray", BoundModality(several.load_unbound("xray"), several.cfg.shared_dim))
+    assert result["n"] == 0
+    assert protocol.describe_zero_shot(result) == ("not measured: every val study has several findings (zero-shot "
+                                                   "classification scores single-finding studies)")
+    shutil.copytree(root / "run" / "bind", tmp_path / "run" / "bind")
+    report = run_eval(several, command="test", log=lambda _: None, few_shot=False)
+    assert all(entry["expert"] is None for entry in report["zero_shot"]["xray"].values())
+    assert all(entry["presence"]["n"] == int((table.split == "test").sum())
+               for entry in report["zero_shot"]["xray"].values())
+    assert any(n.startswith("xray: zero-shot classification not measured: every test study has several findings")
+               for n in report["notes"])
+    assert not any(n.startswith("ct: zero-shot classification not measured") for n in report["notes"])
+
+
 def test_embed_texts_encodes_each_distinct_text_once_shortest_first_and_keeps_order():
     """One row per input text, in the input's order, although duplicates are encoded once and
     batches go shortest first (the real reports repeat a third of their texts)."""

@@ -204,7 +204,8 @@ def modality_zero_shot(exp: Experiment, modality: str, view, style: str = "exper
     scores = zero_shot_scores(view, exp.studies(modality, split), classes,
                               class_prompts(exp, modality, classes, style, rule), rule)
     if scores is None:
-        return {"accuracy": float("nan"), "n": 0, **described}
+        return {"accuracy": float("nan"), "n": 0, "not_measured": f"every {split} study has several findings "
+                "(zero-shot classification scores single-finding studies)", **described}
     return {"accuracy": scores.metrics()["accuracy"], "n": scores.n, **described}
 
 

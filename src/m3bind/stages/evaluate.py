@@ -373,6 +373,11 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
                 if m in views:
                     report["zero_shot"][m][v], raw[m][v] = zero_shot_tables(exp, m, views[m],
                                                                             embeddings(v, m, views[m]), rule, bootstrap)
+        entries = report["zero_shot"][m].values()
+        if entries and all(entry["expert"] is None for entry in entries):
+            report["notes"].append(f"{m}: zero-shot classification not measured: every test study has several "
+                                   "findings, and the classification tables score single-finding studies; the "
+                                   "presence table scores every study.")
         if few_shot and not _probe_classes_ok(exp, m):
             report["notes"].append(f"{m}: few-shot probes skipped: the training split's single-label studies "
                                    "cover fewer than two classes, and a probe needs two.")
