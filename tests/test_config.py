@@ -6,12 +6,41 @@ from m3bind.errors import ConfigError
 
 
 def test_defaults_match_the_paper():
-    cfg = parse_config({})
+    cfg = parse_config({"recipe": "paper"})
     assert cfg.shared_dim == 512
     assert cfg.bind.lambda_text == 10.0
     assert cfg.bind.lr == 2e-5
     assert cfg.bind.balance.beta == 0.5
     assert (cfg.bind.lora.r, cfg.bind.lora.alpha, cfg.bind.lora.dropout) == (8, 8.0, 0.1)
+
+
+def test_the_recipe_fills_what_a_file_leaves_out_by_the_kind_of_models_and_never_what_it_sets():
+    from m3bind.config import BUILTIN_RECIPE
+
+    builtin = parse_config({"modalities": {"xray": {}, "heart": {"like": "ecg"}}})
+    assert builtin.resolved_recipe == "builtin"
+    for path, values in BUILTIN_RECIPE.items():
+        section = builtin
+        for part in filter(None, path.split(".")):
+            section = getattr(section, part)
+        assert {key: getattr(section, key) for key in values} == values, path
+    assert builtin.distill.kd_weight == builtin.shared_dim == 256
+    assert builtin.modalities["heart"].preprocess == {"normalize": "none"} and builtin.modalities["xray"].preprocess == {}
+    # One published model (or a pretrained student) makes it the paper's.
+    published = parse_config({"modalities": {"xray": {"model": {"type": "mgca", "path": "m.ckpt"}}, "ecg": {}}})
+    assert published.resolved_recipe == "paper"
+    assert (published.shared_dim, published.bind.lr, published.bind.label_aware, published.distill.student.pooling,
+            published.distill.kd_weight, published.modalities["ecg"].preprocess) == (512, 2e-5, False, "cls", 1.0, {})
+    assert parse_config({"modalities": {"xray": {}}, "distill": {"student": {"type": "minilm"}}}).resolved_recipe == "paper"
+    # Keys the file sets win, and kd_weight follows the shared_dim it sets.
+    mine = parse_config({"modalities": {"ecg": {"preprocess": {"normalize": "per_lead_zscore"}}}, "shared_dim": 64,
+                         "bind": {"lr": 1e-4, "label_aware": False}, "distill": {"student": {"pooling": "cls"}}})
+    assert (mine.shared_dim, mine.bind.lr, mine.bind.label_aware, mine.bind.lambda_text, mine.distill.kd_weight,
+            mine.distill.student.pooling, mine.modalities["ecg"].preprocess) == (64, 1e-4, False, 30.0, 64.0, "cls",
+                                                                                 {"normalize": "per_lead_zscore"})
+    assert parse_config({"recipe": "paper", "modalities": {"xray": {}}}).bind.lr == 2e-5
+    # A resolved config written out and read again is the same config.
+    assert parse_config(builtin.model_dump(mode="json")) == builtin
 
 
 def test_unknown_nested_key_names_path_allowed_keys_and_suggestion():

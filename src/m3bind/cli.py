@@ -110,7 +110,8 @@ def config_command(path: Optional[Path] = typer.Argument(None, help="A YAML conf
         cfg = load_config(path)
         if data:
             _print_manifests(path)
-        console.print(f"[green]{path}: valid[/] ({len(cfg.modalities)} modalities: {', '.join(cfg.modalities)})")
+        console.print(f"[green]{path}: valid[/] ({len(cfg.modalities)} modalities: {', '.join(cfg.modalities)}; "
+                      f"defaults of the {cfg.resolved_recipe} recipe for the keys it leaves out)")
 
 
 def _print_manifests(config: Path) -> None:
