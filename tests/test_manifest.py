@@ -226,3 +226,17 @@ def test_one_table_for_several_modalities_gives_each_its_own_rows_with_their_fil
     only_ct = write_manifest(pd.DataFrame([{**rows[0], "modality": "ct"}]), tmp_path / "ct.csv")
     with pytest.raises(DataError, match="row 1, column 'modality': modality 'ct' but this manifest is used for 'xray'"):
         read_manifest(only_ct, "xray", select_modality=True)
+
+
+def test_spreadsheet_exports_read_whatever_their_separator(tmp_path):
+    """Excel writes ';' between columns where ';' is the list separator, and a BOM; a tab-separated
+    export is .tsv. A report holding the other separator stays one cell."""
+    (tmp_path / "s0.npy").write_bytes(b"x")
+    rows = ["path;text;labels;split", 's0.npy;"Effusion, small";Effusion|Edema;train', "s0.npy;Clear, no effusion.;;test"]
+    (tmp_path / "semi.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n")
+    (tmp_path / "tabs.tsv").write_text("\n".join(r.replace(";", "\t") for r in rows) + "\n")
+    for name in ("semi.csv", "tabs.tsv"):
+        manifest = read_manifest(tmp_path / name)
+        assert list(manifest.table.columns)[:4] == ["path", "text", "labels", "split"], name
+        assert manifest.table["text"].tolist() == ["Effusion, small", "Clear, no effusion."], name
+        assert manifest.labels(0) == ["Effusion", "Edema"] and manifest.table["split"].tolist() == ["train", "test"]

@@ -130,9 +130,14 @@ def _where_not_utf8(path: Path) -> str:
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = "".join(path.suffixes[-2:]).lower() if path.name.endswith(".gz") else path.suffix.lower()
     try:
-        if suffix in (".csv", ".csv.gz"):
+        if suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz"):
             # Everything as text: ids like "00123" must not lose their zeros.
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if ".tsv" in suffix else ",")
+            header = str(table.columns[0]) if len(table.columns) == 1 else ""
+            # A spreadsheet saved where ';' is the list separator (much of Europe) writes ';' between
+            # columns; one column whose name holds the separator is that, not a one-column table.
+            separator = next((sep for sep in (";", "\t") if sep in header), None)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, sep=separator) if separator else table
         if suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
             return pd.read_json(path, lines=True, dtype=False)
         if suffix in (".parquet", ".pq"):
@@ -142,7 +147,7 @@ def _read_table(path: Path) -> pd.DataFrame:
                               "(spreadsheet exports often use Latin-1 or Windows-1252)") from exc
     except _TABLE_ERRORS as exc:
         raise DataError(path, f"cannot parse manifest: {exc}") from exc
-    raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv, .jsonl or .parquet")
+    raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv (or .tsv), .jsonl or .parquet")
 
 
 def read_manifest(path: str | Path, modality: str | None = None, check_files: bool = True,
@@ -327,5 +332,5 @@ def write_manifest(table: pd.DataFrame, path: str | Path) -> Path:
     elif suffix in (".parquet", ".pq"):
         table.to_parquet(path, index=False)
     else:
-        raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv, .jsonl or .parquet")
+        raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv (or .tsv), .jsonl or .parquet")
     return path
