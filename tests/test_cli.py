@@ -111,3 +111,9 @@ def test_config_reads_one_table_shared_by_several_modalities_and_names_rows_nobo
     assert rows["xray"][:5] == ["training", "1", "0", "1", "2"]
     assert rows["retina"][:5] == ["training", "1", "1", "1", "3"]
     assert "rows not read (1 of 'mri'): no modality of the config by that name uses this file" in result.output
+    (tmp_path / "all.csv").write_text((tmp_path / "all.csv").read_text().replace("Glaucoma", '"Glaucoma, Cataract"'))
+    result = runner.invoke(app, ["config", str(config)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert ("retina: 1 classes hold ',' or ';' (e.g. 'Glaucoma, Cataract'); findings are separated by '|'"
+            in result.output)
+    assert "xray: 1 classes hold" not in result.output

@@ -142,6 +142,12 @@ def _print_manifests(config: Path) -> None:
         table.add_row(modality, kind, *(str(int(counts.get(split, 0))) for split in ("train", "val", "test")),
                       str(patients), shown if kind == "training" else "", "x".join(map(str, first.shape)))
     console.print(table)
+    for modality in exp.modalities:
+        joined = [name for name in exp.manifest(modality).label_names() if any(sep in name for sep in ",;")]
+        if joined:
+            console.print(f"[yellow]note:[/] {modality}: {len(joined)} classes hold ',' or ';' (e.g. "
+                          f"'{joined[0]}'); findings are separated by '|' in a labels cell, so each such cell "
+                          "is one class")
     _print_unused_rows(exp)
     _print_prompt_coverage(exp)
 
