@@ -393,3 +393,19 @@ def test_a_study_folder_with_a_localizer_reads_its_main_series(tmp_path):
     with pytest.raises(DataError, match=r"study: folder mixes 2 DICOM series and the largest two have 4 slice "
                                         r"files each; put each series in its own folder"):
         read_study(folder)
+
+
+def test_a_folder_mixing_bare_named_slices_and_dcm_files_reads_all_of_them(tmp_path):
+    """IM0000... beside a scout saved as scout.dcm: the bare-named slices are the series, not
+    files to overlook because some name ends in .dcm (that read the 1-slice scout as the study)."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for z in range(5):
+        write_dicom(folder / f"IM{z:04d}", np.full((3, 4), z, dtype=np.uint16), slope=1, intercept=-1000,
+                    position=(0.0, 0.0, 2.0 * z), series_uid="1.2.3.axial")
+    write_dicom(folder / "scout.dcm", np.full((5, 6), 7, dtype=np.uint16), position=(0.0, 0.0, 0.0),
+                series_uid="1.2.3.scout")
+    (folder / "notes.txt").write_text("not an image")
+    study = read_study(folder)
+    assert study.array.shape == (5, 3, 4) and study.meta["n_files"] == 5
+    assert study.meta["other_series_left_out"] == ["1.2.3.scout: 1 file(s)"]

@@ -282,5 +282,6 @@ def test_what_reading_leaves_out_of_a_study_file_is_counted_per_split_and_kept_w
     again = Experiment(parse_config(cfg))
     again.studies("ecg", "train")
     assert again.read_notes() == expected
-    assert read_notes({"other_series_left_out": ["1.2.3: 1 file(s)"]}) == ["other DICOM series left out: 1"]
+    assert read_notes({"other_series_left_out": ["1.2.3: 1 file(s)"]}) == [
+        "1 other DICOM series in the folder left out (the study is its series with the most slices)"]
     assert read_notes({"dropped_channels": []}) == []

@@ -77,7 +77,8 @@ def read_notes(meta: dict) -> list[str]:
     if meta.get("dropped_channels"):
         notes.append(f"channels not used: {', '.join(map(str, meta['dropped_channels']))}")
     if meta.get("other_series_left_out"):
-        notes.append(f"other DICOM series left out: {len(meta['other_series_left_out'])}")
+        notes.append(f"{len(meta['other_series_left_out'])} other DICOM series in the folder left out (the study "
+                     "is its series with the most slices)")
     return notes
 
 

@@ -482,11 +482,10 @@ def _read_dicom_series(folder: Path, limits: ReadLimits) -> Study:
 
 
 def _dicom_files_in(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
-    if not files:  # DICOM exports often use bare names such as IM0001
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and p.name != "DICOMDIR" and pydicom.misc.is_dicom(p))
-    return files
+    # DICOM exports often use bare names such as IM0001, and one folder may mix them with .dcm
+    # files (a scout saved apart as scout.dcm): every DICOM file counts, whatever its name.
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
+                  and (p.suffix.lower() == ".dcm" or pydicom.misc.is_dicom(p)))
 
 
 def _main_series(folder: Path, files: list[Path], headers: list[pydicom.Dataset]
