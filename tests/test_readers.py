@@ -373,16 +373,22 @@ def test_a_dicom_no_decoder_reads_says_so_instead_of_corrupt():
         read_study(path)
 
 
-def test_a_study_folder_with_a_localizer_reads_its_main_series(tmp_path):
-    """PACS exports put the scout beside the axial series: the series with the most slices is the
-    study (the other is listed in the metadata); two series of equal size are refused."""
-    folder = tmp_path / "study"
+def _axial_series_and_scout(folder, slice_names):
+    """A study folder as PACS exports it: axial slices (value z on slice z, 2 mm apart) and a
+    one-file scout series, scout.dcm."""
     folder.mkdir()
-    for z in range(4):
-        write_dicom(folder / f"ax{z}.dcm", np.full((3, 4), z, dtype=np.uint16), slope=1, intercept=-1000,
+    for z, name in enumerate(slice_names):
+        write_dicom(folder / name, np.full((3, 4), z, dtype=np.uint16), slope=1, intercept=-1000,
                     position=(0.0, 0.0, 2.0 * z), series_uid="1.2.3.axial")
     write_dicom(folder / "scout.dcm", np.full((5, 6), 7, dtype=np.uint16), position=(0.0, 0.0, 0.0),
                 orientation=(1, 0, 0, 0, 0, -1), series_uid="1.2.3.scout")
+    return folder
+
+
+def test_a_study_folder_with_a_localizer_reads_its_main_series(tmp_path):
+    """PACS exports put the scout beside the axial series: the series with the most slices is the
+    study (the other is listed in the metadata); two series of equal size are refused."""
+    folder = _axial_series_and_scout(tmp_path / "study", [f"ax{z}.dcm" for z in range(4)])
     study = read_study(folder)
     assert study.array.shape == (4, 3, 4)
     np.testing.assert_array_equal(study.array[:, 0, 0], [-1000, -999, -998, -997])
@@ -398,13 +404,7 @@ def test_a_study_folder_with_a_localizer_reads_its_main_series(tmp_path):
 def test_a_folder_mixing_bare_named_slices_and_dcm_files_reads_all_of_them(tmp_path):
     """IM0000... beside a scout saved as scout.dcm: the bare-named slices are the series, not
     files to overlook because some name ends in .dcm (that read the 1-slice scout as the study)."""
-    folder = tmp_path / "study"
-    folder.mkdir()
-    for z in range(5):
-        write_dicom(folder / f"IM{z:04d}", np.full((3, 4), z, dtype=np.uint16), slope=1, intercept=-1000,
-                    position=(0.0, 0.0, 2.0 * z), series_uid="1.2.3.axial")
-    write_dicom(folder / "scout.dcm", np.full((5, 6), 7, dtype=np.uint16), position=(0.0, 0.0, 0.0),
-                series_uid="1.2.3.scout")
+    folder = _axial_series_and_scout(tmp_path / "study", [f"IM{z:04d}" for z in range(5)])
     (folder / "notes.txt").write_text("not an image")
     study = read_study(folder)
     assert study.array.shape == (5, 3, 4) and study.meta["n_files"] == 5
