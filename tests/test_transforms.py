@@ -223,6 +223,13 @@ def test_ecg_bad_inputs():
     transform = build_transform("ecg")
     with pytest.raises(DataError, match=r"rec\.hea.*6 leads \(1, 2, 3, 4, 5, 6\), expected 12"):
         transform(ecg_study(np.zeros((6, 1000)), fs=500))
+    # (samples, leads) instead of (leads, samples): a short message that says so, not 5000 lead names
+    with pytest.raises(DataError) as transposed:
+        transform(ecg_study(np.zeros((5000, 12)), fs=500))
+    message = str(transposed.value)
+    assert "ECG has 5000 leads (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, ... (4985 more)), expected 12" in message
+    assert message.endswith("an array of shape (5000, 12) looks transposed: leads go first, (leads, samples)")
+    assert len(message) < 400
     gappy = np.zeros((12, 1000))
     gappy[7, 5] = np.nan
     with pytest.raises(DataError, match=r"rec\.hea.*1 NaN samples in lead 8"):

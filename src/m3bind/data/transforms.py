@@ -248,13 +248,18 @@ def _preprocess_ecg(study: Study, spec: ECGPreprocess) -> torch.Tensor:
     if signal.shape[0] != spec.leads:
         derived = twelve_from_eight_leads(signal, lead_names_of(study)) if spec.leads == 12 else None
         if derived is None:
-            raise _fail(study, f"ECG has {signal.shape[0]} leads ({', '.join(lead_names_of(study))}), expected "
-                               f"{spec.leads}" + (" (or the 8 independent leads I, II, V1-V6, from which the others "
-                                                  "are derived)" if spec.leads == 12 else ""))
+            names = lead_names_of(study)
+            shown = ", ".join(names[:15]) + (f", ... ({len(names) - 15} more)" if len(names) > 15 else "")
+            transposed = (f"; an array of shape {tuple(signal.shape)} looks transposed: leads go first, (leads, samples)"
+                          if signal.ndim == 2 and signal.shape[1] == spec.leads else "")
+            raise _fail(study, f"ECG has {signal.shape[0]} leads ({shown}), expected {spec.leads}"
+                               + (" (or the 8 independent leads I, II, V1-V6, from which the others are derived)"
+                                  if spec.leads == 12 else "") + transposed)
         signal = derived
     fs_in = study.meta.get("fs")
     if fs_in is None:
-        raise _fail(study, "ECG has no sampling rate ('fs') in its metadata")
+        raise _fail(study, "ECG has no sampling rate ('fs') in its metadata (a .npy array states none: save "
+                           "ECGs as WFDB records or DICOM waveforms, which do)")
     signal = resample_signal(signal, float(fs_in), spec.fs)[:, :spec.n_samples()]
     if spec.normalize == "per_lead_zscore":
         signal = signal.astype(np.float64)  # float32 rounding gives a flat lead std ~1e-7
