@@ -240,3 +240,12 @@ def test_spreadsheet_exports_read_whatever_their_separator(tmp_path):
         assert list(manifest.table.columns)[:4] == ["path", "text", "labels", "split"], name
         assert manifest.table["text"].tolist() == ["Effusion, small", "Clear, no effusion."], name
         assert manifest.labels(0) == ["Effusion", "Edema"] and manifest.table["split"].tolist() == ["train", "test"]
+
+
+def test_a_table_of_many_other_columns_gets_a_short_error(tmp_path):
+    path = tmp_path / "wide.csv"
+    pd.DataFrame({f"c{i}": [1] for i in range(100)}).to_csv(path, index=False)
+    with pytest.raises(DataError) as error:
+        read_manifest(path)
+    assert str(error.value).endswith("missing required column(s) path, text; found columns c0, c1, c2, c3, c4, c5, "
+                                     "c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, ... (80 more)")
