@@ -122,3 +122,20 @@ def test_other_names_of_normal_in_the_prompt_set_are_normal_studies_not_a_second
     exp = Experiment.from_file(tmp_path / "exp.yaml")
     assert modality_classes(exp, "ecg") == ["normal", "LVH", "MI", "NORM"]
     assert exp.manifest("ecg").read_as_normal == ("SR",)
+
+
+def test_a_published_model_under_another_name_takes_the_prompts_of_the_modality_it_serves(tmp_path):
+    """MGCA is an X-ray model: named 'cxr' without `like`, its findings still meet the X-ray
+    prompts; an open_clip model told it serves 'retina' takes the fundus prompts."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    _manifest(tmp_path / "cxr.csv", "a.png", [("Effusion|PTX", "train", "a"), ("", "test", "b")])
+    _manifest(tmp_path / "eye.csv", "a.png", [("DR", "train", "a"), ("glaucoma", "test", "b")])
+    config = {"modalities": {"cxr": {"model": {"type": "mgca", "path": "m.ckpt"}, "manifest": "cxr.csv"},
+                             "eye": {"model": {"type": "open_clip", "path": "o", "options": {"modality": "retina"}},
+                                     "manifest": "eye.csv"},
+                             "other": {"model": {"type": "open_clip", "path": "o"}, "manifest": "eye.csv"}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+    exp = Experiment.from_file(tmp_path / "exp.yaml")
+    assert (exp.known_as("cxr"), exp.known_as("eye"), exp.known_as("other")) == ("xray", "retina", "pathology")
+    assert prompt_set_origin(exp, "cxr") == "xray" and prompt_set_origin(exp, "eye") == "retina"
+    assert prompt_set_origin(exp, "other") is None  # DR and glaucoma are not pathology findings

@@ -142,7 +142,7 @@ class Experiment:
         if spec.prompts:
             prompt_set = load_prompt_file(resolve_path(self.config_path, spec.prompts))
         else:
-            shipped = modality if modality in available_prompt_sets() else spec.like
+            shipped = modality if modality in available_prompt_sets() else self.known_as(modality)
             if shipped not in available_prompt_sets():
                 return ()
             prompt_set = load_prompt_set(shipped)
@@ -273,6 +273,20 @@ class Experiment:
         return resolve_device(self.cfg.device)
 
     # --- models -----------------------------------------------------------------------
+    def known_as(self, modality: str) -> str | None:
+        """The built-in modality a modality of any name is, for its prompts: its ``like``, else
+        the modality its published model serves (an MGCA model named 'cxr' is an X-ray model),
+        else None."""
+        from m3bind.modalities import MODALITY_NAMES
+        from m3bind.models.adapters import adapter_class
+
+        spec = self._modality(modality)
+        if spec.like:
+            return spec.like
+        field = getattr(adapter_class(spec.model.type), "options_class", None)
+        served = spec.model.options.get("modality") or (field.model_fields["modality"].default if field else None)
+        return served if served in MODALITY_NAMES else None
+
     def builtin_kind(self, modality: str) -> str:
         """The built-in modality whose facts (input kind, preprocessing defaults, built-in model
         sizes) ``modality`` takes: itself, or the config's ``like`` for a custom name."""

@@ -105,12 +105,13 @@ def prompt_set_origin(exp: Experiment, modality: str) -> str | None:
     # findings they describe. A mammography set handled like xray shares a word or two with the
     # chest findings ("mass") but not their meaning, so it gets naive prompts rather than chest
     # descriptions in a chest template: the set must know at least half of the findings.
-    if spec.like in available_prompt_sets():
-        shipped = load_prompt_set(spec.like)
+    kind = exp.known_as(modality)
+    if kind in available_prompt_sets():
+        shipped = load_prompt_set(kind)
         findings = exp.manifest(modality).label_names()
         known = sum(shipped.find(name) is not None for name in findings)
         if findings and 2 * known >= len(findings):
-            return spec.like
+            return kind
     return None
 
 

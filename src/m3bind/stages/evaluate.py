@@ -477,8 +477,9 @@ def _patient_overlap_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
 
 def _chest_xray_modality(exp: Experiment, names: Sequence[str]) -> str | None:
     """The modality whose text side the chest X-ray reports test: the one named ``xray``, else the
-    first handled like it (``like: xray``, e.g. ``cxr``), else None."""
-    xray_like = [m for m in names if exp.builtin_kind(m) == "xray"]
+    first handled like it (``like: xray``, e.g. ``cxr``, or an X-ray model such as MGCA under
+    another name), else None."""
+    xray_like = [m for m in names if m == "xray" or exp.known_as(m) == "xray"]
     return "xray" if "xray" in xray_like else next(iter(xray_like), None)
 
 
