@@ -401,6 +401,28 @@ def test_a_study_folder_with_a_localizer_reads_its_main_series(tmp_path):
         read_study(folder)
 
 
+def test_a_study_folder_of_series_subfolders_reads_its_largest_series(tmp_path):
+    """PACS exports lay a study out as Study/Series/IM0001: a manifest naming the study folder
+    gets its largest series (the axial one, not the scout), and the others are listed."""
+    study = tmp_path / "study"
+    study.mkdir()
+    _axial_series_and_scout(study / "2_axial", [f"IM{z:04d}" for z in range(6)])
+    (study / "2_axial" / "scout.dcm").rename(study / "scout.dcm")
+    (study / "1_scout").mkdir()
+    (study / "scout.dcm").rename(study / "1_scout" / "IM0000")
+    (study / "3_report").mkdir()
+    (study / "3_report" / "sr.txt").write_text("not DICOM")
+    read = read_study(study)
+    assert read.array.shape == (6, 3, 4) and read.meta["n_files"] == 6
+    np.testing.assert_array_equal(read.array[:, 0, 0], [-1000, -999, -998, -997, -996, -995])
+    assert read.meta["other_series_left_out"] == ["1.2.3.scout: 1 file(s)"]
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "a.txt").write_text("x")
+    with pytest.raises(DataError, match="empty: folder holds no DICOM files, nor do its subfolders"):
+        read_study(empty)
+
+
 def test_a_folder_mixing_bare_named_slices_and_dcm_files_reads_all_of_them(tmp_path):
     """IM0000... beside a scout saved as scout.dcm: the bare-named slices are the series, not
     files to overlook because some name ends in .dcm (that read the 1-slice scout as the study)."""

@@ -469,10 +469,15 @@ def _read_dicom_series(folder: Path, limits: ReadLimits) -> Study:
     """
     try:
         files = _dicom_files_in(folder)
+        if not files:
+            # A PACS export's study folder holds one subfolder per series (Study/Series/IM0001):
+            # their slices together are read like a folder mixing series, as its largest one.
+            files = [f for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+                     for f in _dicom_files_in(sub)]
     except OSError as exc:
         raise DataError(folder, f"cannot list the folder: {exc}") from exc
     if not files:
-        raise DataError(folder, "folder holds no DICOM files")
+        raise DataError(folder, "folder holds no DICOM files, nor do its subfolders")
     _refuse_if_larger(folder, "DICOM series", len(files), limits.max_frames, "slice files")
     headers = [_dcmread(f, stop_before_pixels=True) for f in files]
     try:
@@ -502,7 +507,8 @@ def _main_series(folder: Path, files: list[Path], headers: list[pydicom.Dataset]
     (_, keep), (_, runner_up) = ranked[0], ranked[1]
     if len(keep) == len(runner_up):
         raise DataError(folder, f"folder mixes {len(groups)} DICOM series and the largest two have "
-                                f"{len(keep)} slice files each; put each series in its own folder")
+                                f"{len(keep)} slice files each; put each series in its own folder and name that "
+                                f"folder in the manifest")
     left_out = [f"{uid or '(no SeriesInstanceUID)'}: {len(indices)} file(s)" for uid, indices in ranked[1:]]
     return [files[i] for i in keep], [headers[i] for i in keep], left_out
 
