@@ -572,6 +572,11 @@ def test_a_paired_set_that_pairs_nothing_is_refused_before_training(run, tmp_pat
     with pytest.raises(DataError, match=r"paired.xray\.csv: no patient_id of its 'val' rows is in the ecg paired "
                                         r"manifest's 'val' rows \(.*ecg\.csv\)"):
         protocol.check_paired_set(Experiment(parse_config(config)))
+    # One export wrote the ids as numbers (zeros lost) or in other case: the error says so.
+    table.assign(patient_id=table["patient_id"].str.lower()).to_csv(paired, index=False)
+    with pytest.raises(DataError, match=r"they differ only in spelling, e.g. 'P(\d+)' here and 'p\1' there "
+                                        r"\(leading zeros, case or spaces\): write the ids one way in both"):
+        protocol.check_paired_set(Experiment(parse_config(config)))
     table.loc[0, "patient_id"] = ""
     table.to_csv(paired, index=False)
     with pytest.raises(DataError, match=r"ecg\.csv, row 1, column 'patient_id': no patient_id"):

@@ -313,7 +313,20 @@ def check_paired_set(exp: Experiment) -> None:
                 raise DataError(exp.paired_manifest(query).source,
                                 f"no patient_id of its '{split}' rows is in the {gallery} paired manifest's "
                                 f"'{split}' rows ({exp.paired_manifest(gallery).source}): the paired set pairs "
-                                "studies of one patient by equal patient_id")
+                                "studies of one patient by equal patient_id" + _id_spelling_hint(ids[query],
+                                                                                                 ids[gallery]))
+
+
+def _id_spelling_hint(a: set[str], b: set[str]) -> str:
+    """Why two sets of ids that should meet do not, when it is their spelling: one export wrote
+    '00123' and the other 123 (a number column loses its zeros), or 'P12' and 'p12'."""
+    loose = lambda i: i.strip().casefold().lstrip("0")  # noqa: E731
+    spelled = {loose(i): i for i in b}
+    pair = next(((i, spelled[loose(i)]) for i in sorted(a) if loose(i) in spelled), None)
+    if pair is None:
+        return f" (e.g. '{min(a)}' here, '{min(b)}' there)"
+    return (f"; they differ only in spelling, e.g. '{pair[0]}' here and '{pair[1]}' there (leading zeros, case "
+            "or spaces): write the ids one way in both")
 
 
 def _check_val_and_test_patients_differ(exp: Experiment) -> None:
