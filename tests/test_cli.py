@@ -45,13 +45,13 @@ def test_config_reads_the_manifests_it_names_and_shows_their_splits(tmp_path):
                                        "a.png,Clear lungs.,,val,p2\n"
                                        "a.png,Effusion.,Pleural Effusion,test,p3\n")
     config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump({"modalities": {"xray": {"manifest": "xray.csv"}}}))
+    config.write_text(yaml.safe_dump({"modalities": {"xray": {"manifest": "xray.csv"}}, "demo_sizes": False}))
     result = runner.invoke(app, ["config", str(config)])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.startswith("│ xray"))
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
     assert cells[:6] == ["xray", "training", "1", "1", "1", "3"]
-    assert cells[7] == "3x224x224"  # the published X-ray preprocessing (demo_sizes is off)
+    assert cells[7] == "3x224x224"  # the published X-ray preprocessing (demo_sizes off, as the file says)
     assert "Cardiom" in cells[6]  # the classes (the column wraps in a narrow terminal)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     (tmp_path / "xray.csv").write_text("path,text\nbad.png,Unreadable.\n")

@@ -30,7 +30,8 @@ def test_the_recipe_fills_what_a_file_leaves_out_by_the_kind_of_models_and_never
     published = parse_config({"modalities": {"xray": {"model": {"type": "mgca", "path": "m.ckpt"}}, "ecg": {}}})
     assert published.resolved_recipe == "paper"
     assert (published.shared_dim, published.bind.lr, published.bind.label_aware, published.distill.student.pooling,
-            published.distill.kd_weight, published.modalities["ecg"].preprocess) == (512, 2e-5, False, "cls", 1.0, {})
+            published.distill.kd_weight, published.modalities["ecg"].preprocess, published.demo_sizes) == (
+        512, 2e-5, False, "cls", 1.0, {}, False)
     assert parse_config({"modalities": {"xray": {}}, "distill": {"student": {"type": "minilm"}}}).resolved_recipe == "paper"
     # Keys the file sets win, and kd_weight follows the shared_dim it sets.
     mine = parse_config({"modalities": {"ecg": {"preprocess": {"normalize": "per_lead_zscore"}}}, "shared_dim": 64,
