@@ -584,6 +584,17 @@ def test_a_paired_set_that_pairs_nothing_is_refused_before_training(run, tmp_pat
     table.loc[0, "patient_id"] = "someone-else"
     table.to_csv(paired, index=False)
     protocol.check_paired_set(Experiment(parse_config(config)))  # one unmatched patient: allowed, and counted
+    # ... and when the unmatched one is there under another spelling, the report's note says so.
+    from m3bind.stages.evaluate import _unpaired_spelling
+
+    test_row = int((table["split"] == "test").to_numpy().nonzero()[0][-1])
+    original = table.loc[test_row, "patient_id"]
+    table.loc[test_row, "patient_id"] = original.lower()
+    table.to_csv(paired, index=False)
+    exp = Experiment(parse_config(config))
+    assert _unpaired_spelling(exp, "ecg->xray") == (f" Some may be there under another spelling of their id: "
+                                                    f"'{original.lower()}' in ecg is '{original}' in xray.")
+    assert _unpaired_spelling(exp, "xray->ct") == ""
 
 
 def test_a_patient_on_both_paired_val_and_test_is_refused_and_train_test_overlap_is_noted(run, tmp_path):

@@ -318,15 +318,20 @@ def check_paired_set(exp: Experiment) -> None:
 
 
 def _id_spelling_hint(a: set[str], b: set[str]) -> str:
-    """Why two sets of ids that should meet do not, when it is their spelling: one export wrote
-    '00123' and the other 123 (a number column loses its zeros), or 'P12' and 'p12'."""
-    loose = lambda i: i.strip().casefold().lstrip("0")  # noqa: E731
-    spelled = {loose(i): i for i in b}
-    pair = next(((i, spelled[loose(i)]) for i in sorted(a) if loose(i) in spelled), None)
+    """Why two sets of ids that should meet do not, when it is their spelling."""
+    pair = id_spelled_otherwise(a, b)
     if pair is None:
         return f" (e.g. '{min(a)}' here, '{min(b)}' there)"
     return (f"; they differ only in spelling, e.g. '{pair[0]}' here and '{pair[1]}' there (leading zeros, case "
             "or spaces): write the ids one way in both")
+
+
+def id_spelled_otherwise(a: set[str], b: set[str]) -> tuple[str, str] | None:
+    """An id of ``a`` that is in ``b`` only in another spelling, with that spelling: one export
+    wrote '00123' and the other 123 (a number column loses its zeros), or 'P12' and 'p12'."""
+    loose = lambda i: i.strip().casefold().lstrip("0")  # noqa: E731
+    spelled = {loose(i): i for i in b}
+    return next(((i, spelled[loose(i)]) for i in sorted(a) if loose(i) in spelled and i not in b), None)
 
 
 def _check_val_and_test_patients_differ(exp: Experiment) -> None:

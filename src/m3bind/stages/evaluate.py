@@ -42,7 +42,7 @@ from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, R
                                   patient_ids,
                                   NO_FINDINGS, heldout_texts, modality_classes,
                                   paired_has_split, paired_query_scores, prompt_set_for, prompt_set_origin,
-                                  random_head_scores,
+                                  id_spelled_otherwise, random_head_scores,
                                   retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
 from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, single_label_targets
@@ -424,7 +424,7 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
     report["notes"] += _pairs_without_concepts_note(report["retrieval"])
     report["notes"] += [f"{pair}: {scores['queries_without_partner']} of {scores['queries']} query patients have no "
                         f"study of the gallery modality in the paired '{REPORT_SPLIT}' rows; they count as misses in "
-                        "Recall@K (concept metrics do not need the same patient)."
+                        "Recall@K (concept metrics do not need the same patient)." + _unpaired_spelling(exp, pair)
                         for pair, scores in report["retrieval"].get("bound", {}).items()
                         if scores.get("queries_without_partner")]
     if pairs and not report["retrieval"].get("chaining") and not chaining_choice["concepts"]:
@@ -473,6 +473,15 @@ def _patient_overlap_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
                              f"also have training studies in {manifest.source.name}; retrieval on them is "
                              "not on unseen patients.")
     return notes
+
+
+def _unpaired_spelling(exp: Experiment, pair: str) -> str:
+    """For a query patient without a partner: a hint when the partner is there, spelled otherwise."""
+    query, gallery = pair.split("->")
+    ids = {m: patient_ids(exp.paired_manifest(m), REPORT_SPLIT) for m in (query, gallery)}
+    spelled = id_spelled_otherwise(ids[query] - ids[gallery], ids[gallery])
+    return "" if spelled is None else (f" Some may be there under another spelling of their id: '{spelled[0]}' in "
+                                       f"{query} is '{spelled[1]}' in {gallery}.")
 
 
 def _chest_xray_modality(exp: Experiment, names: Sequence[str]) -> str | None:
