@@ -23,9 +23,21 @@ from m3bind.stages.bind import run_bind
 from m3bind.stages.distill import run_distill
 
 STUDIES = ("subsets", "amb_seskd")
-# Paper Table 4: modalities added one at a time, starting from the pair with the most paired data.
-SUBSETS = (("xray", "ecg"), ("xray", "ecg", "retina"), ("xray", "ecg", "retina", "pathology"),
-           ("xray", "ecg", "retina", "pathology", "ct"))
+# Paper Table 4: modalities added one at a time in this order, starting from the pair with the
+# most paired data.
+TABLE4_ORDER = ("xray", "ecg", "retina", "pathology", "ct")
+
+
+def modality_subsets(exp: Experiment) -> list[tuple[str, ...]]:
+    """Table 4's growing subsets of the configured modalities: the first two, then one more at a
+    time, in the paper's order of the built-in modality each one is (a 'cxr' handled like xray
+    comes first), modalities of no built-in kind last, in config order."""
+    def rank(m: str) -> int:
+        kind = m if m in TABLE4_ORDER else exp.known_as(m)
+        return TABLE4_ORDER.index(kind) if kind in TABLE4_ORDER else len(TABLE4_ORDER)
+
+    ordered = sorted(exp.modalities, key=rank)  # stable: ties keep the config's order
+    return [tuple(ordered[:k]) for k in range(2, len(ordered) + 1)]
 
 
 def ablation_path(exp: Experiment, study: str) -> Path:
@@ -72,10 +84,11 @@ def run_ablation(exp: Experiment, study: str, *, progress=None, log=print) -> li
     """Run one ablation study; returns its rows and writes them to :func:`ablation_path`."""
     rows = []
     if study == "subsets":
-        for subset in SUBSETS:
-            if not set(subset) <= set(exp.modalities):
-                log(f"subsets: skipping {'+'.join(subset)} (not every modality is configured)")
-                continue
+        subsets = modality_subsets(exp)
+        if not subsets:
+            raise ConfigError("the subsets ablation binds growing sets of two or more modalities; "
+                              f"this config has {len(exp.modalities)}")
+        for subset in subsets:
             child = _child(exp, "+".join(subset), study, {"modalities": list(subset)})
             run_bind(child, progress=progress, log=log)
             rows.append({"setting": {m: m in subset for m in exp.modalities}, **_measure(child, False)})
