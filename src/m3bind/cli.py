@@ -155,16 +155,19 @@ def _print_manifests(config: Path) -> None:
 def _print_unused_rows(exp) -> None:
     """A table shared by several modalities (a 'modality' column) may hold rows of a modality the
     config does not name; they are read by nobody, so say so rather than leave them out silently."""
-    from m3bind.config import resolve_path
     from m3bind.data.manifest import read_manifest
 
     readers: dict = {}
-    for m, spec in exp.cfg.modalities.items():
-        if spec.manifest:
-            readers.setdefault(resolve_path(exp.config_path, spec.manifest).resolve(), set()).add(m.casefold())
-    for m, path in exp.cfg.paired_manifests.items():
-        readers.setdefault(resolve_path(exp.config_path, path).resolve(), set()).add(m.casefold())
+    shared = set()  # files a modality took its rows out of (only these can hold rows nobody reads)
+    sources = [(m, exp.manifest) for m in exp.modalities] + [(m, exp.paired_manifest) for m in exp.cfg.paired_manifests]
+    for m, read in sources:
+        manifest = read(m)
+        readers.setdefault(manifest.source.resolve(), set()).add(m.casefold())
+        if manifest.source_rows is not None:
+            shared.add(manifest.source.resolve())
     for path, names in readers.items():
+        if path not in shared:
+            continue
         counts = read_manifest(path, check_files=False).table["modality"].str.strip().value_counts()
         unused = {name: int(n) for name, n in counts.items() if name and name.casefold() not in names}
         if len(counts) > 1 and unused:

@@ -221,7 +221,7 @@ class DataConfig(Section):
 # few hundred steps, and a built-in student reading its [CLS] state answers every text with the
 # same vector. Chosen on the built-in cohort's validation splits (docs/findings.md); the demo's
 # config (stages/demo.yaml) states the same values. kd_weight follows shared_dim (L_KD as a sum
-# over dimensions), so it is set in apply_recipe.
+# over dimensions), so ExperimentConfig._apply_recipe sets it.
 BUILTIN_RECIPE: dict[str, dict[str, Any]] = {
     "": {"shared_dim": 256, "demo_sizes": True},
     "bind": {"steps": 200, "lr": 2.0e-3, "warmup_steps": 10, "image_batch_size": 24, "text_batch_size": 32,

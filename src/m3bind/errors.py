@@ -45,6 +45,12 @@ def _data_error(path, problem, row, column) -> DataError:
     return DataError(path, problem, row=row, column=column)
 
 
+def listed(names, limit: int = 20) -> str:
+    """Names for a message: the first ``limit``, and how many more (a file may hold thousands)."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
 class ConfigError(M3BindError):
     """An experiment config that does not validate (unknown key, wrong type, bad value)."""
 

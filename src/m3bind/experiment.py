@@ -283,8 +283,8 @@ class Experiment:
         spec = self._modality(modality)
         if spec.like:
             return spec.like
-        field = getattr(adapter_class(spec.model.type), "options_class", None)
-        served = spec.model.options.get("modality") or (field.model_fields["modality"].default if field else None)
+        options = getattr(adapter_class(spec.model.type), "options_class", None)  # published adapters only
+        served = spec.model.options.get("modality") or (options.model_fields["modality"].default if options else None)
         return served if served in MODALITY_NAMES else None
 
     def builtin_kind(self, modality: str) -> str:

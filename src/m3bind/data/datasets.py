@@ -94,15 +94,17 @@ class ReadNote:
         return f"{self.count} studies: {self.note} (first: {self.first})"
 
 
-def collect_read_notes(items: list[dict]) -> list[ReadNote]:
-    """The notes of a split's studies grouped by note, in order of first appearance."""
+def collect_read_notes(manifest: Manifest, items: list[dict]) -> list[ReadNote]:
+    """The notes of a split's studies (items of a :class:`StudyDataset` over ``manifest``) grouped
+    by note, in order of first appearance."""
     grouped: dict[str, ReadNote] = {}
     for item in items:
         for note in item.get("notes", ()):
             if note in grouped:
                 grouped[note].count += 1
             else:
-                grouped[note] = ReadNote(note, 1, f"row {item['file_row']} ({item['path']})")
+                i = item["row"] - 1
+                grouped[note] = ReadNote(note, 1, f"row {manifest.file_row(i)} ({manifest.table.at[i, 'path']})")
     return list(grouped.values())
 
 
@@ -122,8 +124,7 @@ class StudyDataset(Dataset):
         image, notes = load_item_noting(self.manifest, i, self.transform, self.limits)
         table = self.manifest.table
         return {"image": image, "text": str(table.at[i, "text"]), "labels": self.manifest.labels(i),
-                "row": i + 1, "patient_id": str(table.at[i, "patient_id"]), "notes": notes,
-                "file_row": self.manifest.file_row(i), "path": str(table.at[i, "path"])}
+                "row": i + 1, "patient_id": str(table.at[i, "patient_id"]), "notes": notes}
 
 
 def default_workers() -> int:
@@ -268,7 +269,7 @@ def stream_studies(manifest: Manifest, transform: Callable, directory: Path, on_
                                          f"{skipped[0] if skipped else '-'})")
     studies = StudySet(images=RowStore(directory), texts=[k["text"] for k in kept],
                        labels=[k["labels"] for k in kept], patient_ids=[k["patient_id"] for k in kept],
-                       rows=[k["row"] for k in kept], skipped=skipped, read_notes=collect_read_notes(kept))
+                       rows=[k["row"] for k in kept], skipped=skipped, read_notes=collect_read_notes(manifest, kept))
     return studies, kept
 
 

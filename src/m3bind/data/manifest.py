@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from m3bind.errors import DataError
+from m3bind.errors import DataError, listed
 
 REQUIRED_COLUMNS = ("path", "text")
 OPTIONAL_COLUMNS = ("labels", "split", "patient_id", "modality")
@@ -168,7 +168,7 @@ def read_manifest(path: str | Path, modality: str | None = None, check_files: bo
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(path, f"missing required column(s) {', '.join(missing)}; "
-                              f"found columns {_listed(map(str, table.columns))}")
+                              f"found columns {listed(map(str, table.columns))}")
     if len(table) == 0:
         raise DataError(path, "manifest has no rows")
     table = table.copy()
@@ -234,7 +234,7 @@ def _rows_of_modality(path: Path, table: pd.DataFrame, modality: str) -> tuple[p
                         row=int(blank[0]) + 1, column="modality")
     keep = (named.str.casefold() == modality.casefold()).to_numpy()
     if not keep.any():
-        raise DataError(path, f"no rows of modality '{modality}'; its 'modality' column names {_listed(names)}",
+        raise DataError(path, f"no rows of modality '{modality}'; its 'modality' column names {listed(names)}",
                         column="modality")
     table = table[keep].reset_index(drop=True)
     table["modality"] = modality
@@ -257,12 +257,6 @@ def one_spelling_per_label(cells: pd.Series) -> pd.Series:
         canonical = list(dict.fromkeys(spelling[label_key(label)] for label in labels))
         out.append(LABEL_SEPARATOR.join(canonical) if canonical else cell)
     return pd.Series(out, index=cells.index, dtype=object)
-
-
-def _listed(names, limit: int = 20) -> str:
-    """Names for a message: the first ``limit``, and how many more (a file may have thousands)."""
-    names = list(names)
-    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _posix_path(value: str) -> str:

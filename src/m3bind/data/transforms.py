@@ -22,7 +22,7 @@ from torchvision.transforms import InterpolationMode
 from m3bind.data.preprocess_specs import (SPEC_TYPES, CTPreprocess, ECGPreprocess, PathologyPreprocess,
                                           PreprocessSpec, RetinaPreprocess, XrayPreprocess)
 from m3bind.data.readers import Study, lead_names_of, nonfinite_problem, resample_signal
-from m3bind.errors import ConfigError, DataError
+from m3bind.errors import ConfigError, DataError, listed
 from m3bind.modalities import BUILTIN_MODALITIES
 from m3bind.signal_kinds import SignalKind
 
@@ -248,11 +248,10 @@ def _preprocess_ecg(study: Study, spec: ECGPreprocess) -> torch.Tensor:
     if signal.shape[0] != spec.leads:
         derived = twelve_from_eight_leads(signal, lead_names_of(study)) if spec.leads == 12 else None
         if derived is None:
-            names = lead_names_of(study)
-            shown = ", ".join(names[:15]) + (f", ... ({len(names) - 15} more)" if len(names) > 15 else "")
             transposed = (f"; an array of shape {tuple(signal.shape)} looks transposed: leads go first, (leads, samples)"
                           if signal.ndim == 2 and signal.shape[1] == spec.leads else "")
-            raise _fail(study, f"ECG has {signal.shape[0]} leads ({shown}), expected {spec.leads}"
+            raise _fail(study, f"ECG has {signal.shape[0]} leads ({listed(lead_names_of(study), 15)}), "
+                               f"expected {spec.leads}"
                                + (" (or the 8 independent leads I, II, V1-V6, from which the others are derived)"
                                   if spec.leads == 12 else "") + transposed)
         signal = derived
