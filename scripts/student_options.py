@@ -20,7 +20,8 @@ layers instead of 128 and 2), minilm (the
 pretrained all-MiniLM-L6-v2 student, same steps; about 17x the cost of a built-in step),
 minilm_kd_only (MiniLM, every step KD), own_teacher / own_teacher_quarter (distill.other_teachers 0
 / 0.25: each text learnt from its own modality's teacher, the others weighted 0 / 0.25),
-own_teacher_kd_only (other_teachers 0, every step KD).
+own_teacher_kd_only (other_teachers 0, every step KD), scratch_student / frozen_minilm (the built-in
+student's backbone: a small BERT from scratch, or frozen all-MiniLM-L6-v2 under a trainable layer).
 Also printed: the student's mean pairwise cosine over a few validation reports and prompts (1.0 =
 it answers every text with the same vector).
 """
@@ -55,6 +56,8 @@ def options(exp: Experiment) -> dict[str, dict]:
             "kd_weight_dim": {"kd_weight": float(exp.cfg.shared_dim)},
             "prompts_kd_weight_dim": {"prompt_texts": True, "kd_weight": float(exp.cfg.shared_dim)},
             "long_kd_weighted": {"kd_steps": 4 * distill.kd_steps},
+            "scratch_student": {"student": distill.student.model_copy(update={"backbone": "scratch"})},
+            "frozen_minilm": {"student": distill.student.model_copy(update={"backbone": "minilm"})},
             "wide": {"student": distill.student.model_copy(update={"width": 256, "layers": 4})},
             "wide_long_kd": {"student": distill.student.model_copy(update={"width": 256, "layers": 4}),
                              "kd_steps": 4 * distill.kd_steps},

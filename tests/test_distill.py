@@ -32,12 +32,12 @@ def test_text_to_image_infonce_by_hand():
     assert text_to_image_infonce(text, image, scale).item() == pytest.approx(expected, rel=1e-6)
 
 
-def _setup(cache, update_heads=False, steps_a=1, steps_b=1):
+def _setup(cache, update_heads=False, steps_a=1, steps_b=1, student_backbone="minilm"):
     torch.manual_seed(0)
     bound = _bound()
     train = {m: _studies(m) for m in bound}
     corpus = [t for m in bound for t in train[m].texts]
-    student = build_student(StudentConfig(), corpus, shared_dim=32, seed=0)
+    student = build_student(StudentConfig(backbone=student_backbone), corpus, shared_dim=32, seed=0)
     cfg = DistillConfig(kd_steps=steps_a, contrastive_steps=steps_b, batch_size=6, lr=1e-3,
                         cache_embeddings=cache, update_heads=update_heads)
     return bound, train, student, cfg
@@ -73,10 +73,10 @@ def test_update_heads_moves_image_embeddings_only_when_asked(tmp_path):
         assert changed == update
 
 
-def _exported(tmp_path):
+def _exported(tmp_path, student_backbone="minilm"):
     from m3bind.stages.artifacts import export_model
 
-    bound, train, student, _ = _setup(True)
+    bound, train, student, _ = _setup(True, student_backbone=student_backbone)
     model = export_model(bound, student)
     model.save_pretrained(tmp_path / "model")
     return model, train
@@ -116,7 +116,10 @@ def test_minilm_student_loads_from_the_installed_package():
     assert cos[0, 1] > cos[0, 2]  # a real pretrained encoder: paraphrases closer than unrelated text
 
 
-def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path):
+# A new scratch text tower learning the student's space in 30 steps: the text MSE falls to 0.13 of
+# its start toward a scratch BERT student and to 0.57 toward the frozen-MiniLM one (measured).
+@pytest.mark.parametrize("student_backbone, mse_ratio", [("scratch", 0.5), ("minilm", 0.75)])
+def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path, student_backbone, mse_ratio):
     from m3bind.config import BindConfig
     from m3bind.data.datasets import StudySet
     from m3bind.models.binding import BoundModality, merge_lora
@@ -124,7 +127,7 @@ def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path):
 
     from test_bind import _tiny
 
-    model, train = _exported(tmp_path)
+    model, train = _exported(tmp_path, student_backbone)
     base = M3Bind.from_pretrained(tmp_path / "model")
     texts = ["tumour cells with glands", "normal tissue", "necrosis present", "dense inflammation"] * 3
     new = BoundModality(_tiny("pathology", texts, seed=5), base.shared_dim, seed=9)
@@ -134,7 +137,7 @@ def test_extend_adds_a_modality_and_leaves_the_others_bit_identical(tmp_path):
                             rows=list(range(1, 13)))
     cfg = BindConfig(steps=30, lr=5e-3, warmup_steps=2, image_batch_size=6, checkpoint_every=30)
     result = extend_with(new, base.student, studies, cfg, tmp_path / "run", tensorboard=False)
-    assert result.history[-1]["text_mse"] < 0.5 * result.history[0]["text_mse"]
+    assert result.history[-1]["text_mse"] < mse_ratio * result.history[0]["text_mse"]
     merge_lora(new.model)
     extended = M3Bind({**dict(base.models), "pathology": new.model}, {**dict(base.heads), "pathology": new.head},
                       base.student)

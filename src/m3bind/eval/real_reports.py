@@ -101,12 +101,13 @@ def _scores(view, texts: list[str], labels: list[str], classes: list[str], promp
 
 def real_report_check(views: Mapping[str, object], prompt_set: PromptSet, rule: PrototypeRule,
                       bootstrap: Bootstrap, archive: Path | None = None,
-                      classes: Sequence[str] | None = None) -> dict:
+                      classes: Sequence[str] | None = None, limit: int | None = None) -> dict:
     """Report -> class zero-shot of each variant's X-ray text side (``views``: variant -> view
     whose ``encode_texts`` is that text encoder), their agreement, and the paired difference.
     ``classes``: the X-ray manifest's classes ("normal" included); only reports naming one of
     them are scored, against those classes alone, so a model is never asked about findings it
-    was not trained on (default: the built-in X-ray classes)."""
+    was not trained on (default: the built-in X-ray classes). ``limit``: score at most that many,
+    evenly spaced in the archive's order (quick runs)."""
     archive = archive or report_archive()
     if archive is None:
         return {"skipped": "the torchxrayvision package (1.5.7, which ships the reports) is not installed; "
@@ -114,6 +115,8 @@ def real_report_check(views: Mapping[str, object], prompt_set: PromptSet, rule: 
     if not views:
         return {"skipped": "no bound X-ray text encoder to check"}
     reports = read_reports(archive, classes)
+    if limit is not None and len(reports) > limit:
+        reports = [reports[i * len(reports) // limit] for i in range(limit)]
     texts, labels = [t for t, _ in reports], [c for _, c in reports]
     found = sorted(set(labels), key=lambda c: (not is_normal_label(c), c))
     if len(found) < 2:

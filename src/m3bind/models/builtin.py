@@ -35,6 +35,8 @@ from m3bind.models.base import ModalityModel
 from m3bind.models.descriptions import (Description, PreprocessDescription, build_preprocess, describe_preprocess,
                                         read_description, write_description)
 from m3bind.models.encoders import ConvEncoder, SignalEncoder
+from m3bind.models.sentence import (SENTENCE_LORA_TARGETS, SentenceTextTower, check_fingerprint, load_minilm_tokenizer,
+                                    minilm_fingerprint)
 from m3bind.models.text import BERT_LORA_TARGETS, SPECIAL_TOKENS, BertTextTower, small_bert_config, train_tokenizer
 from m3bind.models.weights import load_state_strict, read_weights, save_weights
 from m3bind.signal_kinds import SignalKind
@@ -71,6 +73,11 @@ class BuiltinModelConfig(BaseModel):
     vocab_size: int = Field(2000, gt=len(SPECIAL_TOKENS), description="upper bound of the WordPiece vocabulary")
     max_length: int = Field(128, ge=3, description="longest token sequence, [CLS] and [SEP] included")
     init_temperature: float = Field(0.07, gt=1.0 / MAX_LOGIT_SCALE, le=1.0, description="initial CLIP temperature")
+    text_backbone: Literal["scratch", "minilm"] = Field(
+        "scratch", description="'scratch': a small BERT with the modality's own WordPiece vocabulary, trained from "
+                               "scratch; 'minilm': frozen all-MiniLM-L6-v2 sentence vectors under a trainable MLP "
+                               "(text_hidden_size wide), whose language prior links the wording of different "
+                               "modalities' reports (see m3bind.models.sentence)")
 
     @model_validator(mode="after")
     def _heads_divide_widths(self) -> BuiltinModelConfig:
@@ -93,6 +100,7 @@ class BuiltinDescription(Description):
     model_type: Literal["m3bind-builtin-clip"] = MODEL_TYPE
     model: BuiltinModelConfig
     preprocess: PreprocessDescription | None = None
+    text_backbone_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:
@@ -144,12 +152,11 @@ class BuiltinCLIP(ModalityModel):
 
     model_type = "builtin"
     trains_from_scratch = True
-    text_lora_targets = BERT_LORA_TARGETS
 
     def __init__(self, config: BuiltinModelConfig, tokenizer: PreTrainedTokenizerFast,
                  preprocess: BaseModel | None = None, seed: int = 0):
         super().__init__()
-        if len(tokenizer) > config.vocab_size:
+        if config.text_backbone == "scratch" and len(tokenizer) > config.vocab_size:
             raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but vocab_size is {config.vocab_size}")
         self.config = config
         self.modality = config.modality
@@ -163,8 +170,12 @@ class BuiltinCLIP(ModalityModel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_init_seed(config.modality, seed))
             self.image_encoder = _build_image_encoder(config)
-            self.text_encoder = BertTextTower(bert_config, config.native_dim)
+            if config.text_backbone == "minilm":
+                self.text_encoder = SentenceTextTower(config.text_hidden_size, config.native_dim)
+            else:
+                self.text_encoder = BertTextTower(bert_config, config.native_dim)
         self.image_lora_targets = self.image_encoder.lora_targets
+        self.text_lora_targets = SENTENCE_LORA_TARGETS if config.text_backbone == "minilm" else BERT_LORA_TARGETS
         # Stored as a log so the learned multiplier stays positive (CLIP's parameterisation).
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
 
@@ -212,8 +223,10 @@ class BuiltinCLIP(ModalityModel):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_weights(self, directory / WEIGHTS_FILE)
+        fingerprint = minilm_fingerprint() if self.config.text_backbone == "minilm" else None
         write_description(directory / CONFIG_FILE,
-                          BuiltinDescription(model=self.config, preprocess=describe_preprocess(self.preprocess)))
+                          BuiltinDescription(model=self.config, preprocess=describe_preprocess(self.preprocess),
+                                             text_backbone_sha256=fingerprint))
         self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
 
     @classmethod
@@ -225,6 +238,8 @@ class BuiltinCLIP(ModalityModel):
         """
         directory = Path(directory)
         description = read_description(directory / CONFIG_FILE, BuiltinDescription)
+        if description.model.text_backbone == "minilm":
+            check_fingerprint(description.text_backbone_sha256, directory / CONFIG_FILE)
         if not (directory / TOKENIZER_DIR).is_dir():
             raise CheckpointError(f"{directory / TOKENIZER_DIR}: tokenizer folder not found")
         try:
@@ -249,5 +264,8 @@ def build_builtin_model(modality: str, texts_for_tokenizer: Iterable[str], confi
     config = config or builtin_config(modality)
     if config.modality != modality:
         raise ConfigError(f"config is for modality '{config.modality}', not '{modality}'")
-    tokenizer = train_tokenizer(texts_for_tokenizer, vocab_size=config.vocab_size, max_length=config.max_length)
+    if config.text_backbone == "minilm":
+        tokenizer = load_minilm_tokenizer()
+    else:
+        tokenizer = train_tokenizer(texts_for_tokenizer, vocab_size=config.vocab_size, max_length=config.max_length)
     return BuiltinCLIP(config, tokenizer, preprocess, seed=seed)

