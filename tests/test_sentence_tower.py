@@ -39,10 +39,14 @@ def test_each_text_is_encoded_once_and_padding_does_not_change_its_vector(model)
         alone = model.encode_texts([TEXTS[0]])          # no padding: another batch shape, same cache key
         assert len(calls) == 1                          # only the first call ran MiniLM (2 distinct texts)
         torch.testing.assert_close(alone[0], together[0])
-    # The cached vector is what MiniLM gives that text on its own.
+    # A text's vector is a function of the text alone, bit for bit: encoded alone by a fresh
+    # encoder, or first seen in a batch with others (a resumed run starts with an empty cache).
     fresh = FrozenSentenceEncoder()
-    tokens = model.tokenize([TEXTS[1]])
-    torch.testing.assert_close(fresh(**tokens)[0], tower.sentence(**model.tokenize(TEXTS))[1], atol=1e-5, rtol=0)
+    assert torch.equal(fresh(**model.tokenize([TEXTS[1]]))[0], tower.sentence(**model.tokenize(TEXTS))[1])
+    other = FrozenSentenceEncoder()
+    batch = model.tokenize(["A much longer report about the lungs, the heart and the pleura, all normal.",
+                            TEXTS[1], "Short."])
+    assert torch.equal(other(**batch)[1], fresh(**model.tokenize([TEXTS[1]]))[0])
 
 
 def test_a_saved_model_holds_only_the_mlp_and_reloads_identically(model, tmp_path):

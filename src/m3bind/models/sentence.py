@@ -32,8 +32,9 @@ SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
 # Sentence vectors kept per backbone: 384 floats each, so 200,000 texts hold about 300 MB;
 # texts beyond it are encoded each time they are seen.
 MAX_CACHED_TEXTS = 200_000
-# Texts per backbone forward when filling the cache.
+# Texts per backbone forward when filling the cache, and the padding granularity (see _encode).
 _ENCODE_BATCH = 64
+_LENGTH_BUCKET = 16
 
 
 def minilm_path() -> Path:
@@ -81,6 +82,7 @@ class FrozenSentenceEncoder(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         self.width = int(self.backbone.config.hidden_size)
+        self._pad_id = int(self.backbone.config.pad_token_id or 0)
         self._cache: dict[bytes, Tensor] = {}
         self.register_state_dict_post_hook(self._drop_backbone_keys)
         self.register_load_state_dict_pre_hook(self._fill_backbone_keys)
@@ -105,20 +107,41 @@ class FrozenSentenceEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(B, L)`` MiniLM token ids and mask -> ``(B, width)`` mean-pooled sentence vectors."""
-        keys = [ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(input_ids, attention_mask)]
-        missing = sorted({i for i, key in enumerate(keys) if key not in self._cache},
-                         key=lambda i: int(attention_mask[i].sum()))
-        fresh: dict[bytes, Tensor] = {}
-        for start in range(0, len(missing), _ENCODE_BATCH):
-            rows = missing[start:start + _ENCODE_BATCH]
-            length = int(attention_mask[rows].sum(1).max())
-            ids, mask = input_ids[rows, :length], attention_mask[rows, :length]
-            for row, vector in zip(rows, self._mean_pool(ids, mask)):
-                fresh[keys[row]] = vector.float().cpu()
+        texts = [ids[mask.bool()].cpu() for ids, mask in zip(input_ids, attention_mask)]
+        keys = [ids.numpy().tobytes() for ids in texts]
+        missing: dict[bytes, Tensor] = {}
+        for key, ids in zip(keys, texts):
+            if key not in self._cache:
+                missing[key] = ids
+        fresh = self._encode(missing)
         if len(self._cache) < MAX_CACHED_TEXTS:
             self._cache.update(fresh)
         vectors = [fresh[key] if key in fresh else self._cache[key] for key in keys]
         return torch.stack(vectors).to(input_ids.device)
+
+    def _encode(self, texts: dict[bytes, Tensor]) -> dict[bytes, Tensor]:
+        """Sentence vectors of unpadded token-id rows, each a function of its own tokens only.
+
+        A vector must not depend on which texts happened to be encoded with it (a resumed run
+        starts with an empty cache and must reproduce the uninterrupted run bit for bit), so texts
+        are padded to a length bucket of their own (a multiple of ``_LENGTH_BUCKET``) and batched
+        only within it: with equal padding a row's result does not depend on the other rows.
+        """
+        buckets: dict[int, list[bytes]] = {}
+        for key, ids in texts.items():
+            buckets.setdefault(-(-len(ids) // _LENGTH_BUCKET) * _LENGTH_BUCKET, []).append(key)
+        out = {}
+        for length, members in sorted(buckets.items()):
+            for start in range(0, len(members), _ENCODE_BATCH):
+                chunk = members[start:start + _ENCODE_BATCH]
+                ids = torch.full((len(chunk), length), self._pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), length), dtype=torch.long)
+                for row, key in enumerate(chunk):
+                    ids[row, :len(texts[key])] = texts[key]
+                    mask[row, :len(texts[key])] = 1
+                for key, vector in zip(chunk, self._mean_pool(ids, mask)):
+                    out[key] = vector.float().cpu()
+        return out
 
     def _mean_pool(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         device = next(self.backbone.parameters()).device
