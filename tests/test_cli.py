@@ -117,3 +117,14 @@ def test_config_reads_one_table_shared_by_several_modalities_and_names_rows_nobo
     assert ("retina: 1 classes hold ',' or ';' (e.g. 'Glaucoma, Cataract'); findings are separated by '|'"
             in result.output)
     assert "xray: 1 classes hold" not in result.output
+
+
+def test_config_names_the_text_backbone_of_each_built_in_model_and_of_the_student(tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "modalities": {"xray": {}, "ecg": {"model": {"type": "builtin", "options": {"text_backbone": "scratch"}}}},
+        "distill": {"student": {"backbone": "scratch"}}}))
+    result = runner.invoke(app, ["config", str(config), "--no-data"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "built-in text towers: ecg small BERT from scratch, xray frozen all-MiniLM-L6-v2 + trainable layers" in result.output
+    assert "student: built-in, small BERT from scratch" in result.output
