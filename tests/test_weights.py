@@ -44,7 +44,8 @@ def saved_bound(tmp_path_factory) -> Path:
     """A saved M3Bind folder with one built-in modality ("mri") and a built-in student."""
     model = _tiny_builtin()
     heads = {"mri": BindingHead(model.native_dim, SHARED_DIM, torch.Generator().manual_seed(1))}
-    student = build_student(StudentConfig(type="builtin"), TEXTS, shared_dim=SHARED_DIM)
+    # The scratch student: the kind of folder earlier versions wrote (see the bytes test below).
+    student = build_student(StudentConfig(type="builtin", backbone="scratch"), TEXTS, shared_dim=SHARED_DIM)
     directory = tmp_path_factory.mktemp("saved") / "bound"
     M3Bind({"mri": model}, heads, student).save_pretrained(directory)
     return directory

@@ -101,6 +101,7 @@ class BuiltinDescription(Description):
     model: BuiltinModelConfig
     preprocess: PreprocessDescription | None = None
     text_backbone_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    omit_if_default: ClassVar[tuple[str, ...]] = ("model.text_backbone", "text_backbone_sha256")
 
 
 def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:

@@ -58,6 +58,21 @@ class Description(BaseModel):
     folder_kind: ClassVar[str] = "a saved m3bind folder"
     # Kept per file so the bytes match what earlier m3bind versions wrote.
     trailing_newline: ClassVar[bool] = False
+    # Dotted paths of fields added after the format was fixed: written only when they differ
+    # from their default, so a folder of the older kind keeps its bytes (and reads the same).
+    omit_if_default: ClassVar[tuple[str, ...]] = ()
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON object written to the file."""
+        data = self.model_dump(mode="json")
+        for path in self.omit_if_default:
+            *parents, leaf = path.split(".")
+            owner, target = self, data
+            for part in parents:
+                owner, target = getattr(owner, part), target[part]
+            if getattr(owner, leaf) == type(owner).model_fields[leaf].get_default(call_default_factory=True):
+                target.pop(leaf, None)
+        return data
 
 
 DescriptionT = TypeVar("DescriptionT", bound=Description)
@@ -94,7 +109,7 @@ def read_description(path: str | Path, schema: type[DescriptionT]) -> Descriptio
 
 def write_description(path: str | Path, description: Description) -> Path:
     """Write ``description`` as indented JSON, replacing ``path`` atomically."""
-    text = json.dumps(description.model_dump(mode="json"), indent=2)
+    text = json.dumps(description.dump(), indent=2)
     return atomic_write_text(path, text + "\n" if description.trailing_newline else text)
 
 
@@ -177,6 +192,7 @@ class StudentDescription(Description):
     backbone: Literal["saved", "minilm"] = "saved"
     backbone_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     mlp_hidden: PositiveInt | None = None
+    omit_if_default: ClassVar[tuple[str, ...]] = ("backbone", "backbone_sha256", "mlp_hidden")
 
 
 class AdapterDescription(Description):
