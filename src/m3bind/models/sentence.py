@@ -29,8 +29,8 @@ from m3bind.errors import CheckpointError, ConfigError
 
 # peft target-module names of the trainable MLP (LoRA during binding).
 SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
-# Sentence vectors kept per backbone: 384 floats each, so 200,000 texts hold about 300 MB;
-# texts beyond it are encoded each time they are seen.
+# Sentence vectors kept per backbone: about 2.3 KiB per text (384 floats, the token-id key and
+# Python objects), so 200,000 texts hold about 450 MB; texts beyond it are encoded each time seen.
 MAX_CACHED_TEXTS = 200_000
 # Texts per backbone forward when filling the cache, and the padding granularity (see _encode).
 _ENCODE_BATCH = 64
