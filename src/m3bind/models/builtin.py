@@ -35,9 +35,8 @@ from m3bind.models.base import ModalityModel
 from m3bind.models.descriptions import (Description, PreprocessDescription, build_preprocess, describe_preprocess,
                                         read_description, write_description)
 from m3bind.models.encoders import ConvEncoder, SignalEncoder
-from m3bind.models.sentence import (SENTENCE_LORA_TARGETS, SentenceTextTower, check_fingerprint, load_minilm_tokenizer,
-                                    minilm_fingerprint)
-from m3bind.models.text import BERT_LORA_TARGETS, SPECIAL_TOKENS, BertTextTower, small_bert_config, train_tokenizer
+from m3bind.models.sentence import SentenceTextTower, check_fingerprint, load_minilm_tokenizer, minilm_fingerprint
+from m3bind.models.text import SPECIAL_TOKENS, BertTextTower, small_bert_config, train_tokenizer
 from m3bind.models.weights import load_state_strict, read_weights, save_weights
 from m3bind.signal_kinds import SignalKind
 
@@ -143,6 +142,16 @@ def _build_image_encoder(config: BuiltinModelConfig) -> nn.Module:
     return ConvEncoder(spatial_dims, config.in_channels, config.width, config.depth, config.native_dim)
 
 
+def _build_text_tower(config: BuiltinModelConfig, pad_token_id: int) -> nn.Module:
+    if config.text_backbone == "minilm":
+        return SentenceTextTower(config.text_hidden_size, config.native_dim)
+    bert_config = small_bert_config(
+        vocab_size=config.vocab_size, hidden_size=config.text_hidden_size, num_layers=config.text_layers,
+        num_heads=config.text_heads, intermediate_size=config.text_intermediate_size,
+        max_length=config.max_length, pad_token_id=pad_token_id)
+    return BertTextTower(bert_config, config.native_dim)
+
+
 class BuiltinCLIP(ModalityModel):
     """Image encoder + BERT text tower + learnable logit scale, for one modality.
 
@@ -164,19 +173,12 @@ class BuiltinCLIP(ModalityModel):
         self.native_dim = config.native_dim
         self.preprocess = preprocess
         self.tokenizer = tokenizer
-        bert_config = small_bert_config(
-            vocab_size=config.vocab_size, hidden_size=config.text_hidden_size, num_layers=config.text_layers,
-            num_heads=config.text_heads, intermediate_size=config.text_intermediate_size,
-            max_length=config.max_length, pad_token_id=tokenizer.pad_token_id)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_init_seed(config.modality, seed))
             self.image_encoder = _build_image_encoder(config)
-            if config.text_backbone == "minilm":
-                self.text_encoder = SentenceTextTower(config.text_hidden_size, config.native_dim)
-            else:
-                self.text_encoder = BertTextTower(bert_config, config.native_dim)
+            self.text_encoder = _build_text_tower(config, tokenizer.pad_token_id)
         self.image_lora_targets = self.image_encoder.lora_targets
-        self.text_lora_targets = SENTENCE_LORA_TARGETS if config.text_backbone == "minilm" else BERT_LORA_TARGETS
+        self.text_lora_targets = self.text_encoder.lora_targets
         # Stored as a log so the learned multiplier stays positive (CLIP's parameterisation).
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
 

@@ -107,7 +107,8 @@ class FrozenSentenceEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(B, L)`` MiniLM token ids and mask -> ``(B, width)`` mean-pooled sentence vectors."""
-        texts = [ids[mask.bool()].cpu() for ids, mask in zip(input_ids, attention_mask)]
+        # One copy to the CPU for the whole batch (the cache keys are bytes), not one per row.
+        texts = [ids[mask] for ids, mask in zip(input_ids.cpu(), attention_mask.cpu().bool())]
         keys = [ids.numpy().tobytes() for ids in texts]
         missing: dict[bytes, Tensor] = {}
         for key, ids in zip(keys, texts):
@@ -158,6 +159,8 @@ class SentenceTextTower(nn.Module):
 
     The output is NOT normalised; the CLIP model normalises it. LoRA targets: ``fc1``, ``fc2``.
     """
+
+    lora_targets = SENTENCE_LORA_TARGETS
 
     def __init__(self, hidden_size: int, native_dim: int, sentence: FrozenSentenceEncoder | None = None):
         super().__init__()

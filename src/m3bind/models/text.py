@@ -68,6 +68,8 @@ class BertTextTower(nn.Module):
     :data:`BERT_LORA_TARGETS`); ``proj`` is the projection to the model's native width.
     """
 
+    lora_targets = BERT_LORA_TARGETS
+
     def __init__(self, bert_config: BertConfig, native_dim: int):
         super().__init__()
         # No pooler: its tanh layer is unused with [CLS] pooling + our own projection.
