@@ -47,8 +47,8 @@ def measure(args: list[str]) -> tuple[float, float]:
 
 
 def replicated_manifest(manifest: Path, factor: int) -> Path:
-    """The manifest with every training row ``factor`` times, copy k under patient id '<id>-k'
-    (beside the original, so its relative study paths still resolve). Validation and test rows
+    """The manifest with every training row ``factor`` times, copy k under patient id '<id>-k' and
+    with ' Copy k.' after its text (beside the original, so its relative study paths still resolve). Validation and test rows
     stay as they are: evaluation embeds them in batches of at most 128 studies, a bound the small
     run's splits (about 50 studies each at 1,000 patients) have not reached yet, so growing them
     too would measure that bound, not a per-study cost."""
@@ -60,6 +60,9 @@ def replicated_manifest(manifest: Path, factor: int) -> Path:
     for k in range(factor):
         copy = train.copy()
         copy["patient_id"] = copy["patient_id"] + f"-{k}"
+        # Real reports are all different, and the built-in text towers' frozen sentence encoder
+        # keeps one vector per distinct text: repeated texts would hide that cost.
+        copy["text"] = copy["text"] + f" Copy {k}."
         copies.append(copy)
     out = manifest.with_name(f"manifest-x{factor}.csv")
     pd.concat(copies, ignore_index=True).to_csv(out, index=False)

@@ -66,11 +66,15 @@ def test_gpu_check_runs_its_cpu_version_and_exits_zero():
     assert calls > 100
 
 
+def mfu_flops(result) -> float:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return float(re.search(r"; ([\d.]+) GFLOP per step \(forward \+ backward\)", result.stdout).group(1))
+
+
 def test_mfu_counts_flops_and_compares_with_the_matmul_peak():
     result = run_script("mfu.py", "--models", "demo", "--steps", "1", "--image-batch", "4", "--text-batch", "4",
-                        "--matmul-size", "512")
-    assert result.returncode == 0, result.stdout + result.stderr
-    flops = float(re.search(r"; ([\d.]+) GFLOP per step \(forward \+ backward\)", result.stdout).group(1))
+                        "--matmul-size", "512", "--text-backbone", "scratch")
+    flops = mfu_flops(result)
     # Five text encoders (2 layers of width 128) and heads on 4 + 4 x 5 texts: well above 0.1 GFLOP.
     assert flops > 0.1
     for clock in ("wall clock", "process CPU time"):
@@ -81,6 +85,15 @@ def test_mfu_counts_flops_and_compares_with_the_matmul_peak():
         assert 0 < float(mfu.strip("*%")) < 100
     assert "FLOPs by operator: aten." in result.stdout
     assert "_scaled_dot_product_flash_attention_for_cpu" in result.stdout  # attention counted on the CPU too
+
+
+def test_mfu_on_the_demos_minilm_towers_counts_the_trained_layers_not_the_cached_backbone():
+    """The demo's towers: a frozen MiniLM whose sentence vectors are cached before timing, under
+    MLPs. A step is the MLPs, LoRA and heads (a few MFLOP); one MiniLM forward of the step's 24
+    texts alone would be about 40 GFLOP, so a count above 0.1 means the cache was not used."""
+    flops = mfu_flops(run_script("mfu.py", "--models", "demo", "--steps", "1", "--image-batch", "4",
+                                 "--text-batch", "4", "--matmul-size", "512"))
+    assert 0 < flops < 0.1
 
 
 def test_distill_cache_on_the_paper_adapters_computes_the_same_loss_both_ways():

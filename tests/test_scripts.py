@@ -43,3 +43,18 @@ def test_seed_sweep_counts_runs_above_and_below_zero(tmp_path, capsys):
     assert row["ct->xray"] == "0 / 1"      # one below, one across zero
     assert row["xray"] == "0 / 1"
     assert "seed0: beats best baseline on 1 of 2, above control on 2" in "\n".join(lines)
+
+
+def test_tune_binding_reads_nested_and_boolean_bind_keys():
+    from m3bind.config import BindConfig
+
+    tune = load_script("tune_binding")
+    cfg = BindConfig()
+    assert tune.bind_updates(cfg, "lambda_text", "30") == {"lambda_text": 30.0}
+    assert tune.bind_updates(cfg, "steps", "150") == {"steps": 150}
+    nested = tune.bind_updates(cfg, "balance.lr_scaling", "false")["balance"]
+    assert nested.lr_scaling is False
+    # the other balance settings are the config's, not reset to defaults
+    assert (nested.sampling, nested.loss_weights, nested.beta) == (cfg.balance.sampling, cfg.balance.loss_weights,
+                                                                   cfg.balance.beta)
+    assert tune.bind_updates(cfg, "balance.beta", "0.25")["balance"].beta == 0.25

@@ -140,3 +140,17 @@ def test_the_frozen_minilm_student_saves_its_trained_layers_only_and_shares_the_
     (tmp_path / "student.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="student.json.*trained on a MiniLM backbone"):
         StudentTextEncoder.from_pretrained(tmp_path)
+
+
+def test_loading_the_backbone_draws_no_progress_bar_and_keeps_the_users_setting(capfd):
+    from transformers.utils import logging
+
+    logging.enable_progress_bar()
+    capfd.readouterr()
+    FrozenSentenceEncoder()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert logging.is_progress_bar_enabled()  # the user's setting, restored
+    logging.disable_progress_bar()
+    FrozenSentenceEncoder()
+    assert not logging.is_progress_bar_enabled()
+    logging.enable_progress_bar()

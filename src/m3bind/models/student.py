@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from m3bind.config import StudentConfig
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.descriptions import StudentDescription, read_description, write_description
+from m3bind.models.quiet import no_loading_bars
 from m3bind.models.sentence import (FrozenSentenceEncoder, check_fingerprint, load_minilm_tokenizer, minilm_fingerprint,
                                     minilm_path)
 from m3bind.models.weights import check_state, read_weights, save_weights
@@ -126,8 +127,9 @@ class StudentTextEncoder(nn.Module):
             # A backbone saved without its (unused) pooler must be rebuilt without it, or
             # transformers would initialise one at random and report it missing.
             extra = {} if description.pooler else {"add_pooling_layer": False}
-            backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True,
-                                                 trust_remote_code=False, **extra)
+            with no_loading_bars():
+                backbone = AutoModel.from_pretrained(directory / "backbone", local_files_only=True,
+                                                     trust_remote_code=False, **extra)
             tokenizer = AutoTokenizer.from_pretrained(directory / "backbone", local_files_only=True,
                                                       trust_remote_code=False)
             student = cls(backbone, tokenizer, description.shared_dim, description.pooling, description.max_length)
@@ -170,7 +172,8 @@ def build_student(cfg: StudentConfig, corpus: Sequence[str], shared_dim: int, se
     # trust_remote_code=False: a folder's own Python code is never run (transformers would
     # otherwise ask on a terminal).
     try:
-        backbone = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        with no_loading_bars():
+            backbone = AutoModel.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot load the student text model: {error}") from error

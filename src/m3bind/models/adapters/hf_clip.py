@@ -28,6 +28,7 @@ from m3bind.data.preprocess_specs import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Path
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.adapters import hf_text
 from m3bind.models.adapters.base_adapter import AdapterModel, AdapterOptions
+from m3bind.models.quiet import no_loading_bars
 
 CLIP_LORA_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -129,8 +130,9 @@ def _load_clip_model(folder: Path) -> CLIPModel:
         raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
     try:
         # Mismatched shapes are collected (not raised) so that the error below can name them.
-        network, info = CLIPModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
-                                                  ignore_mismatched_sizes=True)
+        with no_loading_bars():
+            network, info = CLIPModel.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                                      ignore_mismatched_sizes=True)
     except (OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{folder}: cannot load CLIPModel: {error}") from error
     problems = [f"{kind.replace('_', ' ')}: {', '.join(map(_describe_key, keys))}"
