@@ -124,6 +124,31 @@ def test_other_names_of_normal_in_the_prompt_set_are_normal_studies_not_a_second
     assert exp.manifest("ecg").read_as_normal == ("SR",)
 
 
+def test_odir_one_letter_labels_of_a_fundus_manifest_meet_the_shipped_retina_prompts(tmp_path):
+    """ODIR-5K labels fundus images N, D, G, C, A, H, M, O. In a fundus manifest N is a normal
+    study and the others find the retina set's expert descriptions; O (other) gets naive prompts."""
+    from m3bind.eval.protocol import modality_classes
+
+    Image.new("RGB", (40, 30), (120, 40, 20)).save(tmp_path / "f.png")
+    _manifest(tmp_path / "odir.csv", "f.png", [("N", "train", "a"), ("D|H", "train", "b"), ("G", "train", "c"),
+                                               ("C|A", "val", "d"), ("M", "val", "e"), ("O", "test", "f")])
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(
+        {"modalities": {"fundus": {"like": "retina", "manifest": "odir.csv"}}}))
+    exp = Experiment.from_file(tmp_path / "exp.yaml")
+    assert prompt_set_origin(exp, "fundus") == "retina"  # shipped, not naive prompts
+    assert exp.manifest("fundus").labels(0) == []  # N: a normal study, not a class named 'N'
+    classes = modality_classes(exp, "fundus")
+    assert classes == ["normal", "A", "C", "D", "G", "H", "M", "O"]
+    prompts = class_prompts(exp, "fundus", classes, "expert")
+    retina = load_prompt_set("retina")
+    for letter, name in [("D", "diabetic retinopathy"), ("G", "glaucoma"), ("C", "cataract"), ("H", "hypertensive retinopathy"),
+                         ("A", "age-related macular degeneration"), ("M", "pathologic myopia")]:
+        assert all(any(description in prompt for prompt in prompts[letter])
+                   for description in retina.classes[name]), letter
+    assert not any(description in " ".join(prompts["O"]) for descriptions in retina.classes.values()
+                   for description in descriptions)
+
+
 def test_a_published_model_under_another_name_takes_the_prompts_of_the_modality_it_serves(tmp_path):
     """MGCA is an X-ray model: named 'cxr' without `like`, its findings still meet the X-ray
     prompts; an open_clip model told it serves 'retina' takes the fundus prompts."""
