@@ -154,3 +154,41 @@ def test_loading_the_backbone_draws_no_progress_bar_and_keeps_the_users_setting(
     FrozenSentenceEncoder()
     assert not logging.is_progress_bar_enabled()
     logging.enable_progress_bar()
+
+
+class _CountingTokenizer:
+    """MiniLM's tokenizer, recording every text it is asked to tokenize."""
+
+    def __init__(self):
+        from m3bind.models.sentence import load_minilm_tokenizer
+
+        self.inner = load_minilm_tokenizer()
+        self.pad_token_id = self.inner.pad_token_id
+        self.seen: list[str] = []
+
+    def __call__(self, texts, **kwargs):
+        self.seen += list(texts)
+        return self.inner(texts, **kwargs)
+
+
+def test_token_ids_are_the_tokenizers_own_and_each_text_is_tokenized_once_per_shared_backbone(model, tmp_path):
+    tokenizer = _CountingTokenizer()
+    encoder = FrozenSentenceEncoder()
+    texts = [*TEXTS, "", "word " * 300, "Ünïcode café — naïve façade", "  spaced\ttext\n"]
+    for max_length in (128, 8):   # the ids of each length are kept apart: truncation differs
+        expected = tokenizer.inner(texts, padding="longest", truncation=True, max_length=max_length,
+                                   return_tensors="pt")
+        for _ in range(2):        # tokenized, then from the kept ids
+            got = encoder.tokenize(tokenizer, texts, max_length)
+            assert torch.equal(got["input_ids"], expected["input_ids"])
+            assert torch.equal(got["attention_mask"], expected["attention_mask"])
+    assert len(tokenizer.seen) == 2 * len(set(texts))
+    # Two towers sharing a backbone tokenize a text once between them; the student too.
+    model.save_pretrained(tmp_path)
+    first, second = BuiltinCLIP.from_pretrained(tmp_path), BuiltinCLIP.from_pretrained(tmp_path)
+    share_sentence_backbones([first, second])
+    first.tokenizer = second.tokenizer = counting = _CountingTokenizer()
+    with torch.no_grad():
+        expected = first.encode_texts(TEXTS)
+        torch.testing.assert_close(second.encode_texts(TEXTS), expected, atol=0, rtol=0)
+    assert sorted(counting.seen) == sorted(set(TEXTS))

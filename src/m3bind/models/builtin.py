@@ -194,6 +194,8 @@ class BuiltinCLIP(ModalityModel):
         """Own WordPiece tokenizer; pads to the longest text, truncates at ``config.max_length``."""
         if isinstance(texts, str):
             raise TypeError("tokenize expects a sequence of texts, not a single string")
+        if isinstance(self.text_encoder, SentenceTextTower):
+            return self.text_encoder.sentence.tokenize(self.tokenizer, texts, self.config.max_length)
         encoded = self.tokenizer(list(texts), padding="longest", truncation=True,
                                  max_length=self.config.max_length, return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}

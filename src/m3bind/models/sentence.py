@@ -18,9 +18,10 @@ against the fingerprint the model was trained with.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,6 +33,7 @@ from m3bind.models.quiet import no_loading_bars
 SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
 # Sentence vectors kept per backbone: about 2.3 KiB per text (384 floats, the token-id key and
 # Python objects), so 200,000 texts hold about 450 MB; texts beyond it are encoded each time seen.
+# The same bound applies to the texts whose token ids are kept (a few hundred bytes each).
 MAX_CACHED_TEXTS = 200_000
 # Texts per backbone forward when filling the cache, and the padding granularity (see _encode).
 _ENCODE_BATCH = 64
@@ -86,6 +88,8 @@ class FrozenSentenceEncoder(nn.Module):
         self.width = int(self.backbone.config.hidden_size)
         self._pad_id = int(self.backbone.config.pad_token_id or 0)
         self._cache: dict[bytes, Tensor] = {}
+        # max_length -> text -> its token ids: see tokenize().
+        self._token_ids: dict[int, dict[str, np.ndarray]] = {}
         self.register_state_dict_post_hook(self._drop_backbone_keys)
         self.register_load_state_dict_pre_hook(self._fill_backbone_keys)
 
@@ -105,6 +109,33 @@ class FrozenSentenceEncoder(nn.Module):
         # Loading a model's weights leaves the package's backbone as it is.
         for name, tensor in module.backbone.state_dict().items():
             state_dict[f"{prefix}backbone.{name}"] = tensor
+
+    def tokenize(self, tokenizer, texts: Sequence[str], max_length: int) -> dict[str, Tensor]:
+        """``texts`` as MiniLM token ids padded to the longest, exactly what ``tokenizer(texts,
+        padding="longest", truncation=True, max_length=max_length)`` returns, but each distinct
+        text is tokenized once per backbone, and the towers and student of a process share one
+        (:func:`share_sentence_backbones`). With the sentence vectors cached, tokenizing was most
+        of a binding step: each of five towers tokenized the same alignment texts (README,
+        benchmarks). ``tokenizer`` must be MiniLM's (:func:`load_minilm_tokenizer`)."""
+        texts = list(texts)
+        if not texts:
+            return dict(tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
+                                  return_tensors="pt"))
+        known = self._token_ids.setdefault(max_length, {})
+        missing = [text for text in dict.fromkeys(texts) if text not in known]
+        fresh = {}
+        if missing:
+            encoded = tokenizer(missing, truncation=True, max_length=max_length)["input_ids"]
+            fresh = {text: np.asarray(ids, dtype=np.int32) for text, ids in zip(missing, encoded)}
+            if sum(map(len, self._token_ids.values())) < MAX_CACHED_TEXTS:
+                known.update(fresh)
+        rows = [known[text] if text in known else fresh[text] for text in texts]
+        input_ids = np.full((len(rows), max(map(len, rows))), tokenizer.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros(input_ids.shape, dtype=np.int64)
+        for row, ids in enumerate(rows):
+            input_ids[row, :len(ids)] = ids
+            attention_mask[row, :len(ids)] = 1
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

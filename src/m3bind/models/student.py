@@ -68,6 +68,8 @@ class StudentTextEncoder(nn.Module):
         return self.head.weight.device
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        if self.frozen:
+            return self.backbone.tokenize(self.tokenizer, texts, self.max_length)
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt")
         return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
