@@ -210,6 +210,15 @@ def test_missing_section_is_named(section):
         validate_report(report)
 
 
+def test_a_run_without_a_paired_set_says_what_retrieval_needs():
+    report = make_report()
+    report["retrieval"] = {variant: {} for variant in report["retrieval"]}
+    markdown = render_markdown(validate_report(report), {})
+    section = markdown.split("## Cross-modal retrieval (Table 3 style)")[1].split("\n## ")[0]
+    assert "No cross-modal retrieval results in this run" in section
+    assert "`paired_manifests`" in section and "`patient_id`" in section
+
+
 def test_ablations_are_optional():
     report = make_report()
     del report["ablations"]

@@ -256,7 +256,10 @@ def _retrieval_table(results: Mapping[str, Mapping[str, RetrievalScores]], varia
 def _retrieval_section(report: Report) -> list[str]:
     lines = ["## Cross-modal retrieval (Table 3 style)", ""]
     if not any(report.retrieval.values()):
-        return lines + ["_No cross-modal retrieval results in this run._"]
+        return lines + ["_No cross-modal retrieval results in this run. Retrieval is scored on a paired set: "
+                        "`paired_manifests` in the config, two or more modalities whose manifests share "
+                        "`patient_id`s on their val and test rows (and `eval.retrieval_pairs`, when set, "
+                        "not empty)._"]
     lines += ["A study of the query modality ranks every gallery study of the other modality by cosine "
               "similarity in the shared space; no paired images were used in training. R@K: the query "
               "patient's own study is in the top K. Concept P@K: share of the top K with the query's "
