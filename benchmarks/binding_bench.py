@@ -152,7 +152,7 @@ def demo_setup(*, device: str = "auto", image_batch: int | None = None, studies_
         studies = synthetic_studies(spec.output_shape(), max(studies_per_modality, bind.image_batch_size), seed=index,
                                     texts=cohort_reports(modality, max(studies_per_modality, bind.image_batch_size),
                                                          seed=index))
-        config = builtin_config(modality, demo=True).model_copy(update={"text_backbone": text_backbone})
+        config = builtin_config(modality, demo=True, text_backbone=text_backbone)
         model = build_builtin_model(modality, studies.texts, config, seed=cfg.seed, preprocess=spec)
         module = BoundModality(model, cfg.shared_dim, seed=cfg.seed + index)
         module.prepare_for_binding(bind.lora.r, bind.lora.alpha, bind.lora.dropout, text=bind.lora.text,

@@ -19,7 +19,7 @@ TEXTS = ["Widened heart shadow.", "Meniscus-shaped basal liquid collection on th
 
 @pytest.fixture(scope="module")
 def model():
-    config = builtin_config("xray").model_copy(update={"text_backbone": "minilm"})
+    config = builtin_config("xray", text_backbone="minilm")
     return build_builtin_model("xray", [], config, seed=3).eval()
 
 
@@ -192,3 +192,20 @@ def test_token_ids_are_the_tokenizers_own_and_each_text_is_tokenized_once_per_sh
         expected = first.encode_texts(TEXTS)
         torch.testing.assert_close(second.encode_texts(TEXTS), expected, atol=0, rtol=0)
     assert sorted(counting.seen) == sorted(set(TEXTS))
+
+
+def test_minilm_towers_and_student_read_a_long_report_to_minilms_own_limit_at_demo_sizes(model):
+    """Real reports put the impression last; at the demo's 128 tokens a long one would lose it."""
+    from m3bind.config import StudentConfig
+    from m3bind.models.student import build_student
+
+    impression = "Impression: large right pleural effusion."
+    report = "Findings: " + "the mediastinal contours are stable and there is no focal airspace opacity. " * 12
+    report += impression
+    tokens = model.tokenize([report])["input_ids"][0]
+    assert model.config.max_length == 256 and 160 < len(tokens) <= 256
+    assert builtin_config("xray", demo=True).max_length == 128          # the scratch towers keep theirs
+    student = build_student(StudentConfig(type="builtin", backbone="minilm"), [], 64)
+    assert student.max_length == 256
+    ids = student.tokenize([report])["input_ids"][0]
+    assert student.tokenizer.decode(ids[-12:], skip_special_tokens=True).endswith("large right pleural effusion.")

@@ -35,7 +35,8 @@ from m3bind.models.base import ModalityModel
 from m3bind.models.descriptions import (Description, PreprocessDescription, build_preprocess, describe_preprocess,
                                         read_description, write_description)
 from m3bind.models.encoders import ConvEncoder, SignalEncoder
-from m3bind.models.sentence import SentenceTextTower, check_fingerprint, load_minilm_tokenizer, minilm_fingerprint
+from m3bind.models.sentence import (MINILM_MAX_LENGTH, SentenceTextTower, check_fingerprint, load_minilm_tokenizer,
+                                    minilm_fingerprint)
 from m3bind.models.text import SPECIAL_TOKENS, BertTextTower, small_bert_config, train_tokenizer
 from m3bind.models.weights import load_state_strict, read_weights, save_weights
 from m3bind.signal_kinds import SignalKind
@@ -103,12 +104,14 @@ class BuiltinDescription(Description):
     omit_if_default: ClassVar[tuple[str, ...]] = ("model.text_backbone", "text_backbone_sha256")
 
 
-def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:
+def builtin_config(modality: str, demo: bool = True, text_backbone: str = "scratch") -> BuiltinModelConfig:
     """Default sizes of the built-in model for a built-in modality.
 
     ``demo=True`` fits the synthetic cohort (64x64 images, 32x64x64 volumes, 12x1000 ECGs)
     and a 2-core CPU; ``demo=False`` is a few times larger for real data on a GPU.
-    For a user-defined modality, build a :class:`BuiltinModelConfig` directly.
+    ``text_backbone``: ``minilm`` reads up to MiniLM's own 256 tokens at any size (truncating a
+    real report at 128 would drop its impression, which comes last; the cohort's reports are
+    all shorter). For a user-defined modality, build a :class:`BuiltinModelConfig` directly.
     """
     info = BUILTIN_MODALITIES.get(modality)
     if info is None:
@@ -125,9 +128,11 @@ def builtin_config(modality: str, demo: bool = True) -> BuiltinModelConfig:
                  vocab_size=2000, max_length=128) if demo else
             dict(text_hidden_size=256, text_layers=4, text_heads=4, text_intermediate_size=1024,
                  vocab_size=8000, max_length=256))
+    if text_backbone == "minilm":
+        text["max_length"] = MINILM_MAX_LENGTH
     return BuiltinModelConfig(
         modality=modality, kind=info.kind, in_channels=info.channels, width=width, depth=depth,
-        native_dim=info.builtin_native_dim, **text)
+        native_dim=info.builtin_native_dim, text_backbone=text_backbone, **text)
 
 
 def _init_seed(modality: str, seed: int) -> int:

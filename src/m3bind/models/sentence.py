@@ -35,6 +35,8 @@ SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
 # Python objects), so 200,000 texts hold about 450 MB; texts beyond it are encoded each time seen.
 # The same bound applies to the texts whose token ids are kept (a few hundred bytes each).
 MAX_CACHED_TEXTS = 200_000
+# The longest input all-MiniLM-L6-v2 was trained on (its sentence_bert_config.json: max_seq_length).
+MINILM_MAX_LENGTH = 256
 # Texts per backbone forward when filling the cache, and the padding granularity (see _encode).
 _ENCODE_BATCH = 64
 _LENGTH_BUCKET = 16

@@ -23,8 +23,8 @@ from m3bind.config import StudentConfig
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.descriptions import StudentDescription, read_description, write_description
 from m3bind.models.quiet import no_loading_bars
-from m3bind.models.sentence import (FrozenSentenceEncoder, check_fingerprint, load_minilm_tokenizer, minilm_fingerprint,
-                                    minilm_path)
+from m3bind.models.sentence import (MINILM_MAX_LENGTH, FrozenSentenceEncoder, check_fingerprint, load_minilm_tokenizer,
+                                    minilm_fingerprint, minilm_path)
 from m3bind.models.weights import check_state, read_weights, save_weights
 
 DESCRIPTION_FILE = "student.json"
@@ -150,8 +150,8 @@ def build_student(cfg: StudentConfig, corpus: Sequence[str], shared_dim: int, se
     from transformers import AutoModel, AutoTokenizer, BertModel
 
     if cfg.type == "builtin" and cfg.backbone == "minilm":
-        return StudentTextEncoder(FrozenSentenceEncoder(), load_minilm_tokenizer(), shared_dim, "mean", 128, seed,
-                                  mlp_hidden=cfg.width)
+        return StudentTextEncoder(FrozenSentenceEncoder(), load_minilm_tokenizer(), shared_dim, "mean",
+                                  MINILM_MAX_LENGTH, seed, mlp_hidden=cfg.width)
     if cfg.type == "builtin":
         from m3bind.models.text import small_bert_config, train_tokenizer
 
