@@ -209,3 +209,20 @@ def test_minilm_towers_and_student_read_a_long_report_to_minilms_own_limit_at_de
     assert student.max_length == 256
     ids = student.tokenize([report])["input_ids"][0]
     assert student.tokenizer.decode(ids[-12:], skip_special_tokens=True).endswith("large right pleural effusion.")
+
+
+def test_the_backbone_fingerprint_is_the_weights_sha256_and_follows_a_changed_file(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from m3bind.models import sentence
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"first weights")
+    monkeypatch.setattr(sentence, "minilm_path", lambda: tmp_path)
+    assert sentence.minilm_fingerprint() == hashlib.sha256(b"first weights").hexdigest()
+    weights.write_bytes(b"other weights!")                        # another size: hashed again
+    assert sentence.minilm_fingerprint() == hashlib.sha256(b"other weights!").hexdigest()
+    weights.write_bytes(b"third weights!")                        # same size, newer file: hashed again
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert sentence.minilm_fingerprint() == hashlib.sha256(b"third weights!").hexdigest()
