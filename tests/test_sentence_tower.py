@@ -226,3 +226,17 @@ def test_the_backbone_fingerprint_is_the_weights_sha256_and_follows_a_changed_fi
     weights.write_bytes(b"third weights!")                        # same size, newer file: hashed again
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert sentence.minilm_fingerprint() == hashlib.sha256(b"third weights!").hexdigest()
+
+
+@pytest.mark.parametrize("backbone", ["minilm", "scratch"])
+def test_an_empty_batch_of_texts_has_empty_embeddings(model, backbone):
+    """Tokenizers raise on an empty batch; a caller with no texts gets a (0, width) tensor."""
+    from m3bind.config import StudentConfig
+    from m3bind.models.student import build_student
+
+    tower_model = model if backbone == "minilm" else build_builtin_model(
+        "xray", TEXTS, builtin_config("xray"), seed=0)
+    assert tuple(tower_model.encode_texts([]).shape) == (0, tower_model.native_dim)
+    student = build_student(StudentConfig(type="builtin", backbone=backbone), TEXTS * 10, 64)
+    assert tuple(student.encode_texts([]).shape) == (0, 64)
+    assert tuple(BoundModality(tower_model, 32, seed=0).encode_texts([]).shape) == (0, 32)

@@ -102,6 +102,8 @@ class ModalityModel(nn.Module, abc.ABC):
 
         Gradients flow as the caller's context decides (binding trains through this).
         """
+        if len(texts) == 0:  # tokenizers fail on an empty batch; an empty batch has empty embeddings
+            return torch.empty(0, self.native_dim, device=self.device)
         tokens = self.tokenize(texts)
         device = self.device
         return self.encode_text({name: value.to(device) for name, value in tokens.items()})

@@ -129,8 +129,8 @@ class FrozenSentenceEncoder(nn.Module):
         benchmarks). ``tokenizer`` must be MiniLM's (:func:`load_minilm_tokenizer`)."""
         texts = list(texts)
         if not texts:
-            return dict(tokenizer(texts, padding="longest", truncation=True, max_length=max_length,
-                                  return_tensors="pt"))
+            empty = torch.zeros((0, 0), dtype=torch.long)
+            return {"input_ids": empty, "attention_mask": empty.clone()}
         known = self._token_ids.setdefault(max_length, {})
         missing = [text for text in dict.fromkeys(texts) if text not in known]
         fresh = {}

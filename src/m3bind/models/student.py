@@ -76,6 +76,8 @@ class StudentTextEncoder(nn.Module):
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """(B, D) L2-normalised shared-space embeddings."""
+        if len(texts) == 0:  # tokenizers fail on an empty batch
+            return torch.empty(0, self.head.out_features, device=self.device)
         tokens = {k: v.to(self.device) for k, v in self.tokenize(texts).items()}
         if self.frozen:
             pooled = self.mlp(self.backbone(**tokens).to(self.head.weight.dtype))
