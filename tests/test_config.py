@@ -103,3 +103,16 @@ def test_docs_config_reference_is_up_to_date():
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
     assert doc.read_text() == config_reference_markdown(), "regenerate docs/config-reference.md"
+
+
+def test_the_readmes_own_data_example_is_a_valid_config_with_the_builtin_recipe():
+    """The README's 'Your own data' block is what a new user copies first; it must stay valid."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```yaml\n# mine.yaml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_config(yaml.safe_load(block), "README.md: mine.yaml")
+    assert list(cfg.modalities) == ["cxr", "fundus", "ecg"]
+    assert cfg.modalities["cxr"].like == "xray" and cfg.modalities["fundus"].like == "retina"
+    assert set(cfg.paired_manifests) == {"cxr", "ecg"}
+    assert cfg.resolved_recipe == "builtin" and cfg.demo_sizes   # every model built-in: the validated recipe
