@@ -240,3 +240,35 @@ def test_an_empty_batch_of_texts_has_empty_embeddings(model, backbone):
     student = build_student(StudentConfig(type="builtin", backbone=backbone), TEXTS * 10, 64)
     assert tuple(student.encode_texts([]).shape) == (0, 64)
     assert tuple(BoundModality(tower_model, 32, seed=0).encode_texts([]).shape) == (0, 32)
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_teacher_tables_of_towers_sharing_a_backbone_encode_each_text_once_past_the_cache_size(
+        model, tmp_path, monkeypatch, on_disk):
+    """SESKD's teacher tables run a batch of texts through every teacher before the next batch, and
+    the sentence cache drops its oldest vectors when full: a corpus larger than the cache still
+    costs one MiniLM forward per text (the tables are those of each teacher alone)."""
+    from m3bind.models import sentence
+    from m3bind.train.frozen import FrozenTextEmbeddings
+
+    monkeypatch.setattr(sentence, "MAX_CACHED_TEXTS", 6)
+    model.save_pretrained(tmp_path / "model")
+    towers = [BuiltinCLIP.from_pretrained(tmp_path / "model") for _ in range(3)]
+    share_sentence_backbones(towers)
+    backbone = towers[0].text_encoder.sentence
+    rows_encoded = []
+    backbone.backbone.register_forward_hook(
+        lambda module, args, kwargs, out: rows_encoded.append(len(kwargs["input_ids"])), with_kwargs=True)
+    texts = [f"Report number {i}: small left pleural effusion." for i in range(20)]
+    with torch.no_grad():
+        alone = [tower.encode_texts(texts) for tower in towers]
+    rows_encoded.clear()
+    backbone._cache.clear()
+    encoders = {str(i): tower.encode_texts for i, tower in enumerate(towers)}
+    table = FrozenTextEmbeddings(encoders, texts, cache=True, batch_size=4,
+                                 directory=tmp_path / "tables" if on_disk else None)
+    assert sum(rows_encoded) == len(texts)                 # not 3 x 20, with room for only 6
+    assert len(backbone._cache) == 6
+    got = table(texts)
+    for i in range(3):
+        torch.testing.assert_close(got[str(i)], alone[i], atol=0, rtol=0)

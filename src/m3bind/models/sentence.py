@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from m3bind.models.quiet import no_loading_bars
 # peft target-module names of the trainable MLP (LoRA during binding).
 SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
 # Sentence vectors kept per backbone: about 2.3 KiB per text (384 floats, the token-id key and
-# Python objects), so 200,000 texts hold about 450 MB; texts beyond it are encoded each time seen.
+# Python objects), so 200,000 texts hold about 450 MB; beyond it the oldest are dropped.
 # The same bound applies to the texts whose token ids are kept (a few hundred bytes each).
 MAX_CACHED_TEXTS = 200_000
 # The longest input all-MiniLM-L6-v2 was trained on (its sentence_bert_config.json: max_seq_length).
@@ -97,7 +98,7 @@ class FrozenSentenceEncoder(nn.Module):
         self.backbone.eval()
         self.width = int(self.backbone.config.hidden_size)
         self._pad_id = int(self.backbone.config.pad_token_id or 0)
-        self._cache: dict[bytes, Tensor] = {}
+        self._cache: OrderedDict[bytes, Tensor] = OrderedDict()  # oldest first, dropped first
         # max_length -> text -> its token ids: see tokenize().
         self._token_ids: dict[int, dict[str, np.ndarray]] = {}
         self.register_state_dict_post_hook(self._drop_backbone_keys)
@@ -158,10 +159,16 @@ class FrozenSentenceEncoder(nn.Module):
             if key not in self._cache:
                 missing[key] = ids
         fresh = self._encode(missing)
-        if len(self._cache) < MAX_CACHED_TEXTS:
-            self._cache.update(fresh)
         vectors = [fresh[key] if key in fresh else self._cache[key] for key in keys]
+        self._remember(fresh)
         return torch.stack(vectors).to(input_ids.device)
+
+    def _remember(self, fresh: dict[bytes, Tensor]) -> None:
+        """Keep new vectors; past MAX_CACHED_TEXTS the oldest go first, so the texts just seen stay
+        (encoders sharing this backbone ask for the same batch one after another)."""
+        self._cache.update(fresh)
+        while len(self._cache) > MAX_CACHED_TEXTS:
+            self._cache.popitem(last=False)
 
     def _encode(self, texts: dict[bytes, Tensor]) -> dict[bytes, Tensor]:
         """Sentence vectors of unpadded token-id rows, each a function of its own tokens only.

@@ -97,11 +97,33 @@ class FrozenTextEmbeddings:
         self.row = {t: i for i, t in enumerate(dict.fromkeys(texts))}
         self.table: dict[str, object] = {}
         if cache:
-            unique = list(self.row)
-            _fresh(directory)
-            self.table = {name: embed_in_batches(encode, unique, batch_size,
-                                                 out_dir=directory / name if directory is not None else None)
-                          for name, encode in self.encoders.items()}
+            self.table = self._build_tables(list(self.row), batch_size, _fresh(directory))
+
+    @torch.no_grad()
+    def _build_tables(self, unique: list[str], batch_size: int, directory: Path | None) -> dict[str, object]:
+        """Every encoder's table, a batch of texts at a time through all encoders (not one encoder
+        through all texts): encoders that share a frozen backbone (the built-in MiniLM towers) then
+        find each batch's sentence vectors in its cache even when the corpus is larger than the
+        cache, instead of each recomputing them."""
+        from contextlib import ExitStack
+
+        from m3bind.data.store import RowStore, RowWriter
+
+        with ExitStack() as stack:
+            writers = ({name: stack.enter_context(RowWriter(directory / name)) for name in self.encoders}
+                       if directory is not None else None)
+            parts: dict[str, list[Tensor]] = {name: [] for name in self.encoders}
+            for start in range(0, len(unique), batch_size):
+                chunk = unique[start:start + batch_size]
+                for name, encode in self.encoders.items():
+                    rows = encode(chunk)
+                    if writers is not None:
+                        writers[name].append(rows.float())
+                    else:
+                        parts[name].append(rows)
+        if directory is not None:
+            return {name: RowStore(directory / name) for name in self.encoders}
+        return {name: torch.cat(rows) for name, rows in parts.items()}
 
     def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
         if self.table:
