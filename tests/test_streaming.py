@@ -285,3 +285,14 @@ def test_what_reading_leaves_out_of_a_study_file_is_counted_per_split_and_kept_w
     assert read_notes({"other_series_left_out": ["1.2.3: 1 file(s)"]}) == [
         "1 other DICOM series in the folder left out (the study is its series with the most slices)"]
     assert read_notes({"dropped_channels": []}) == []
+
+
+def test_a_writer_given_a_smaller_shard_holds_fewer_rows_before_writing_them(tmp_path):
+    """Writers filled side by side (one per SESKD teacher) each take a share of a shard's memory."""
+    rows = np.arange(40 * 8, dtype=np.float32).reshape(40, 8)
+    with RowWriter(tmp_path / "s", shard_bytes=10 * 8 * 4) as writer:   # ten rows per shard
+        for start in range(0, 40, 3):
+            writer.append(rows[start:start + 3])
+            assert writer.buffered < 10                                 # written out once ten are held
+    assert len(list((tmp_path / "s").glob("shard_*.npy"))) == 4
+    assert np.array_equal(RowStore(tmp_path / "s")[:].numpy(), rows)

@@ -126,8 +126,10 @@ class RowWriter:
     to replace it.
     """
 
-    def __init__(self, directory: str | Path, dtype=np.float32):
+    def __init__(self, directory: str | Path, dtype=np.float32, shard_bytes: int | None = None):
         self.directory = Path(directory)
+        # Rows are held in memory until a shard of this size is written.
+        self.shard_bytes = shard_bytes or SHARD_BYTES
         self.tmp = self.directory.with_name(f".{self.directory.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         self.dtype = np.dtype(dtype)
         self.row_shape: tuple[int, ...] | None = None
@@ -148,7 +150,7 @@ class RowWriter:
             raise ValueError(f"rows of shape {tuple(array.shape[1:])} appended to a store of {self.row_shape}")
         self.buffer.append(np.ascontiguousarray(array))
         self.buffered += len(array)
-        if self.buffered * self._row_bytes() >= SHARD_BYTES:
+        if self.buffered * self._row_bytes() >= self.shard_bytes:
             self._flush()
 
     def _row_bytes(self) -> int:

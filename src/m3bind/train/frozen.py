@@ -107,11 +107,13 @@ class FrozenTextEmbeddings:
         cache, instead of each recomputing them."""
         from contextlib import ExitStack
 
-        from m3bind.data.store import RowStore, RowWriter
+        from m3bind.data.store import SHARD_BYTES, RowStore, RowWriter
 
+        # The writers fill side by side, so each gets a share of one shard's memory, not a shard each.
+        shard_bytes = max(1, SHARD_BYTES // len(self.encoders))
         with ExitStack() as stack:
-            writers = ({name: stack.enter_context(RowWriter(directory / name)) for name in self.encoders}
-                       if directory is not None else None)
+            writers = ({name: stack.enter_context(RowWriter(directory / name, shard_bytes=shard_bytes))
+                        for name in self.encoders} if directory is not None else None)
             parts: dict[str, list[Tensor]] = {name: [] for name in self.encoders}
             for start in range(0, len(unique), batch_size):
                 chunk = unique[start:start + batch_size]
