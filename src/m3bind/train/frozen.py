@@ -110,7 +110,7 @@ class FrozenTextEmbeddings:
         from m3bind.data.store import SHARD_BYTES, RowStore, RowWriter
 
         # The writers fill side by side, so each gets a share of one shard's memory, not a shard each.
-        shard_bytes = max(1, SHARD_BYTES // len(self.encoders))
+        shard_bytes = max(1, SHARD_BYTES // max(1, len(self.encoders)))
         with ExitStack() as stack:
             writers = ({name: stack.enter_context(RowWriter(directory / name, shard_bytes=shard_bytes))
                         for name in self.encoders} if directory is not None else None)
