@@ -275,6 +275,18 @@ def heldout_texts(exp: Experiment, modalities: Sequence[str], per_modality: int 
 
 
 # --- the paired set and its concepts ------------------------------------------------------------
+def reports_cut_at_the_limit(tokenize, texts: Sequence[str], batch_size: int = 256) -> tuple[int, int]:
+    """(how many of ``texts`` reach the token limit of ``tokenize``, that limit). A text at the limit
+    is cut there (or ends exactly on it): its end is not read. The limit is what a very long text
+    tokenizes to, so this works for any model's ``tokenize`` (every one returns an attention mask)."""
+    limit = int(tokenize(["report " * 2000])["attention_mask"].sum())
+    cut = 0
+    for start in range(0, len(texts), batch_size):
+        mask = tokenize(list(texts[start:start + batch_size]))["attention_mask"]
+        cut += int((mask.sum(1) >= limit).sum())
+    return cut, limit
+
+
 def retrieval_pairs(exp: Experiment) -> list[tuple[str, str]]:
     """The (query, gallery) pairs to score: ``eval.retrieval_pairs``, else every ordered pair of
     the modalities with a paired manifest."""

@@ -429,6 +429,7 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
             report["notes"].append(f"Real-report check skipped: {report['real_reports']['skipped']}")
 
     report["notes"] += _notes(exp, names, rule_choice, pairs)
+    report["notes"] += truncation_notes(exp, names, variants)
     report["notes"] += _pairs_without_concepts_note(report["retrieval"])
     report["notes"] += [f"{pair}: {scores['queries_without_partner']} of {scores['queries']} query patients have no "
                         f"study of the gallery modality in the paired '{REPORT_SPLIT}' rows; they count as misses in "
@@ -462,6 +463,35 @@ def _pairs_without_concepts_note(retrieval: Mapping[str, Mapping[str, dict]]) ->
             "only Recall@K (the same patient) is measured. A 'concepts' column in the paired manifests names "
             "cross-modal concepts (e.g. cardiomegaly on an X-ray and on the ECG showing left ventricular "
             "hypertrophy)."]
+
+
+# Training reports per modality whose length is checked against the text encoders' token limits.
+TRUNCATION_SAMPLE = 2000
+
+
+def truncation_notes(exp: Experiment, names: Sequence[str], variants: Mapping[str, Mapping]) -> list[str]:
+    """One note per modality whose training reports reach a text encoder's token limit (its own, or
+    the student's): text past the limit is never read, which a user with long reports must know."""
+    from m3bind.eval.protocol import reports_cut_at_the_limit
+
+    notes = []
+    student = next(iter(variants.get("m3bind", {}).values()), None)
+    for m in names:
+        table = exp.manifest(m).table
+        texts = table.loc[table["split"] == "train", "text"].astype(str).tolist()
+        sample = texts[:TRUNCATION_SAMPLE]
+        readers = {"its text encoder": variants["unbound"][m].model.tokenize} if m in variants["unbound"] else {}
+        if student is not None:
+            readers["the student"] = student.text_encoder.tokenize
+        parts = []
+        for reader, tokenize in readers.items():
+            cut, limit = reports_cut_at_the_limit(tokenize, sample) if sample else (0, 0)
+            if cut:
+                parts.append(f"{cut} reach the {limit}-token limit of {reader}")
+        if parts:
+            of = f"the first {len(sample)} of its {len(texts)}" if len(texts) > len(sample) else f"its {len(texts)}"
+            notes.append(f"{m}: of {of} training reports, {' and '.join(parts)}; what follows the limit is not read.")
+    return notes
 
 
 def _patient_overlap_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
