@@ -279,8 +279,11 @@ def test_reports_past_a_text_encoders_token_limit_are_counted_and_named_in_the_r
     reach the limit of each modality's encoder and of the student."""
     import types
 
+    from pathlib import Path
+
     import pandas as pd
 
+    from m3bind.data.manifest import Manifest
     from m3bind.eval.protocol import reports_cut_at_the_limit
     from m3bind.stages.evaluate import truncation_notes
 
@@ -290,12 +293,12 @@ def test_reports_past_a_text_encoders_token_limit_are_counted_and_named_in_the_r
     scratch = build_builtin_model("xray", TEXTS, builtin_config("xray"), seed=0)     # 128 tokens
     assert reports_cut_at_the_limit(scratch.tokenize, texts, batch_size=3) == (2, 128)
     table = pd.DataFrame({"text": [*texts, long_report], "split": ["train", "train", "train", "train", "test"]})
-    exp = types.SimpleNamespace(manifest=lambda m: types.SimpleNamespace(table=table))
+    exp = types.SimpleNamespace(manifest=lambda m: Manifest(Path("xray.csv"), table, "xray"))
     student = types.SimpleNamespace(text_encoder=types.SimpleNamespace(tokenize=model.tokenize))
     variants = {"unbound": {"xray": types.SimpleNamespace(model=scratch)}, "m3bind": {"xray": student}}
     assert truncation_notes(exp, ["xray"], variants) == [
         "xray: of its 4 training reports, 2 reach the 128-token limit of its text encoder and 2 reach the "
         "256-token limit of the student; what follows the limit is not read."]
     short = pd.DataFrame({"text": ["Small left pleural effusion."], "split": ["train"]})
-    exp_short = types.SimpleNamespace(manifest=lambda m: types.SimpleNamespace(table=short))
+    exp_short = types.SimpleNamespace(manifest=lambda m: Manifest(Path("xray.csv"), short, "xray"))
     assert truncation_notes(exp_short, ["xray"], variants) == []

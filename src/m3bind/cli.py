@@ -114,9 +114,8 @@ def config_command(path: Optional[Path] = typer.Argument(None, help="A YAML conf
                       f"defaults of the {cfg.resolved_recipe} recipe for the keys it leaves out)")
         builtin = [m for m, spec in cfg.modalities.items() if spec.model.type == "builtin" and spec.model.path is None]
         if builtin:
-            towers = {m: cfg.modalities[m].model.options.get("text_backbone", cfg.pretrain.text_backbone)
-                      for m in builtin}
-            console.print("built-in text towers: " + ", ".join(f"{m} {TEXT_BACKBONES[b]}" for m, b in towers.items()))
+            console.print("built-in text towers: " + ", ".join(f"{m} {TEXT_BACKBONES[cfg.text_backbone(m)]}"
+                                                               for m in builtin))
         if cfg.distill.student.type == "builtin":
             console.print(f"student: built-in, {TEXT_BACKBONES[cfg.distill.student.backbone]}")
 

@@ -293,6 +293,11 @@ class ExperimentConfig(Section):
                                  f"ecg, pathology) under modalities.{name}")
         return value
 
+    def text_backbone(self, modality: str) -> str:
+        """The text backbone of the modality's built-in model: its own ``model.options.text_backbone``,
+        else ``pretrain.text_backbone``."""
+        return self.modalities[modality].model.options.get("text_backbone", self.pretrain.text_backbone)
+
     @property
     def resolved_recipe(self) -> str:
         """The recipe in force: :attr:`recipe`, with 'auto' decided by the models."""

@@ -274,7 +274,6 @@ def heldout_texts(exp: Experiment, modalities: Sequence[str], per_modality: int 
     return texts
 
 
-# --- the paired set and its concepts ------------------------------------------------------------
 def reports_cut_at_the_limit(tokenize, texts: Sequence[str], batch_size: int = 256) -> tuple[int, int]:
     """(how many of ``texts`` reach the token limit of ``tokenize``, that limit). A text at the limit
     is cut there (or ends exactly on it): its end is not read. The limit is what a very long text
@@ -287,6 +286,7 @@ def reports_cut_at_the_limit(tokenize, texts: Sequence[str], batch_size: int = 2
     return cut, limit
 
 
+# --- the paired set and its concepts ------------------------------------------------------------
 def retrieval_pairs(exp: Experiment) -> list[tuple[str, str]]:
     """The (query, gallery) pairs to score: ``eval.retrieval_pairs``, else every ordered pair of
     the modalities with a paired manifest."""

@@ -141,12 +141,8 @@ class FrozenSentenceEncoder(nn.Module):
             if sum(map(len, self._token_ids.values())) < MAX_CACHED_TEXTS:
                 known.update(fresh)
         rows = [known[text] if text in known else fresh[text] for text in texts]
-        input_ids = np.full((len(rows), max(map(len, rows))), tokenizer.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros(input_ids.shape, dtype=np.int64)
-        for row, ids in enumerate(rows):
-            input_ids[row, :len(ids)] = ids
-            attention_mask[row, :len(ids)] = 1
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+        input_ids, attention_mask = _padded(rows, max(map(len, rows)), tokenizer.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     @torch.no_grad()
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -185,11 +181,7 @@ class FrozenSentenceEncoder(nn.Module):
         for length, members in sorted(buckets.items()):
             for start in range(0, len(members), _ENCODE_BATCH):
                 chunk = members[start:start + _ENCODE_BATCH]
-                ids = torch.full((len(chunk), length), self._pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), length), dtype=torch.long)
-                for row, key in enumerate(chunk):
-                    ids[row, :len(texts[key])] = texts[key]
-                    mask[row, :len(texts[key])] = 1
+                ids, mask = _padded([texts[key] for key in chunk], length, self._pad_id)
                 for key, vector in zip(chunk, self._mean_pool(ids, mask)):
                     out[key] = vector.float().cpu()
         return out
@@ -202,6 +194,16 @@ class FrozenSentenceEncoder(nn.Module):
                                    attention_mask=attention_mask.to(device)).last_hidden_state
         mask = attention_mask.to(device).unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _padded(rows: Sequence, length: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token-id rows (arrays or tensors) right-padded to ``length``: ``(input_ids, attention_mask)``, long."""
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, :len(ids)] = torch.as_tensor(ids)
+        attention_mask[row, :len(ids)] = 1
+    return input_ids, attention_mask
 
 
 class SentenceTextTower(nn.Module):

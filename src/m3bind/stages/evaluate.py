@@ -477,15 +477,16 @@ def truncation_notes(exp: Experiment, names: Sequence[str], variants: Mapping[st
     notes = []
     student = next(iter(variants.get("m3bind", {}).values()), None)
     for m in names:
-        table = exp.manifest(m).table
-        texts = table.loc[table["split"] == "train", "text"].astype(str).tolist()
+        texts = exp.manifest(m).split("train").texts()
         sample = texts[:TRUNCATION_SAMPLE]
+        if not sample:
+            continue
         readers = {"its text encoder": variants["unbound"][m].model.tokenize} if m in variants["unbound"] else {}
         if student is not None:
             readers["the student"] = student.text_encoder.tokenize
         parts = []
         for reader, tokenize in readers.items():
-            cut, limit = reports_cut_at_the_limit(tokenize, sample) if sample else (0, 0)
+            cut, limit = reports_cut_at_the_limit(tokenize, sample)
             if cut:
                 parts.append(f"{cut} reach the {limit}-token limit of {reader}")
         if parts:

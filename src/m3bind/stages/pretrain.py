@@ -33,9 +33,9 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
             log(f"{modality}: starts from the {spec.type} model at {spec.path}, no pretraining needed")
             continue
         # A modality's own options may pick another text backbone; its defaults follow that choice.
-        backbone = (spec.options or {}).get("text_backbone", exp.cfg.pretrain.text_backbone)
         config = builtin_config(exp.builtin_kind(modality), demo=exp.cfg.demo_sizes,
-                                text_backbone=backbone).model_copy(update={"modality": modality})
+                                text_backbone=exp.cfg.text_backbone(modality))
+        config = config.model_copy(update={"modality": modality})
         if spec.options:
             try:
                 config = type(config).model_validate({**config.model_dump(), **spec.options})
