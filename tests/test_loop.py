@@ -4,7 +4,7 @@ import csv
 import pytest
 import torch
 
-from m3bind.errors import TrainingError
+from m3bind.errors import ConfigError, TrainingError
 from m3bind.train.checkpoint import CheckpointManager
 from m3bind.train.loop import LoopSettings, run_loop, warmup_cosine
 from m3bind.train.sampling import step_generator
@@ -101,3 +101,27 @@ def test_pretraining_decays_weights_but_not_biases_norms_or_temperature():
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])]
     assert {id(p) for p in no_decay["params"]} == {id(model[0].bias), id(model[1].weight), id(model[1].bias),
                                                   id(model.logit_scale)}
+
+
+def test_one_process_trains_in_full_precision_then_under_bf16_autocast(tmp_path):
+    # The demo and the Python API pretrain in float32 and then bind in bf16 in one process. With
+    # the precision handed to accelerate, the second loop raised "AcceleratorState has already
+    # been initialized" (first seen on an H200); the same sequence runs on the CPU here.
+    seen = {}
+    for precision in ("no", "bf16", "no"):
+        model, opt, step_fn = _problem()
+
+        def watched(step, step_fn=step_fn, precision=precision):
+            parts = step_fn(step)
+            seen[precision] = (torch.is_autocast_enabled("cpu"), parts["loss"].dtype)
+            return parts
+        result = run_loop(model, opt, watched, LoopSettings(total_steps=2, mixed_precision=precision),
+                          tmp_path / f"run-{len(seen)}", tensorboard=False)
+        assert result.steps_done == 2
+        autocast_on, loss_dtype = seen[precision]
+        assert autocast_on is (precision == "bf16")
+        assert loss_dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    model, opt, step_fn = _problem()
+    with pytest.raises(ConfigError, match="mixed_precision: 'fp16' is not one of"):
+        run_loop(model, opt, step_fn, LoopSettings(total_steps=1, mixed_precision="fp16"), tmp_path / "fp16",
+                 tensorboard=False)

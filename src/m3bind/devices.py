@@ -31,6 +31,26 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
 
 
+def training_accelerator(device: torch.device):
+    """The ``accelerate.Accelerator`` a training loop runs under (processes, backward, collectives).
+
+    It is never given a ``mixed_precision``: accelerate keeps one state per process and refuses a
+    second Accelerator with another precision, and one process often trains in both (the demo and
+    the Python API pretrain in float32, then bind in bf16 on a GPU; found on an H200). Loops
+    autocast themselves with :func:`autocast`, which bf16 allows: it needs no loss scaler.
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device.type != "cuda")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on ``device`` when ``precision`` is "bf16"; full precision ("no") otherwise."""
+    if precision not in ("no", "bf16"):
+        raise ConfigError(f"mixed_precision: '{precision}' is not one of 'no', 'bf16'")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def is_main_process() -> bool:
     """Rank 0 of a launched group (accelerate launch, torchrun), or a lone process."""
     return int(os.environ.get("RANK", 0)) == 0

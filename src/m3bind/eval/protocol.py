@@ -492,8 +492,9 @@ def random_head_scores(exp: Experiment, unbound: Mapping, pairs: Sequence[tuple[
         for m, (emb, ids, concepts) in native.items():
             # draw 0 uses the unbound variant's own heads (seed + position in the config)
             seed = exp.cfg.seed + list(unbound).index(m) + 1000 * draw
-            head = BindingHead(emb.shape[1], exp.cfg.shared_dim, torch.Generator().manual_seed(seed))
-            cache[m] = (head(emb), ids, concepts)
+            # drawn on the CPU (a CPU generator: the same heads on any machine), applied on the device
+            head = BindingHead(emb.shape[1], exp.cfg.shared_dim, torch.Generator().manual_seed(seed)).to(exp.device)
+            cache[m] = (head(emb.to(exp.device)).to(emb.device), ids, concepts)
         runs.append(pair_query_scores(exp, cache, pairs))
     means = {pair: mean_query_scores([run[pair] for run in runs]) for pair in runs[0]}
     spread = {}

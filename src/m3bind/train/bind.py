@@ -100,15 +100,13 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
     """Bind already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding).
     ``image_tables``: where frozen image embeddings are shared by content between runs
     (:class:`~m3bind.train.frozen.FrozenImageEmbeddings`); default: this run's own folder."""
-    from accelerate import Accelerator
-
-    from m3bind.devices import resolve_mixed_precision
+    from m3bind.devices import resolve_mixed_precision, training_accelerator
     from m3bind.errors import ConfigError
     from m3bind.train.distributed import DataParallel
 
     device = next(iter(bound.values())).model.device
     precision = resolve_mixed_precision(cfg.mixed_precision, device)
-    accelerator = Accelerator(cpu=device.type != "cuda", mixed_precision=precision)
+    accelerator = training_accelerator(device)
     parallel = DataParallel(accelerator)
     for name in ("image_batch_size", "text_batch_size"):
         if getattr(cfg, name) % parallel.world:

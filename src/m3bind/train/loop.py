@@ -95,7 +95,7 @@ class LoopSettings:
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = 100
     log_every: int = 1
-    mixed_precision: str = "no"     # "no" | "bf16": autocast through accelerate (no loss scaler needed)
+    mixed_precision: str = "no"     # "no" | "bf16": see m3bind.devices.autocast (no loss scaler needed)
     description: str = "training"
 
 
@@ -138,10 +138,10 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
     ``on_checkpoint(step)``: extra metrics computed at checkpoint time (e.g. text agreement).
     ``stop_after``: stop (with a checkpoint) after this many steps, simulating a killed run in tests.
     """
-    from accelerate import Accelerator
+    from m3bind.devices import autocast, training_accelerator
 
     device = next(model.parameters()).device
-    accelerator = accelerator or Accelerator(cpu=device.type != "cuda", mixed_precision=settings.mixed_precision)
+    accelerator = accelerator or training_accelerator(device)
     parallel = DataParallel(accelerator)
     trained = [p for g in optimizer.param_groups for p in g["params"]]
     checkpoint_state = checkpoint_state or (lambda: trainable_state(model))
@@ -162,7 +162,7 @@ def run_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: 
             model.train()
             parts_sum: dict[str, float] = {}
             for micro in range(settings.grad_accum):
-                with accelerator.autocast():
+                with autocast(device, settings.mixed_precision):
                     parts = step_fn(step * settings.grad_accum + micro)
                 loss = parts["loss"]
                 if not torch.isfinite(loss.detach()).all():
