@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from binding_bench import StepClock, demo_setup, paper_setup, run_binding
@@ -67,15 +68,30 @@ CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cp
                        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward}
 
 
-def counted_flops(setup, steps: int, run_dir: Path) -> tuple[float, dict[str, float]]:
-    """FLOPs of steps 2 .. steps + 1 (per step), total and by operator."""
+class OperatorCounter(TorchDispatchMode):
+    """Counts the ATen operators a step dispatches, forward and backward: on a GPU each one is at
+    least one kernel launch, so at small batches this count, not the FLOPs, sets the step time."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def counted_flops(setup, steps: int, run_dir: Path) -> tuple[float, dict[str, float], float]:
+    """FLOPs of steps 2 .. steps + 1 (per step), total and by operator, and operators per step."""
     counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
+    operators = OperatorCounter()
     clock = StepClock(setup.device)
-    clock.at_step[1] = [counter.__enter__]
-    clock.at_step[steps + 1] = [lambda: counter.__exit__(None, None, None)]
+    clock.at_step[1] = [counter.__enter__, operators.__enter__]
+    clock.at_step[steps + 1] = [lambda: operators.__exit__(None, None, None),
+                                lambda: counter.__exit__(None, None, None)]
     run_binding(setup, steps + 2, run_dir, clock)
     by_op = {str(op): count / steps for op, count in counter.get_flop_counts()["Global"].items()}
-    return counter.get_total_flops() / steps, by_op
+    return counter.get_total_flops() / steps, by_op, operators.count / steps
 
 
 def profile_one_step(setup, run_dir: Path, rows: int = 12) -> str:
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         clock = StepClock(setup.device)
         run_binding(setup, args.steps + 2, work / "timed", clock)
         peak_after = matmul_peak(setup.device, dtype, size)
-        flops, by_op = counted_flops(setup, args.steps, work / "counted")
+        flops, by_op, operators = counted_flops(setup, args.steps, work / "counted")
         table = profile_one_step(setup, work / "profiled") if args.profile else None
 
     batches = ", ".join(f"{m} {min(setup.bind.image_batch_size, len(s))}" for m, s in setup.train.items())
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = f" ({torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f})" if on_cpu else ""
     print(f"binding step: {setup.name} models on {setup.device}{threads}; image batches {batches}; text batch "
           f"{setup.bind.text_batch_size}; {dtype}; {args.steps} steps timed and counted; "
-          f"{flops / 1e9:.3f} GFLOP per step (forward + backward)")
+          f"{flops / 1e9:.3f} GFLOP per step (forward + backward); {operators:.0f} operators dispatched per step")
     print("| clock | s per step | achieved | matmul peak (mean of before / after) | MFU |")
     print("|---|---|---|---|---|")
     # On a CPU shared with other processes the wall clock also counts the time they held the

@@ -150,6 +150,37 @@ def test_bind_loss_is_the_weighted_sum_of_its_parts(tmp_path):
     assert parts["loss"] == pytest.approx(parts["clip"] + 10.0 * parts["text_mse"], rel=1e-5)
 
 
+def test_each_tower_encodes_its_reports_and_the_alignment_texts_in_one_pass(tmp_path):
+    """One text pass per modality per step (half the kernel launches of two): the CLIP term reads
+    the first rows (this modality's sampled reports) and eq. 5's alignment the rest (the shared
+    alignment texts), checked against the loss recomputed from the recorded embeddings."""
+    bound = _bound()
+    train = {m: _studies(m) for m in bound}
+    seen = {m: [] for m in bound}
+    for m, module in bound.items():
+        def recording(texts, original=module.encode_texts, log=seen[m]):
+            embeddings = original(texts)
+            log.append((list(texts), embeddings.detach().clone()))
+            return embeddings
+        module.encode_texts = recording
+    cfg = BindConfig(steps=1, lr=1e-9, image_batch_size=6, text_batch_size=4, lambda_text=10.0)
+    result = bind_models(bound, train, cfg, tmp_path, heldout_texts=["x"], tensorboard=False)
+    names = list(bound)
+    sizes = {m: len(train[m]) for m in names}
+    balance = modality_balance(sizes)
+    aligned = sample_texts({m: train[m].texts for m in names}, balance.probabilities, 4, step_generator(0, 0, 0))
+    for stream, m in enumerate(names, start=1):
+        index = sample_batch(sizes[m], 6, step_generator(0, 0, stream))
+        texts, _ = seen[m][0]
+        assert texts == [train[m].texts[i] for i in index.tolist()] + aligned
+    expected = text_alignment_loss({m: seen[m][0][1][6:] for m in names}, balance.loss_weights)
+    assert result.history[0]["text_mse"] == pytest.approx(float(expected), rel=1e-5)
+    # the rows are not interchangeable: the report rows give another alignment value (close on
+    # these tiny towers, but well outside the float tolerance the match above holds to)
+    wrong = text_alignment_loss({m: seen[m][0][1][:4] for m in names}, balance.loss_weights)
+    assert float(wrong) != pytest.approx(float(expected), rel=1e-5)
+
+
 def test_lambda_zero_binding_skips_the_alignment_text_passes(tmp_path):
     """The lambda = 0 control encodes only each modality's own CLIP batch of reports per step:
     the alignment texts would weigh nothing. Its loss is the weighted CLIP sum alone."""

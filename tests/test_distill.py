@@ -267,3 +267,36 @@ def test_other_teachers_one_is_eq7_and_zero_changes_the_kd_term(tmp_path):
                           tensorboard=False).history
     assert [h["kd"] for h in first[1.0]] == pytest.approx([h["kd"] for h in eq7], rel=1e-6)
     assert first[0.0][0]["kd"] != pytest.approx(first[1.0][0]["kd"], rel=1e-3)
+
+
+def test_a_contrastive_step_encodes_the_kd_texts_and_every_report_batch_in_one_student_pass(tmp_path):
+    """One student pass per step (one forward instead of six): the KD term reads its first rows,
+    each modality's text-to-image term the rows of its report batch, in order; both recomputed here
+    from the recorded embeddings."""
+    from m3bind.train.sampling import sample_batch, sample_texts, step_generator
+
+    bound, train, student, cfg = _setup(True, steps_a=0, steps_b=1)
+    probabilities = {"xray": 0.5, "ecg": 0.5}
+    seen = []
+    original = student.encode_texts
+
+    def spy(texts):
+        embeddings = original(texts)
+        seen.append((list(texts), embeddings.detach().clone()))
+        return embeddings
+    student.encode_texts = spy
+    result = distill_student(student, bound, train, cfg, tmp_path, probabilities=probabilities, tensorboard=False)
+    texts, embeddings = seen[0]
+    kd_texts = sample_texts({m: train[m].texts for m in bound}, probabilities, cfg.batch_size, step_generator(0, 0, 0))
+    index = {m: sample_batch(len(train[m]), cfg.batch_size, step_generator(0, 0, stream))
+             for stream, m in enumerate(bound, start=1)}
+    assert texts == kd_texts + [train[m].texts[i] for m in bound for i in index[m].tolist()]
+    parts = result.history[0]
+    with torch.no_grad():
+        teachers = {m: b.encode_texts(kd_texts) for m, b in bound.items()}
+        assert parts["kd"] == pytest.approx(kd_loss(teachers, embeddings[:cfg.batch_size]).item(), rel=1e-4)
+        rows = iter(embeddings[cfg.batch_size:].split(cfg.batch_size))
+        for m, b in bound.items():
+            image_emb = b.encode_image(train[m].images[index[m]])
+            expected = text_to_image_infonce(next(rows), image_emb, b.logit_scale())
+            assert parts[f"contrastive/{m}"] == pytest.approx(expected.item(), rel=1e-4)

@@ -129,24 +129,27 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
         return bound[m].encode_image(train[m].images[index].to(bound[m].model.device))
 
     def step_fn(step: int) -> dict[str, Tensor]:
+        # The lambda = 0 control: the alignment term weighs nothing, so it samples no texts.
+        aligned = [] if cfg.lambda_text == 0 else parallel.shard(
+            sample_texts(corpora, balance.probabilities, cfg.text_batch_size, step_generator(seed, step, 0)))
         clip_losses: dict[str, Tensor] = {}
+        aligned_emb: dict[str, Tensor] = {}
         for stream, m in enumerate(names, start=1):
             full_index = sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream))
             index = parallel.shard(full_index)
             image_emb = parallel.gather(encode_images(m, index))
-            text_emb = parallel.gather(bound[m].encode_texts([train[m].texts[i] for i in index.tolist()]))
+            reports = [train[m].texts[i] for i in index.tolist()]
+            # One pass of the text tower over its reports and the alignment texts together: half the
+            # forwards, and the kernel launches that bound a GPU step (docs/findings.md), of two passes.
+            both = bound[m].encode_texts(reports + aligned)
+            text_emb = parallel.gather(both[:len(reports)])
+            aligned_emb[m] = both[len(reports):]
             # gather() restores global-batch order, so the labels follow full_index
             labels = [train[m].labels[i] for i in full_index.tolist()] if label_aware[m] else None
             clip_losses[m] = clip_objective(image_emb, text_emb, bound[m].logit_scale(), labels)
-        if cfg.lambda_text == 0:
-            # The lambda = 0 control: the alignment term weighs nothing, so its text passes are skipped.
-            parts = binding_loss(clip_losses, balance.loss_weights, {}, 0.0)
+        parts = binding_loss(clip_losses, balance.loss_weights, aligned_emb if aligned else {}, cfg.lambda_text)
+        if not aligned:
             del parts["text_mse"]
-        else:
-            texts = parallel.shard(sample_texts(corpora, balance.probabilities, cfg.text_batch_size,
-                                                step_generator(seed, step, 0)))
-            text_emb = {m: bound[m].encode_texts(texts) for m in names}
-            parts = binding_loss(clip_losses, balance.loss_weights, text_emb, cfg.lambda_text)
         return {**{f"clip/{m}": loss_m for m, loss_m in clip_losses.items()}, **parts}
 
     def agreement(step: int) -> dict[str, float]:
