@@ -300,3 +300,41 @@ def test_a_contrastive_step_encodes_the_kd_texts_and_every_report_batch_in_one_s
             image_emb = b.encode_image(train[m].images[index[m]])
             expected = text_to_image_infonce(next(rows), image_emb, b.logit_scale())
             assert parts[f"contrastive/{m}"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("precision, autocast_on", [("bf16", True), ("no", False), ("auto", False)])
+def test_distill_and_extend_steps_run_under_their_configured_precision(tmp_path, monkeypatch, precision,
+                                                                        autocast_on):
+    # Both ignored mixed_precision before (distill had no key; extend read bind's and dropped it),
+    # so a BERT-size student trained in float32 on a GPU where binding used bf16. 'auto' is float32 on a CPU.
+    import m3bind.train.distill as distill_module
+    import m3bind.train.extend as extend_module
+    from m3bind.config import BindConfig
+    from m3bind.data.datasets import StudySet
+    from m3bind.models.binding import BoundModality
+
+    from test_bind import _tiny
+
+    seen = []
+
+    def watching(loss):
+        def wrapped(*args, **kwargs):
+            seen.append((loss.__name__, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return loss(*args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(distill_module, "kd_loss", watching(kd_loss))
+    monkeypatch.setattr(extend_module, "embedding_mse", watching(extend_module.embedding_mse))
+    bound, train, student, cfg = _setup(True, steps_a=1, steps_b=1)
+    result = distill_student(student, bound, train, cfg.model_copy(update={"mixed_precision": precision}),
+                             tmp_path / "distill", probabilities={"xray": 0.5, "ecg": 0.5}, tensorboard=False)
+    assert result.steps_done == 2
+    texts = ["tumour cells with glands", "normal tissue", "necrosis present"] * 2
+    new = BoundModality(_tiny("pathology", texts, seed=5), 32, seed=9)
+    new.prepare_for_binding(r=4, alpha=4, dropout=0.0)
+    studies = StudySet(images=torch.randn(6, 3, 64, 64), texts=texts, labels=[[]] * 6,
+                       patient_ids=[str(i) for i in range(6)], rows=list(range(1, 7)))
+    extend_module.extend_with(new, student, studies, BindConfig(steps=1, image_batch_size=6, mixed_precision=precision),
+                              tmp_path / "extend", tensorboard=False)
+    assert [name for name, _, _ in seen] == ["kd_loss", "kd_loss", "embedding_mse"]
+    assert all(on is autocast_on for _, on, _ in seen)
+    assert all(dtype == torch.bfloat16 for _, on, dtype in seen if on)

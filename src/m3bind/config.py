@@ -158,6 +158,8 @@ class DistillConfig(Section):
                                                   "names), half a batch of them per step, so the student answers "
                                                   "the class prompts the way its teachers do.")
     cache_embeddings: bool = Field(True, description="Compute frozen teacher/image embeddings once and reuse them.")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="Autocast precision of the student's "
+                                                                           "steps, as bind.mixed_precision.")
     update_heads: bool = Field(False, description="The contrastive steps also train the binding heads so image embeddings "
                                                   "move toward the student's text space.")
     checkpoint_every: int = Field(100, ge=1, description="Write a checkpoint every N steps.")

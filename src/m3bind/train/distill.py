@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from m3bind.config import DistillConfig
 from m3bind.data.datasets import StudySet
+from m3bind.devices import resolve_mixed_precision
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
@@ -110,6 +111,7 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
                 if name.startswith("student.") or cfg.update_heads}
 
     settings = LoopSettings(total_steps=total, warmup_steps=min(20, total // 10),
-                            checkpoint_every=cfg.checkpoint_every, description="distill (SESKD)")
+                            checkpoint_every=cfg.checkpoint_every, description="distill (SESKD)",
+                            mixed_precision=resolve_mixed_precision(cfg.mixed_precision, student.device))
     return run_loop(trainable, optimizer, step_fn, settings, run_dir, resume=resume, progress=progress,
                     checkpoint_state=state, stop_after=stop_after, tensorboard=tensorboard)

@@ -15,6 +15,7 @@ import torch
 
 from m3bind.config import BindConfig
 from m3bind.data.datasets import StudySet
+from m3bind.devices import resolve_mixed_precision
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
@@ -55,6 +56,7 @@ def extend_with(new: BoundModality, student: StudentTextEncoder, train: StudySet
         return parts
 
     settings = LoopSettings(total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
-                            checkpoint_every=cfg.checkpoint_every, description=f"extend {new.modality}")
+                            checkpoint_every=cfg.checkpoint_every, description=f"extend {new.modality}",
+                            mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device))
     return run_loop(new, optimizer, step_fn, settings, run_dir, resume=resume, progress=progress,
                     tensorboard=tensorboard)
