@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matmul-size", type=int, default=None, help="side of the peak-measuring matmul "
                                                                        "(default 2048 on CPU, 8192 on GPU)")
     parser.add_argument("--profile", action="store_true", help="also list the operators of one step")
+    parser.add_argument("--studies", type=int, default=256, help="--models demo: training studies per modality "
+                        "(each one's report is encoded once by MiniLM before timing)")
     parser.add_argument("--text-backbone", choices=["minilm", "scratch"], default="minilm",
                         help="--models demo: the built-in text towers (the demo's frozen MiniLM + MLP, or small BERTs)")
     args = parser.parse_args(argv)
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         if args.models == "demo":
-            setup = demo_setup(image_batch=args.image_batch, text_backbone=args.text_backbone)
+            setup = demo_setup(image_batch=args.image_batch, text_backbone=args.text_backbone,
+                               studies_per_modality=args.studies)
             if args.text_batch is not None:
                 setup.bind = setup.bind.model_copy(update={"text_batch_size": args.text_batch})
             if args.mixed_precision != "no":

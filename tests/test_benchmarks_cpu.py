@@ -73,7 +73,7 @@ def mfu_flops(result) -> float:
 
 def test_mfu_counts_flops_and_compares_with_the_matmul_peak():
     result = run_script("mfu.py", "--models", "demo", "--steps", "1", "--image-batch", "4", "--text-batch", "4",
-                        "--matmul-size", "512", "--text-backbone", "scratch")
+                        "--matmul-size", "512", "--text-backbone", "scratch", "--studies", "16")
     flops = mfu_flops(result)
     # Five text encoders (2 layers of width 128) and heads on 4 + 4 x 5 texts: well above 0.1 GFLOP.
     assert flops > 0.1
@@ -92,7 +92,7 @@ def test_mfu_on_the_demos_minilm_towers_counts_the_trained_layers_not_the_cached
     MLPs. A step is the MLPs, LoRA and heads (a few MFLOP); one MiniLM forward of the step's 24
     texts alone would be about 40 GFLOP, so a count above 0.1 means the cache was not used."""
     flops = mfu_flops(run_script("mfu.py", "--models", "demo", "--steps", "1", "--image-batch", "4",
-                                 "--text-batch", "4", "--matmul-size", "512"))
+                                 "--text-batch", "4", "--matmul-size", "512", "--studies", "16"))
     assert 0 < flops < 0.1
 
 
