@@ -249,3 +249,34 @@ def test_a_table_of_many_other_columns_gets_a_short_error(tmp_path):
         read_manifest(path)
     assert str(error.value).endswith("missing required column(s) path, text; found columns c0, c1, c2, c3, c4, c5, "
                                      "c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, ... (80 more)")
+
+
+def test_hand_written_and_capitalised_headers_read_as_the_documented_columns(tmp_path):
+    """A header typed as "path, text, labels" and a quoted cell after ", " (pandas would read the
+    quote as text and split the cell), and spreadsheet headers such as "Path" or "Patient ID"."""
+    (tmp_path / "s0.npy").write_bytes(b"x")
+    (tmp_path / "spaces.csv").write_text('path, text, labels, split\ns0.npy, "Effusion, small", Effusion|Edema, train\n'
+                                         's0.npy, Clear., , test\n')
+    (tmp_path / "caps.csv").write_text("Path,Text,Labels,Split,Patient ID\ns0.npy,\"Effusion, small\",Effusion|Edema,"
+                                       "Train,007\ns0.npy,Clear.,,TEST,008\n")
+    for name in ("spaces.csv", "caps.csv"):
+        manifest = read_manifest(tmp_path / name, "xray")
+        assert manifest.table["text"].tolist() == ["Effusion, small", "Clear."], name
+        assert manifest.labels(0) == ["Effusion", "Edema"] and manifest.labels(1) == [], name
+        assert manifest.table["split"].tolist() == ["train", "test"], name
+    assert read_manifest(tmp_path / "caps.csv").table["patient_id"].tolist() == ["007", "008"]
+    jsonl = tmp_path / "caps.jsonl"
+    jsonl.write_text(json.dumps({"Path": "s0.npy", "TEXT": "Clear.", "Labels": ["Edema"]}) + "\n")
+    assert read_manifest(jsonl, "xray").labels(0) == ["Edema"]
+
+
+def test_headers_that_would_collide_are_not_guessed(tmp_path):
+    """'path' is read as written, 'Path' beside it stays another column; "Text" and "text " would
+    both become 'text', so neither is renamed and the error names what was found."""
+    (tmp_path / "s0.npy").write_bytes(b"x")
+    (tmp_path / "both.csv").write_text("path,Path,text\ns0.npy,other.npy,Clear.\n")
+    manifest = read_manifest(tmp_path / "both.csv", "xray")
+    assert manifest.table["path"].tolist() == ["s0.npy"] and manifest.table["Path"].tolist() == ["other.npy"]
+    (tmp_path / "twice.csv").write_text("path,Text,TEXT\ns0.npy,a,b\n")
+    with pytest.raises(DataError, match="missing required column\\(s\\) text; found columns path, Text, TEXT"):
+        read_manifest(tmp_path / "twice.csv", "xray")

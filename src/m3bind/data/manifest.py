@@ -10,6 +10,7 @@ excluded) and the column.
 """
 from __future__ import annotations
 
+import re
 import zlib
 from collections import Counter
 from collections.abc import Collection
@@ -132,22 +133,39 @@ def _read_table(path: Path) -> pd.DataFrame:
     try:
         if suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz"):
             # Everything as text: ids like "00123" must not lose their zeros.
-            table = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if ".tsv" in suffix else ",")
+            # skipinitialspace: a hand-written "path, text" header and a quoted cell after ", " read
+            # as the columns and cells they mean (the quote would otherwise be text, splitting the cell).
+            table = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if ".tsv" in suffix else ",",
+                                skipinitialspace=True)
             header = str(table.columns[0]) if len(table.columns) == 1 else ""
             # A spreadsheet saved where ';' is the list separator (much of Europe) writes ';' between
             # columns; one column whose name holds the separator is that, not a one-column table.
             separator = next((sep for sep in (";", "\t") if sep in header), None)
-            return pd.read_csv(path, dtype=str, keep_default_na=False, sep=separator) if separator else table
+            if separator:
+                table = pd.read_csv(path, dtype=str, keep_default_na=False, sep=separator, skipinitialspace=True)
+            return _standard_column_names(table)
         if suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False)
+            return _standard_column_names(pd.read_json(path, lines=True, dtype=False))
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            return _standard_column_names(pd.read_parquet(path))
     except UnicodeDecodeError as exc:
         raise DataError(path, f"not UTF-8 text: {_where_not_utf8(path)}; save the manifest as UTF-8 "
                               "(spreadsheet exports often use Latin-1 or Windows-1252)") from exc
     except _TABLE_ERRORS as exc:
         raise DataError(path, f"cannot parse manifest: {exc}") from exc
     raise DataError(path, f"unsupported manifest format '{suffix}'; use .csv (or .tsv), .jsonl or .parquet")
+
+
+def _standard_column_names(table: pd.DataFrame) -> pd.DataFrame:
+    """``Path``, `` Text`` or ``Patient ID`` as the documented ``path``, ``text``, ``patient_id``
+    (spreadsheets capitalise headers). A name already present as documented wins, and two headers
+    that would both become one name are left as they are, so nothing is read from a guess."""
+    known = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *LIST_COLUMNS, "severity")
+    wanted = {column: re.sub(r"[\s-]+", "_", str(column).strip()).casefold() for column in table.columns}
+    counts = Counter(wanted.values())
+    renames = {column: name for column, name in wanted.items()
+               if name in known and name != column and name not in table.columns and counts[name] == 1}
+    return table.rename(columns=renames) if renames else table
 
 
 def read_manifest(path: str | Path, modality: str | None = None, check_files: bool = True,
