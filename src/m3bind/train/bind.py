@@ -139,8 +139,8 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
             index = parallel.shard(full_index)
             image_emb = parallel.gather(encode_images(m, index))
             reports = [train[m].texts[i] for i in index.tolist()]
-            # One pass of the text tower over its reports and the alignment texts together: half the
-            # forwards, and the kernel launches that bound a GPU step (docs/findings.md), of two passes.
+            # One text-tower pass over its reports and the alignment texts together, not two: a GPU
+            # step is bound by kernel launches, not arithmetic (docs/findings.md).
             both = bound[m].encode_texts(reports + aligned)
             text_emb = parallel.gather(both[:len(reports)])
             aligned_emb[m] = both[len(reports):]

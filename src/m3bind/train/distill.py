@@ -86,8 +86,8 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
         indices = {m: sample_batch(len(train[m]), cfg.batch_size, step_generator(seed, step, stream))
                    for stream, m in enumerate(names, start=1)} if contrastive_phase else {}
         reports = {m: [train[m].texts[i] for i in index.tolist()] for m, index in indices.items()}
-        # One student pass over the KD texts and every modality's reports: one forward instead of
-        # six, fewer kernel launches on a GPU (docs/findings.md); each text's embedding is its own.
+        # One student pass over the KD texts and every modality's reports, not six: a GPU step is
+        # bound by kernel launches (docs/findings.md). Rows are split back in the same order.
         everything = student.encode_texts(texts + [t for batch in reports.values() for t in batch])
         student_emb, *report_embs = torch.split(everything, [len(texts), *map(len, reports.values())])
         weights = (None if cfg.other_teachers == 1.0 else
