@@ -280,3 +280,32 @@ def test_headers_that_would_collide_are_not_guessed(tmp_path):
     (tmp_path / "twice.csv").write_text("path,Text,TEXT\ns0.npy,a,b\n")
     with pytest.raises(DataError, match="missing required column\\(s\\) text; found columns path, Text, TEXT"):
         read_manifest(tmp_path / "twice.csv", "xray")
+
+
+def test_a_csv_cell_holding_a_list_literal_is_that_list_of_findings(tmp_path):
+    """pandas' to_csv writes a list column as "['Effusion', 'Edema']": the findings, not one class
+    named by the brackets. Cells that only look alike stay as written."""
+    (tmp_path / "a.png").write_bytes(b"")
+    table = pd.DataFrame({"path": ["a.png"] * 5, "text": ["r"] * 5,
+                          "labels": [["Effusion", "edema"], [], ["N"], "[not a list", "['x', 3]"]})
+    table.to_csv(tmp_path / "m.csv", index=False)
+    manifest = read_manifest(tmp_path / "m.csv", "xray")
+    assert [manifest.labels(i) for i in range(3)] == [["Effusion", "edema"], [], ["N"]]
+    assert manifest.table["labels"].tolist()[3:] == ["[not a list", "['x', 3]"]
+
+
+@pytest.mark.parametrize("cells, separator", [(["Effusion, Edema", "", "Edema"], ","),
+                                              (["Effusion;Edema", "Edema"], ";"),
+                                              (["Effusion|Edema", "Atelectasis, plate-like"], None),
+                                              (["Effusion", "Edema"], None)])
+def test_labels_listed_with_another_separator_are_named_not_guessed(tmp_path, cells, separator):
+    (tmp_path / "a.png").write_bytes(b"")
+    pd.DataFrame({"path": ["a.png"] * len(cells), "text": ["r"] * len(cells), "labels": cells}).to_csv(
+        tmp_path / "m.csv", index=False)
+    manifest = read_manifest(tmp_path / "m.csv", "xray")
+    assert manifest.other_label_separator == separator
+    assert manifest.labels(0) == ([cells[0]] if separator else cells[0].split("|"))  # read as documented
+    if separator:
+        note = manifest.label_separator_note()
+        assert f"contain '{separator}' (e.g. '{cells[0]}')" in note and "ONE finding" in note
+        assert manifest.split("train").other_label_separator == separator

@@ -164,3 +164,21 @@ def test_a_published_model_under_another_name_takes_the_prompts_of_the_modality_
     assert (exp.known_as("cxr"), exp.known_as("eye"), exp.known_as("other")) == ("xray", "retina", "pathology")
     assert prompt_set_origin(exp, "cxr") == "xray" and prompt_set_origin(exp, "eye") == "retina"
     assert prompt_set_origin(exp, "other") is None  # DR and glaucoma are not pathology findings
+
+
+def test_labels_with_another_separator_are_named_by_m3bind_config_and_in_the_report_notes(tmp_path):
+    from typer.testing import CliRunner
+
+    from m3bind.cli import app
+    from m3bind.stages.evaluate import _prompt_notes
+
+    Image.new("L", (40, 30), 128).save(tmp_path / "a.png")
+    (tmp_path / "cxr.csv").write_text('path,text,labels,split\na.png,r,"Effusion;Edema",train\n'
+                                      "a.png,r,Edema,test\n")
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"modalities": {"cxr": {"like": "xray", "manifest": "cxr.csv"}}}))
+    result = CliRunner().invoke(app, ["config", str(tmp_path / "exp.yaml")], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    expected = "cxr: labels in cxr.csv contain ';' (e.g. 'Effusion;Edema') and none contains '|'"
+    assert expected in " ".join(result.output.split())
+    notes = _prompt_notes(Experiment.from_file(tmp_path / "exp.yaml"), ["cxr"])
+    assert any(note.startswith(expected) and "ONE finding" in note for note in notes)

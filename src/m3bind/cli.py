@@ -210,6 +210,8 @@ def _print_prompt_coverage(exp) -> None:
         if exp.manifest(m).read_as_normal:
             console.print(f"{m}: labels read as the normal class (other names of it in the prompt set): "
                           f"{', '.join(exp.manifest(m).read_as_normal)}")
+        if exp.manifest(m).other_label_separator:
+            console.print(f"{m}: {exp.manifest(m).label_separator_note()}")
     pairs = {tuple(sorted(pair)) for pair in retrieval_pairs(exp)} if exp.cfg.paired_manifests else set()
     if not pairs:
         return

@@ -48,6 +48,9 @@ class Manifest:
     # Labels of the file read as the normal class (other spellings of it the caller named, such
     # as PTB-XL's "NORM"), for the reports to say so.
     read_as_normal: tuple[str, ...] = ()
+    # ',' or ';' when label cells hold one and none holds '|': probably findings listed with another
+    # separator, read as one class each ("Effusion, Edema"); said by `m3bind config` and the report.
+    other_label_separator: str | None = None
 
     @property
     def root(self) -> Path:
@@ -68,7 +71,7 @@ class Manifest:
         rows = self.table[mask].reset_index(drop=True)
         source_rows = np.arange(1, len(self.table) + 1) if self.source_rows is None else self.source_rows
         return Manifest(self.source, rows, self.modality, source_rows=source_rows[mask],
-                        read_as_normal=self.read_as_normal)
+                        read_as_normal=self.read_as_normal, other_label_separator=self.other_label_separator)
 
     def absolute_path(self, i: int) -> Path:
         return self.root / str(self.table.at[i, "path"])
@@ -78,6 +81,14 @@ class Manifest:
 
     def texts(self) -> list[str]:
         return self.table["text"].astype(str).tolist()
+
+    def label_separator_note(self) -> str:
+        """What ``other_label_separator`` means for this file, for `m3bind config` and the report."""
+        sep = self.other_label_separator
+        example = next((f" (e.g. '{cell}')" for cell in self.table["labels"].astype(str) if sep in cell), "")
+        return (f"labels in {self.source.name} contain '{sep}'{example} and none contains '|', the "
+                f"separator between findings: each such cell is read as ONE finding. If they list several, "
+                f"write them '|'-separated (or as a list in JSONL or Parquet).")
 
     def label_names(self) -> list[str]:
         """All distinct labels in this manifest, sorted."""
@@ -218,7 +229,15 @@ def read_manifest(path: str | Path, modality: str | None = None, check_files: bo
         row = i + 1 if source_rows is None else int(source_rows[i])
         _validate_row(path, row, record._asdict(), modality, check_files)
     return Manifest(path, table.reset_index(drop=True), modality, source_rows=source_rows,
-                    read_as_normal=read_as_normal)
+                    read_as_normal=read_as_normal, other_label_separator=other_label_separator(table["labels"]))
+
+
+def other_label_separator(cells: pd.Series) -> str | None:
+    """',' or ';' if label cells use it and none uses the documented '|' (see :class:`Manifest`)."""
+    cells = cells.astype(str)
+    if cells.str.contains(LABEL_SEPARATOR, regex=False).any():
+        return None
+    return next((sep for sep in (",", ";") if cells.str.contains(sep, regex=False).any()), None)
 
 
 def _without_labels(cells: pd.Series, names: Collection[str]) -> tuple[pd.Series, tuple[str, ...]]:
@@ -287,11 +306,27 @@ def _is_list_cell(value: object) -> bool:
     return isinstance(value, (list, tuple, np.ndarray))
 
 
+def _list_literal(value: object) -> list | None:
+    """The list a CSV cell spells as a literal, ``['Effusion', 'Edema']`` or ``["N"]`` (what pandas'
+    ``to_csv`` writes for a list column), else None. ``ast.literal_eval`` evaluates literals only."""
+    import ast
+
+    if not isinstance(value, str) or not (value.strip().startswith("[") and value.strip().endswith("]")):
+        return None
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed) else None
+
+
 def _joined_list_cell(value: object) -> object:
-    """A list cell of a findings column as one '|'-separated cell; other cells unchanged."""
-    if not _is_list_cell(value):
+    """A list cell of a findings column (a JSONL or Parquet array, or a CSV cell holding a list
+    literal) as one '|'-separated cell; other cells unchanged."""
+    items = value if _is_list_cell(value) else _list_literal(value)
+    if items is None:
         return value
-    return LABEL_SEPARATOR.join(part for part in (str(p).strip() for p in value) if part)
+    return LABEL_SEPARATOR.join(part for part in (str(p).strip() for p in items) if part)
 
 
 def _refuse_list_cells(path: Path, table: pd.DataFrame, column: str) -> None:

@@ -281,6 +281,8 @@ def _prompt_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
         if normal:
             notes.append(f"{m}: the labels {', '.join(normal)} are read as the normal class (the prompt set names "
                          f"them as other names of 'normal'), not as findings.")
+        if exp.manifest(m).other_label_separator:
+            notes.append(f"{m}: {exp.manifest(m).label_separator_note()}")
         missing = missing_classes(prompt_set_for(exp, m), modality_classes(exp, m))
         if missing and has_findings(exp, m):
             notes.append(f"{m}: no prompt-file entry for {', '.join(missing)}: these classes use naive prompts made "
