@@ -30,7 +30,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
                    "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 LABEL_SEPARATOR = "|"
-# Columns of findings, which JSONL and Parquet manifests may hold as lists.
+# Columns of findings, which JSONL and Parquet manifests may hold as lists (CSV: as list literals).
 LIST_COLUMNS = ("labels", "concepts")
 
 
