@@ -10,6 +10,7 @@ excluded) and the column.
 """
 from __future__ import annotations
 
+import ast
 import re
 import zlib
 from collections import Counter
@@ -309,12 +310,11 @@ def _is_list_cell(value: object) -> bool:
 def _list_literal(value: object) -> list | None:
     """The list a CSV cell spells as a literal, ``['Effusion', 'Edema']`` or ``["N"]`` (what pandas'
     ``to_csv`` writes for a list column), else None. ``ast.literal_eval`` evaluates literals only."""
-    import ast
-
-    if not isinstance(value, str) or not (value.strip().startswith("[") and value.strip().endswith("]")):
+    text = value.strip() if isinstance(value, str) else ""
+    if not (text.startswith("[") and text.endswith("]")):
         return None
     try:
-        parsed = ast.literal_eval(value.strip())
+        parsed = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         return None
     return parsed if isinstance(parsed, list) and all(isinstance(p, str) for p in parsed) else None
