@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/m3bind demo $(ARGS)
 
+# -n auto: one pytest-xdist worker per core (tests/conftest.py gives each its share of torch's
+# threads); --dist loadfile keeps a file's tests, and its module fixtures, on one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile $(ARGS)
 
 clean:
 	rm -rf $(VENV) m3bind-demo
