@@ -95,6 +95,44 @@ def test_report_has_baselines_control_and_intervals(run):
     assert protocol_info["chaining"]["chosen"] in ("standardised", "raw")
 
 
+def test_each_trained_variant_ranks_retrieval_by_the_similarity_chosen_on_validation(run):
+    from m3bind.stages.evaluate import load_variants
+
+    _, exp, report = run
+    choices = report["protocol"]["retrieval_similarity"]
+    assert set(choices) == {"control", "bound", "m3bind"}
+    variants = load_variants(exp, list(exp.modalities))
+    pairs = retrieval_pairs(exp)
+    for variant, choice in choices.items():
+        table = choice["validation_concept_auc"]
+        assert choice["validated"] and list(table) == list(protocol.RETRIEVAL_SIMILARITIES)
+        for similarity, value in table.items():  # recomputed from the validation split
+            aucs = [s.summary()["concept_auc"] for s in
+                    protocol.paired_query_scores(exp, variants[variant], pairs, "val", similarity).values()]
+            assert value == pytest.approx(sum(a for a in aucs if a is not None) / len([a for a in aucs if a is not None]))
+        best = max(table.values())
+        assert table[choice["chosen"]] == best
+        assert choice["chosen"] == "cosine" or table["cosine"] < best  # cosine wins ties
+        # The test split's table is that similarity's numbers.
+        test = protocol.paired_query_scores(exp, variants[variant], pairs, "test", choice["chosen"])
+        for pair, scores in test.items():
+            expected = scores.summary()["concept_auc"]
+            reported = report["retrieval"][variant][pair]["concept_auc"]
+            assert reported == (None if expected is None else pytest.approx(expected)), (variant, pair)
+    with pytest.raises(ValueError, match="unknown retrieval similarity 'dot'"):
+        protocol.paired_query_scores(exp, variants["bound"], pairs, "val", "dot")
+
+
+def test_a_configured_retrieval_similarity_is_used_for_every_variant_without_choosing(run):
+    from m3bind.stages.evaluate import load_variants
+
+    root, exp, _ = run
+    fixed = Experiment(parse_config(_config(root, "run", retrieval_similarity="centred")))
+    choices = protocol.choose_retrieval_similarity(fixed, load_variants(fixed, list(fixed.modalities)),
+                                                   retrieval_pairs(fixed))
+    assert choices == {v: {"chosen": "centred", "configured": True} for v in ("control", "bound", "m3bind")}
+
+
 def test_differences_are_paired_and_name_the_best_baseline(run):
     _, _, report = run
     claims = {(d["claim"], d["where"], d["metric"]) for d in report["differences"]}

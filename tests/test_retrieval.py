@@ -122,3 +122,29 @@ def test_the_reported_recall_chance_is_what_random_rankings_score():
     for k in (1, 3):
         assert np.mean([d[k].mean() for d in draws]) == pytest.approx(summary["recall_chance"][k], abs=0.02)
     assert summary["recall_chance"][1] > 1 / 8
+
+
+def test_centred_queries_undo_a_hub_that_raw_cosine_ranks_above_every_finding():
+    """Every query of modality A shares a direction u with the normal gallery studies of B: raw
+    cosine ranks those normals above the studies that show the query's concept (AUC 0, below
+    chance); minus A's mean training embedding, the queries rank the concept first."""
+    from types import SimpleNamespace
+
+    from m3bind.eval.protocol import pair_query_scores
+
+    u, c = torch.eye(4)[0], torch.eye(4)[1]
+    concept_query = torch.nn.functional.normalize(0.8 * u + 0.6 * c, dim=0)
+    queries = torch.stack([concept_query, concept_query, u])
+    gallery = torch.stack([u, u, torch.nn.functional.normalize(0.1 * u + 0.995 * c, dim=0)])
+    cache = {"a": (queries, ["p1", "p2", "p3"], [CARDIO, CARDIO, NORMAL]),
+             "b": (gallery, ["p3", "p4", "p1"], [NORMAL, NORMAL, CARDIO])}
+    exp = SimpleNamespace(cfg=SimpleNamespace(eval=SimpleNamespace(recall_at=[1])))
+    raw = pair_query_scores(exp, cache, [("a", "b")])["a->b"].summary()
+    assert raw["concept_auc"] == 0.0
+    centre = torch.nn.functional.normalize(torch.stack([u, concept_query]), dim=-1).mean(0)  # half normal, half concept
+    centred = pair_query_scores(exp, cache, [("a", "b")], {"a": centre, "b": torch.zeros(4)})["a->b"]
+    assert centred.summary()["concept_auc"] == 1.0
+    # The same numbers as ranking by (query - centre) . gallery by hand; the gallery is not centred.
+    by_hand = query_scores(((queries - centre) @ gallery.T).numpy(), ["p1", "p2", "p3"], ["p3", "p4", "p1"],
+                           [CARDIO, CARDIO, NORMAL], [NORMAL, NORMAL, CARDIO], [1])
+    assert centred.summary() == by_hand.summary()

@@ -187,6 +187,12 @@ class EvalConfig(Section):
                             "renormalised ensemble ('renormalised'), '+name' with the bare class name among the "
                             "prompts; 'auto' chooses on the validation splits, for every variant alike (stage "
                             "diagnostics then use 'renormalised').")
+    retrieval_similarity: Literal["auto", "cosine", "centred"] = Field(
+        "auto", description="How image-image retrieval ranks a gallery: 'cosine', or 'centred' (the query's "
+                            "embedding minus the mean embedding of its modality's training studies: removes the "
+                            "direction all of them share, which otherwise draws every query to the same gallery "
+                            "studies); 'auto' chooses on the paired validation set, for each trained variant "
+                            "(control, bound, final) on its own. Stage diagnostics, ablations and search use cosine.")
     bootstrap_resamples: int = Field(1000, ge=10, description="Bootstrap resamples (of test studies or queries) "
                                                               "for the 95% intervals.")
     bootstrap_seed: int = Field(0, description="Seed of the bootstrap resamples.")

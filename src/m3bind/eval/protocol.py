@@ -38,6 +38,17 @@ REPORT_SPLIT = "test"
 # The prototype rule of the stages' own diagnostic lines when eval.prototypes is "auto" (the
 # evaluate stage chooses its rule on validation; see choose_prototype_rule).
 STAGE_PROTOTYPE_RULE = "renormalised"
+# Image-image similarities of the retrieval tables (see choose_retrieval_similarity); the first
+# is the default and wins ties.
+RETRIEVAL_SIMILARITIES = {
+    "cosine": "cosine similarity of the two studies' embeddings",
+    "centred": "the query's embedding minus its modality's mean training embedding, against the gallery's "
+               "(removes the direction every study of the query's modality shares, which otherwise draws every "
+               "query to the gallery studies nearest that direction, whatever their findings)",
+}
+# Training studies (evenly spaced) whose mean is a modality's centre: the mean's error shrinks as
+# 1/sqrt(n), and a dataset of 377,000 studies should not be embedded in full to estimate it.
+CENTRE_STUDIES = 2000
 
 
 def embed_images(encode_image, images) -> torch.Tensor:
@@ -433,8 +444,27 @@ def paired_embeddings(exp: Experiment, views: Mapping, split: str) -> dict:
     return cache
 
 
-def pair_query_scores(exp: Experiment, cache: Mapping, pairs: Sequence[tuple[str, str]]) -> dict[str, QueryScores]:
-    """Per-query retrieval values for each (query, gallery) pair in ``cache``."""
+@torch.no_grad()
+def modality_centres(exp: Experiment, views: Mapping, modalities) -> dict[str, torch.Tensor]:
+    """The mean unit-length embedding of each modality's training studies (at most
+    :data:`CENTRE_STUDIES`, evenly spaced) in the shared space of ``views``: what every study of
+    that modality has in common, whatever its findings."""
+    centres = {}
+    for m in sorted(modalities):
+        count = len(exp.studies(m, "train"))
+        if count == 0:
+            raise DataError(exp.manifest(m).source, f"{m}: no 'train' rows, so no mean embedding to centre its "
+                                                    "queries on; set eval.retrieval_similarity: cosine")
+        rows = np.unique(np.linspace(0, count - 1, min(count, CENTRE_STUDIES)).round().astype(int))
+        embeddings = embed_view_images(exp, views[m], exp.study_subset(m, "train", rows))
+        centres[m] = torch.nn.functional.normalize(embeddings.float(), dim=-1).mean(0)
+    return centres
+
+
+def pair_query_scores(exp: Experiment, cache: Mapping, pairs: Sequence[tuple[str, str]],
+                      centres: Mapping[str, torch.Tensor] | None = None) -> dict[str, QueryScores]:
+    """Per-query retrieval values for each (query, gallery) pair in ``cache``; with ``centres``
+    (see :func:`modality_centres`), each query's embedding minus its modality's centre."""
     # A concept counts for a pair only if both modalities can show it (cardiomegaly for X-ray and
     # ECG, but not an effusion that only X-ray sees).
     visible = {m: frozenset().union(*concepts) for m, (_, _, concepts) in cache.items()}
@@ -443,8 +473,9 @@ def pair_query_scores(exp: Experiment, cache: Mapping, pairs: Sequence[tuple[str
         if query in cache and gallery in cache:
             q, g = cache[query], cache[gallery]
             shared = visible[query] & visible[gallery]
+            queries = q[0] if centres is None else q[0] - centres[query].to(q[0])
             results[f"{query}->{gallery}"] = embedding_query_scores(
-                q[0], g[0], q[1], g[1], [c & shared for c in q[2]], [c & shared for c in g[2]], exp.cfg.eval.recall_at)
+                queries, g[0], q[1], g[1], [c & shared for c in q[2]], [c & shared for c in g[2]], exp.cfg.eval.recall_at)
     return results
 
 
@@ -453,12 +484,46 @@ def _wanted(pairs: Sequence[tuple[str, str]], views: Mapping) -> set[str]:
 
 
 def paired_query_scores(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]],
-                        split: str) -> dict[str, QueryScores]:
-    """Image-image retrieval on one split of the paired set, in the shared space of ``views``."""
+                        split: str, similarity: str = "cosine") -> dict[str, QueryScores]:
+    """Image-image retrieval on one split of the paired set, in the shared space of ``views``,
+    ranked by one of :data:`RETRIEVAL_SIMILARITIES`."""
+    if similarity not in RETRIEVAL_SIMILARITIES:
+        raise ValueError(f"unknown retrieval similarity '{similarity}'; known: {', '.join(RETRIEVAL_SIMILARITIES)}")
     for view in views.values():
         view.eval()
-    return pair_query_scores(exp, paired_embeddings(exp, {m: views[m] for m in _wanted(pairs, views)},
-                                                    split), pairs)
+    wanted = _wanted(pairs, views)
+    centres = modality_centres(exp, views, wanted) if similarity == "centred" else None
+    return pair_query_scores(exp, paired_embeddings(exp, {m: views[m] for m in wanted}, split), pairs, centres)
+
+
+def choose_retrieval_similarity(exp: Experiment, variants: Mapping[str, Mapping],
+                                pairs: Sequence[tuple[str, str]]) -> dict[str, dict]:
+    """{variant: choice} for the variants ranked in the shared space (control, bound, m3bind): the
+    similarity with the best mean concept AUC over the pairs on the paired validation set (ties:
+    cosine). Each variant gets its own choice, so the lambda = 0 control is tuned as much as the
+    bound model. ``eval.retrieval_similarity`` other than 'auto' fixes it for all; a paired set
+    without validation rows keeps cosine and says so (``validated``: false)."""
+    configured = exp.cfg.eval.retrieval_similarity
+    default = next(iter(RETRIEVAL_SIMILARITIES))
+    choices = {}
+    for variant in ("control", "bound", "m3bind"):
+        if variant not in variants:
+            continue
+        if configured != "auto":
+            choices[variant] = {"chosen": configured, "configured": True}
+        elif not pairs or not paired_has_split(exp, TUNING_SPLIT):
+            choices[variant] = {"chosen": default, "validation_concept_auc": None, "validated": False}
+        else:
+            table = {}
+            for similarity in RETRIEVAL_SIMILARITIES:
+                aucs = [s.summary()["concept_auc"] for s in
+                        paired_query_scores(exp, variants[variant], pairs, TUNING_SPLIT, similarity).values()]
+                aucs = [a for a in aucs if a is not None]
+                table[similarity] = float(np.mean(aucs)) if aucs else None
+            # max keeps the first of equal values: the default wins ties, and a table without concepts
+            chosen = max(table, key=lambda s: -1.0 if table[s] is None else table[s])
+            choices[variant] = {"chosen": chosen, "validation_concept_auc": table, "validated": True}
+    return choices
 
 
 def paired_retrieval(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]],

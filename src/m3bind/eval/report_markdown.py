@@ -318,11 +318,30 @@ def _protocol_section(report: Report) -> list[str]:
                   if table else "not chosen on validation: the paired set has no val rows")
         lines += [f"Chaining baseline: concept prompts {', '.join(chaining.get('concepts', []))}; score profiles "
                   f"**{chaining['chosen']}** ({chosen}).", ""]
+    lines += _similarity_lines(protocol.get("retrieval_similarity"))
     boot = protocol.get("bootstrap")
     if boot:
         lines += [f"Intervals: {int(boot['level'] * 100)}% percentile bootstrap, {boot['resamples']} resamples, "
                   f"seed {boot['seed']}.", ""]
     return lines
+
+
+def _similarity_lines(choices: dict | None) -> list[str]:
+    """How each trained variant ranked image-image retrieval, and why."""
+    if not choices:
+        return []
+    parts = []
+    for variant, choice in choices.items():
+        table = choice.get("validation_concept_auc")
+        if choice.get("configured"):
+            why = "set in the config"
+        elif table:
+            why = "validation mean concept AUC " + ", ".join(f"{s} {fmt_number(v)}" for s, v in table.items())
+        else:
+            why = "the default: the paired set has no val rows"
+        parts.append(f"{variant} **{choice['chosen']}** ({why})")
+    return ["Image-image retrieval similarity ('centred': the query minus its modality's mean training embedding): "
+            + "; ".join(parts) + ".", ""]
 
 
 def _differences_section(report: Report) -> list[str]:

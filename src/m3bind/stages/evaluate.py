@@ -37,7 +37,8 @@ from m3bind.eval.prompts import (expert_prompts, missing_classes, naive_prompts,
                                  presence_probabilities, sampled_prompts)
 from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, REPORT_SPLIT, chaining_scores,
                                   check_paired_set,
-                                  choose_chaining_profile, choose_prototype_rule, concepts_from_column,
+                                  choose_chaining_profile, choose_prototype_rule, choose_retrieval_similarity,
+                                  concepts_from_column,
                                   configured_rule, embed_texts, embed_view_images, has_findings, has_rows,
                                   patient_ids,
                                   NO_FINDINGS, heldout_texts, modality_classes,
@@ -198,17 +199,20 @@ def _retrieval_entry(scores: QueryScores, bootstrap: Bootstrap, **extra) -> dict
 
 
 def retrieval_query_scores(exp: Experiment, variants: Mapping[str, Mapping], pairs: Sequence[tuple[str, str]],
-                           chaining_profile: str, concepts: Sequence[str]) -> tuple[dict[str, dict[str, QueryScores]],
-                                                                                   dict[str, dict]]:
+                           chaining_profile: str, concepts: Sequence[str],
+                           similarity: Mapping[str, dict] | None = None) -> tuple[dict[str, dict[str, QueryScores]],
+                                                                                  dict[str, dict]]:
     """{variant: {pair: QueryScores}} on the paired test set for every retrieval variant, and the
-    random-head extras (draw count and concept-AUC spread per pair)."""
+    random-head extras (draw count and concept-AUC spread per pair). ``similarity``: each trained
+    variant's choice (:func:`choose_retrieval_similarity`; default cosine)."""
     unbound = variants["unbound"]
     heads, spread = random_head_scores(exp, unbound, pairs, REPORT_SPLIT)
     scores = {"random_heads": heads,
               "chaining": chaining_scores(exp, unbound, pairs, REPORT_SPLIT, chaining_profile, concepts)}
     for v in ("control", "bound", "m3bind"):
         if v in variants:
-            scores[v] = paired_query_scores(exp, variants[v], pairs, REPORT_SPLIT)
+            chosen = (similarity or {}).get(v, {}).get("chosen", "cosine")
+            scores[v] = paired_query_scores(exp, variants[v], pairs, REPORT_SPLIT, chosen)
     extras = {pair: {"head_draws": RANDOM_HEAD_DRAWS, "concept_auc_std": spread[pair]} for pair in heads}
     return scores, extras
 
@@ -351,16 +355,19 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
                        else choose_prototype_rule(exp, variants))
         rule = PROTOTYPE_RULES[rule_choice["chosen"]]
         chaining_choice = choose_chaining_profile(exp, variants["unbound"], pairs) if pairs else None
+        similarity_choice = choose_retrieval_similarity(exp, variants, pairs) if pairs else None
     log((f"prototypes '{rule.name}' ({rule.description}), the default: {rule_choice['reason']}"
          if rule_choice.get("default") else f"chosen on validation: prototypes '{rule.name}' ({rule.description})")
-        + (f", chaining profile '{chaining_choice['chosen']}'" if chaining_choice else ""))
+        + (f", chaining profile '{chaining_choice['chosen']}'" if chaining_choice else "")
+        + (", retrieval similarity " + ", ".join(f"{v} '{c['chosen']}'" for v, c in similarity_choice.items())
+           if similarity_choice else ""))
 
     present = [v for v in VARIANTS if v in variants or (v in ("random_heads", "chaining") and pairs)]
     report: dict = {"m3bind_version": m3bind.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "command": command, "modalities": list(names), "variants": {v: VARIANTS[v] for v in present},
                     "protocol": {"tuning_split": "val", "report_split": REPORT_SPLIT, "prototype_rule": rule.name,
                                  "prototype_rule_description": rule.description, "prototype_choice": rule_choice,
-                                 "chaining": chaining_choice,
+                                 "chaining": chaining_choice, "retrieval_similarity": similarity_choice,
                                  "bootstrap": {"resamples": bootstrap.resamples, "seed": bootstrap.seed,
                                                "level": bootstrap.level}},
                     "zero_shot": {}, "few_shot": {}, "retrieval": {}, "text_to_image": {}, "text_space": {},
@@ -399,7 +406,7 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
     if pairs:
         with timer("retrieval"):
             scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"],
-                                                    chaining_choice["concepts"])
+                                                    chaining_choice["concepts"], similarity_choice)
             for v, by_pair in scores.items():
                 report["retrieval"][v] = {pair: _retrieval_entry(s, bootstrap,
                                                                  **(extras[pair] if v == "random_heads" else {}))
