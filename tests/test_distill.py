@@ -82,6 +82,47 @@ def _exported(tmp_path, student_backbone="minilm"):
     return model, train
 
 
+def test_a_model_ranking_image_queries_centred_saves_and_checks_its_centres(tmp_path):
+    import json
+
+    from m3bind.errors import CheckpointError
+    from m3bind.models.weights import save_weights
+
+    model, train = _exported(tmp_path)
+    assert model.retrieval_similarity == "cosine" and not (tmp_path / "model" / "centres.safetensors").exists()
+    queries = model.encode_images("xray", train["xray"].images[:3])
+    assert torch.equal(model.image_queries("xray", queries), queries)  # cosine: as they are
+    centres = {"xray": torch.full((32,), 0.1), "ecg": torch.linspace(-0.2, 0.2, 32)}
+    with pytest.raises(ValueError, match="a centre for every modality"):
+        model.set_retrieval_similarity("centred", {"xray": centres["xray"]})
+    with pytest.raises(ValueError, match="must be 32 finite numbers"):
+        model.set_retrieval_similarity("centred", {**centres, "ecg": torch.zeros(8)})
+    model.set_retrieval_similarity("centred", centres, {"cosine": 0.51, "centred": 0.6})
+    model.save_pretrained(tmp_path / "model")
+    loaded = M3Bind.from_pretrained(tmp_path / "model")
+    assert loaded.retrieval_similarity == "centred" and loaded.retrieval_validation == {"cosine": 0.51, "centred": 0.6}
+    assert torch.equal(loaded.image_queries("xray", queries), queries - centres["xray"])
+    assert torch.equal(loaded.image_queries("ecg", queries), queries - centres["ecg"])
+    # A centres file that does not fit the model is refused, naming it.
+    path = tmp_path / "model" / "centres.safetensors"
+    save_weights({"xray": centres["xray"]}, path)
+    with pytest.raises(CheckpointError, match="centres.safetensors"):
+        M3Bind.from_pretrained(tmp_path / "model")
+    save_weights({**centres, "ecg": torch.full((32,), float("nan"))}, path)
+    with pytest.raises(CheckpointError, match="non-finite"):
+        M3Bind.from_pretrained(tmp_path / "model")
+    # Saved back as cosine, the file goes; a folder from before the setting existed ranks by cosine.
+    loaded.set_retrieval_similarity("cosine")
+    loaded.save_pretrained(tmp_path / "model")
+    assert not path.exists()
+    description = tmp_path / "model" / "m3bind.json"
+    data = json.loads(description.read_text())
+    for key in ("retrieval_similarity", "retrieval_validation"):
+        data.pop(key, None)
+    description.write_text(json.dumps(data))
+    assert M3Bind.from_pretrained(tmp_path / "model").retrieval_similarity == "cosine"
+
+
 def test_save_load_gives_identical_embeddings(tmp_path):
     model, train = _exported(tmp_path)
     loaded = M3Bind.from_pretrained(tmp_path / "model")

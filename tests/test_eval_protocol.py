@@ -123,6 +123,35 @@ def test_each_trained_variant_ranks_retrieval_by_the_similarity_chosen_on_valida
         protocol.paired_query_scores(exp, variants["bound"], pairs, "val", "dot")
 
 
+def test_the_final_model_carries_its_retrieval_similarity_and_the_report_measures_it(run):
+    from m3bind.models.bound import M3Bind
+    from m3bind.stages.artifacts import model_dir
+
+    root, exp, report = run
+    final = M3Bind.from_pretrained(model_dir(exp))
+    choice = report["protocol"]["retrieval_similarity"]["m3bind"]
+    assert choice["from_model"] and choice["chosen"] == final.retrieval_similarity
+    assert choice["validation_concept_auc"] == final.retrieval_validation
+    assert final.retrieval_validation[final.retrieval_similarity] == max(final.retrieval_validation.values())
+    views = {m: final.view(m) for m in final.modalities}
+    pairs = retrieval_pairs(exp)
+    test = protocol.paired_query_scores(exp, views, pairs, "test", final.retrieval_similarity, final.centres or None)
+    for pair, scores in test.items():
+        expected = scores.summary()["concept_auc"]
+        assert report["retrieval"]["m3bind"][pair]["concept_auc"] == (None if expected is None
+                                                                       else pytest.approx(expected))
+    # Set to 'centred' (here by the config), a model gets every modality's mean training embedding.
+    fixed = Experiment(parse_config(_config(root, "run", retrieval_similarity="centred")))
+    assert protocol.choose_model_similarity(fixed, final, pairs, log=lambda _: None)["chosen"] == "centred"
+    assert set(final.centres) == set(MODALITIES)
+    expected = protocol.modality_centres(fixed, views, MODALITIES)
+    for m in MODALITIES:
+        assert torch.allclose(final.centres[m], expected[m], atol=1e-6)
+        train = torch.nn.functional.normalize(protocol.embed_images(views[m].encode_image,
+                                                                     fixed.studies(m, "train").images), dim=-1)
+        assert torch.allclose(final.centres[m], train.mean(0), atol=1e-5)  # fewer than 2,000: every study
+
+
 def test_a_configured_retrieval_similarity_is_used_for_every_variant_without_choosing(run):
     from m3bind.stages.evaluate import load_variants
 

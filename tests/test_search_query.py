@@ -8,7 +8,7 @@ from m3bind.errors import ConfigError, DataError
 from m3bind.search.building import build_index
 from m3bind.search.index import SearchIndex
 from m3bind.search.model_identity import SearchModel
-from m3bind.search.query import search_similar, search_study, search_text
+from m3bind.search.query import embed_study, search_similar, search_study, search_text
 from m3bind.search.vectors import VectorIndexSettings
 
 from test_search_support import world  # noqa: F401  (fixture)
@@ -107,3 +107,26 @@ def test_filtered_search_on_an_approximate_index_is_exact(world, model, index, t
             assert [h.study.path for h in found] == [h.study.path for h in exact]
     finally:
         approximate.close()
+
+
+def test_a_model_ranking_image_queries_centred_searches_by_the_query_minus_its_modality_centre(world, index, model):
+    import torch
+
+    centred = SearchModel.load(world.model)
+    generator = torch.Generator().manual_seed(0)
+    centres = {m: 0.5 * torch.nn.functional.normalize(torch.randn(centred.encoder.shared_dim, generator=generator), dim=0)
+               for m in centred.encoder.modalities}
+    centred.encoder.set_retrieval_similarity("centred", centres)
+    path = world.root / "studies" / "ct" / "P2_ct.nii.gz"
+    ids, scores = _brute_force(index, embed_study(centred, path, "ct") - centres["ct"].numpy())
+    hits = search_study(index, centred, path, "ct", k=15)
+    assert [h.study.id for h in hits] == ids[np.argsort(-scores, kind="stable")].tolist()
+    np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1], atol=1e-5)
+    # An indexed study as the query: its stored vector minus its own modality's centre.
+    study = next(h.study for h in hits if h.study.modality == "ecg")
+    ids, scores = _brute_force(index, index.store.vectors([study.id])[0] - centres["ecg"].numpy())
+    expected = [i for i in ids[np.argsort(-scores, kind="stable")].tolist() if i != study.id][:14]
+    assert [h.study.id for h in search_similar(index, study.id, k=14, model=centred)] == expected
+    # Text queries are not image queries: the same hits as with the cosine model.
+    assert ([h.study.id for h in search_text(index, centred, "effusion", k=15)]
+            == [h.study.id for h in search_text(index, model, "effusion", k=15)])

@@ -192,7 +192,9 @@ class EvalConfig(Section):
                             "embedding minus the mean embedding of its modality's training studies: removes the "
                             "direction all of them share, which otherwise draws every query to the same gallery "
                             "studies); 'auto' chooses on the paired validation set, for each trained variant "
-                            "(control, bound, final) on its own. Stage diagnostics, ablations and search use cosine.")
+                            "(control, bound, final) on its own; the final model is chosen for when "
+                            "distill saves it and keeps the choice, which search follows. Stage diagnostics "
+                            "and ablations use cosine.")
     bootstrap_resamples: int = Field(1000, ge=10, description="Bootstrap resamples (of test studies or queries) "
                                                               "for the 95% intervals.")
     bootstrap_seed: int = Field(0, description="Seed of the bootstrap resamples.")

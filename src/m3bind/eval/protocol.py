@@ -484,15 +484,20 @@ def _wanted(pairs: Sequence[tuple[str, str]], views: Mapping) -> set[str]:
 
 
 def paired_query_scores(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]],
-                        split: str, similarity: str = "cosine") -> dict[str, QueryScores]:
+                        split: str, similarity: str = "cosine",
+                        centres: Mapping[str, torch.Tensor] | None = None) -> dict[str, QueryScores]:
     """Image-image retrieval on one split of the paired set, in the shared space of ``views``,
-    ranked by one of :data:`RETRIEVAL_SIMILARITIES`."""
+    ranked by one of :data:`RETRIEVAL_SIMILARITIES`; 'centred' uses ``centres`` when given (a
+    saved model's own), else :func:`modality_centres`."""
     if similarity not in RETRIEVAL_SIMILARITIES:
         raise ValueError(f"unknown retrieval similarity '{similarity}'; known: {', '.join(RETRIEVAL_SIMILARITIES)}")
     for view in views.values():
         view.eval()
     wanted = _wanted(pairs, views)
-    centres = modality_centres(exp, views, wanted) if similarity == "centred" else None
+    if similarity != "centred":
+        centres = None
+    elif centres is None:
+        centres = modality_centres(exp, views, wanted)
     return pair_query_scores(exp, paired_embeddings(exp, {m: views[m] for m in wanted}, split), pairs, centres)
 
 
@@ -524,6 +529,31 @@ def choose_retrieval_similarity(exp: Experiment, variants: Mapping[str, Mapping]
             chosen = max(table, key=lambda s: -1.0 if table[s] is None else table[s])
             choices[variant] = {"chosen": chosen, "validation_concept_auc": table, "validated": True}
     return choices
+
+
+def choose_model_similarity(exp: Experiment, model, pairs: Sequence[tuple[str, str]], log=print) -> dict:
+    """Choose how a final :class:`~m3bind.models.bound.M3Bind` ranks image queries, as the report
+    chooses for its variants (:func:`choose_retrieval_similarity` on the paired validation set),
+    and record it in ``model`` with every modality's centre, for search to rank as the report
+    measured. Keeps cosine, and says why, when a modality has no training rows to centre on."""
+    from contextlib import nullcontext
+
+    model.eval()
+    views = {m: model.view(m) for m in model.modalities}
+    # The training studies' embeddings of the choice are the centres: embed them once.
+    with exp.sharing_image_embeddings() if exp.image_memo is None else nullcontext():
+        choice = choose_retrieval_similarity(exp, {"m3bind": views}, pairs)["m3bind"]
+        centres = None
+        if choice["chosen"] == "centred":
+            missing = [m for m in model.modalities if m not in exp.cfg.modalities or not has_rows(exp, m, "train")]
+            if missing:
+                log(f"retrieval similarity: cosine, not the validated 'centred': {', '.join(missing)} has no "
+                    "training rows in this config to centre its queries on")
+                choice = {**choice, "chosen": "cosine", "reason": f"no training rows for {', '.join(missing)}"}
+            else:
+                centres = modality_centres(exp, views, model.modalities)
+    model.set_retrieval_similarity(choice["chosen"], centres, choice.get("validation_concept_auc"))
+    return choice
 
 
 def paired_retrieval(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]],

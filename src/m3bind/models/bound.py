@@ -5,6 +5,8 @@ no training code.
 Saved layout (``save_pretrained``):
     m3bind.json              shared_dim, modalities and their model types, format version
     heads.safetensors        "<modality>.weight" for every binding head
+    centres.safetensors      "<modality>": its mean training embedding, when image queries rank
+                             'centred' (see M3Bind.image_queries)
     modalities/<modality>/   the modality's model (LoRA already merged into its weights)
     student/                 the student text encoder (HF backbone + tokenizer + head; or, for a
                              frozen-MiniLM student, its trained layers and the package's fingerprint)
@@ -34,6 +36,7 @@ from m3bind.models.weights import check_state, read_weights, save_weights
 
 DESCRIPTION_FILE = "m3bind.json"
 HEADS_FILE = "heads.safetensors"
+CENTRES_FILE = "centres.safetensors"
 
 
 class M3Bind(nn.Module):
@@ -49,6 +52,10 @@ class M3Bind(nn.Module):
         self.heads = nn.ModuleDict(heads)
         self.student = student
         self._transforms: dict[str, Any] = {}
+        # Plain CPU tensors, not buffers: a ranking setting, not weights (see set_retrieval_similarity).
+        self.retrieval_similarity = "cosine"
+        self.retrieval_validation: dict[str, float | None] | None = None
+        self.centres: dict[str, Tensor] = {}
         self.eval()
 
     @property
@@ -148,6 +155,36 @@ class M3Bind(nn.Module):
         """Cosine similarities (rows of a) x (rows of b); embeddings are already normalised."""
         return a.float() @ b.float().T
 
+    def set_retrieval_similarity(self, similarity: str, centres: dict[str, Tensor] | None = None,
+                                 validation: dict[str, float | None] | None = None) -> None:
+        """How image queries rank other images: 'cosine', or 'centred' with each modality's centre
+        (its mean unit-length training embedding, ``(shared_dim,)``, one for every modality)."""
+        if similarity == "cosine":
+            centres = {}
+        elif similarity == "centred":
+            centres = dict(centres or {})
+            if set(centres) != set(self.modalities):
+                raise ValueError(f"'centred' needs a centre for every modality: got {sorted(centres)}, "
+                                 f"the model has {sorted(self.modalities)}")
+            for m, centre in centres.items():
+                if tuple(centre.shape) != (self.shared_dim,) or not torch.isfinite(centre).all():
+                    raise ValueError(f"{m}: a centre must be {self.shared_dim} finite numbers, got shape "
+                                     f"{tuple(centre.shape)}")
+        else:
+            raise ValueError(f"unknown retrieval similarity '{similarity}'; known: cosine, centred")
+        self.retrieval_similarity = similarity
+        self.centres = {m: c.detach().float().cpu() for m, c in centres.items()}
+        self.retrieval_validation = validation
+
+    def image_queries(self, modality: str, embeddings: Tensor) -> Tensor:
+        """Image embeddings of ``modality`` as queries against other images: minus the modality's
+        centre when the model ranks 'centred' (the direction all its studies share would draw every
+        query to the same gallery studies), else as they are."""
+        if self.retrieval_similarity != "centred":
+            return embeddings
+        self._model(modality)  # a named error for an unknown modality
+        return embeddings - self.centres[modality].to(embeddings)
+
     # --- persistence ------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
@@ -156,10 +193,15 @@ class M3Bind(nn.Module):
             model.save_pretrained(directory / "modalities" / modality)
         save_weights({f"{m}.weight": h.proj.weight for m, h in self.heads.items()}, directory / HEADS_FILE)
         self.student.save_pretrained(directory / "student")
+        if self.retrieval_similarity == "centred":
+            save_weights(self.centres, directory / CENTRES_FILE)
+        else:
+            (directory / CENTRES_FILE).unlink(missing_ok=True)
         write_description(directory / DESCRIPTION_FILE, M3BindDescription(
             shared_dim=self.shared_dim,
             modalities={m: ModalityEntry(type=model.model_type, native_dim=model.native_dim)
-                        for m, model in self.models.items()}))
+                        for m, model in self.models.items()},
+            retrieval_similarity=self.retrieval_similarity, retrieval_validation=self.retrieval_validation))
         return directory
 
     @classmethod
@@ -189,4 +231,22 @@ class M3Bind(nn.Module):
         if student.head.out_features != description.shared_dim:
             raise CheckpointError(f"{directory / 'student'}: the student answers in {student.head.out_features} "
                                   f"dimensions, {description_path} says shared_dim {description.shared_dim}")
-        return cls(models, heads, student)
+        model = cls(models, heads, student)
+        model.set_retrieval_similarity(*read_retrieval_setting(directory))
+        return model
+
+
+def read_retrieval_setting(directory: str | Path) -> tuple[str, dict[str, Tensor] | None, dict | None]:
+    """(similarity, centres or None, validation numbers or None) recorded in a saved model's folder,
+    without loading its models. Raises :class:`CheckpointError` naming the file when 'centred' has
+    no centre per modality, a centre of another width, or non-finite values."""
+    directory = Path(directory)
+    description = read_description(directory / DESCRIPTION_FILE, M3BindDescription)
+    centres = None
+    if description.retrieval_similarity == "centred":
+        centres = read_weights(directory / CENTRES_FILE)
+        check_state({m: torch.empty(description.shared_dim) for m in description.modalities}, centres,
+                    directory / CENTRES_FILE, target="the modalities' centres")
+        if not all(torch.isfinite(c).all() for c in centres.values()):
+            raise CheckpointError(f"{directory / CENTRES_FILE}: a centre holds non-finite values")
+    return description.retrieval_similarity, centres, description.retrieval_validation

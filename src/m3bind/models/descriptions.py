@@ -175,6 +175,11 @@ class M3BindDescription(Description):
     shared_dim: PositiveInt
     # The names are folder names under modalities/.
     modalities: dict[PlainName, ModalityEntry]
+    # How an image query ranks other images (m3bind.eval.protocol.RETRIEVAL_SIMILARITIES), chosen
+    # on the paired validation set when the model was made; 'centred' reads centres.safetensors.
+    # Folders from before it was recorded rank by cosine.
+    retrieval_similarity: Literal["cosine", "centred"] = "cosine"
+    retrieval_validation: dict[str, float | None] | None = None
 
 
 class StudentDescription(Description):

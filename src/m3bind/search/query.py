@@ -1,7 +1,10 @@
 """Searching an index by text, by a study file, or by a study already in the index.
 
 The query is embedded by the model that made the index (anything else is refused before any
-work is done) and compared with every indexed study by cosine similarity.
+work is done) and compared with every indexed study by cosine similarity; a study query first
+loses its modality's centre when the model ranks image queries 'centred' (chosen on validation
+when the model was made: :meth:`m3bind.models.bound.M3Bind.image_queries`), so the scores are
+then that, not cosines.
 """
 from __future__ import annotations
 
@@ -36,17 +39,29 @@ def search_study(index: SearchIndex, model: SearchModel, path: str | Path, modal
                  patient: str | None = None, per_modality: bool = False) -> list[Hit]:
     """The ``k`` indexed studies closest to the study at ``path`` (of ``modality``), best first."""
     check_same_model(index.description.model.fingerprint, model.fingerprint, model.folder)
-    query = embed_study(model, path, modality)
+    query = _as_image_query(model, modality, embed_study(model, path, modality))
     return index.search(query, k, Filters(modalities, labels, patient), per_modality=per_modality)
 
 
 def search_similar(index: SearchIndex, study_id: int, k: int = 10, *, modalities: Sequence[str] | None = None,
                    labels: Sequence[str] | None = None, patient: str | None = None,
-                   per_modality: bool = False) -> list[Hit]:
-    """The ``k`` studies closest to indexed study ``study_id`` (itself left out), from its stored embedding."""
+                   per_modality: bool = False, model: SearchModel | None = None) -> list[Hit]:
+    """The ``k`` studies closest to indexed study ``study_id`` (itself left out), from its stored
+    embedding; with ``model`` (the index's), ranked as that model ranks image queries."""
     query = index.store.vectors([study_id])[0]
+    if model is not None:
+        check_same_model(index.description.model.fingerprint, model.fingerprint, model.folder)
+        record = index.study(study_id)
+        if record is not None:
+            query = _as_image_query(model, record.modality, query)
     return index.search(query, k, Filters(modalities, labels, patient), exclude={study_id},
                         per_modality=per_modality)
+
+
+def _as_image_query(model: SearchModel, modality: str, embedding: np.ndarray) -> np.ndarray:
+    """A study's embedding as the model ranks image queries (see the module docstring)."""
+    tensor = torch.from_numpy(np.asarray(embedding, dtype=np.float32))
+    return model.encoder.image_queries(modality, tensor).numpy()
 
 
 def embed_study(model: SearchModel, path: str | Path, modality: str) -> np.ndarray:

@@ -201,7 +201,8 @@ def _api(index: SearchIndex, model: SearchModel, settings: ServeSettings) -> API
         limiter: WorkLimiter = request.app.state.limiter
         hits = await limiter.run(lambda: search_similar(index, query.id, query.k, modalities=query.modalities,
                                                         labels=query.labels, patient=query.patient,
-                                                        per_modality=query.per_modality), limiter.deadline())
+                                                        per_modality=query.per_modality, model=model),
+                                  limiter.deadline())
         return answer(hits)
 
     @protected.get("/studies/{study_id}", response_model=Study, tags=["studies"])

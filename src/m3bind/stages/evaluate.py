@@ -200,11 +200,13 @@ def _retrieval_entry(scores: QueryScores, bootstrap: Bootstrap, **extra) -> dict
 
 def retrieval_query_scores(exp: Experiment, variants: Mapping[str, Mapping], pairs: Sequence[tuple[str, str]],
                            chaining_profile: str, concepts: Sequence[str],
-                           similarity: Mapping[str, dict] | None = None) -> tuple[dict[str, dict[str, QueryScores]],
+                           similarity: Mapping[str, dict] | None = None,
+                           centres: Mapping[str, Mapping] | None = None) -> tuple[dict[str, dict[str, QueryScores]],
                                                                                   dict[str, dict]]:
     """{variant: {pair: QueryScores}} on the paired test set for every retrieval variant, and the
     random-head extras (draw count and concept-AUC spread per pair). ``similarity``: each trained
-    variant's choice (:func:`choose_retrieval_similarity`; default cosine)."""
+    variant's choice (:func:`choose_retrieval_similarity`; default cosine); ``centres``: a
+    variant's own (the saved final model's), else computed."""
     unbound = variants["unbound"]
     heads, spread = random_head_scores(exp, unbound, pairs, REPORT_SPLIT)
     scores = {"random_heads": heads,
@@ -212,7 +214,7 @@ def retrieval_query_scores(exp: Experiment, variants: Mapping[str, Mapping], pai
     for v in ("control", "bound", "m3bind"):
         if v in variants:
             chosen = (similarity or {}).get(v, {}).get("chosen", "cosine")
-            scores[v] = paired_query_scores(exp, variants[v], pairs, REPORT_SPLIT, chosen)
+            scores[v] = paired_query_scores(exp, variants[v], pairs, REPORT_SPLIT, chosen, (centres or {}).get(v))
     extras = {pair: {"head_draws": RANDOM_HEAD_DRAWS, "concept_auc_std": spread[pair]} for pair in heads}
     return scores, extras
 
@@ -333,6 +335,19 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     return report
 
 
+def _final_model_similarity(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]]) -> tuple[dict, dict | None]:
+    """The final model ranks image queries as it was saved to rank them (chosen on validation by
+    the distill stage, with its own centres), so the report measures what search does. A fixed
+    ``eval.retrieval_similarity``, or a model saved before the choice was recorded, is chosen here
+    like the other variants."""
+    from m3bind.models.bound import read_retrieval_setting
+
+    similarity, centres, validation = read_retrieval_setting(model_dir(exp))
+    if exp.cfg.eval.retrieval_similarity != "auto" or validation is None:
+        return choose_retrieval_similarity(exp, {"m3bind": views}, pairs)["m3bind"], None
+    return {"chosen": similarity, "validation_concept_auc": validation, "validated": True, "from_model": True}, centres
+
+
 def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log, few_shot: bool, timer: StageTimer,
                        bootstrap: Bootstrap, bound_names: Sequence[str] | None = None) -> tuple[dict, dict]:
     """Every report section for the variants whose files exist, and the embedding maps' samples.
@@ -355,7 +370,11 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
                        else choose_prototype_rule(exp, variants))
         rule = PROTOTYPE_RULES[rule_choice["chosen"]]
         chaining_choice = choose_chaining_profile(exp, variants["unbound"], pairs) if pairs else None
-        similarity_choice = choose_retrieval_similarity(exp, variants, pairs) if pairs else None
+        similarity_choice = (choose_retrieval_similarity(exp, {v: w for v, w in variants.items() if v != "m3bind"},
+                                                         pairs) if pairs else None)
+        final_centres = None
+        if similarity_choice is not None and "m3bind" in variants:
+            similarity_choice["m3bind"], final_centres = _final_model_similarity(exp, variants["m3bind"], pairs)
     log((f"prototypes '{rule.name}' ({rule.description}), the default: {rule_choice['reason']}"
          if rule_choice.get("default") else f"chosen on validation: prototypes '{rule.name}' ({rule.description})")
         + (f", chaining profile '{chaining_choice['chosen']}'" if chaining_choice else "")
@@ -406,7 +425,8 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
     if pairs:
         with timer("retrieval"):
             scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"],
-                                                    chaining_choice["concepts"], similarity_choice)
+                                                    chaining_choice["concepts"], similarity_choice,
+                                                    {"m3bind": final_centres} if final_centres else None)
             for v, by_pair in scores.items():
                 report["retrieval"][v] = {pair: _retrieval_entry(s, bootstrap,
                                                                  **(extras[pair] if v == "random_heads" else {}))
