@@ -180,6 +180,7 @@ class M3BindDescription(Description):
     # Folders from before it was recorded rank by cosine.
     retrieval_similarity: Literal["cosine", "centred"] = "cosine"
     retrieval_validation: dict[str, float | None] | None = None
+    omit_if_default: ClassVar[tuple[str, ...]] = ("retrieval_similarity", "retrieval_validation")
 
 
 class StudentDescription(Description):
