@@ -519,15 +519,10 @@ def choose_retrieval_similarity(exp: Experiment, variants: Mapping[str, Mapping]
         elif not pairs or not paired_has_split(exp, TUNING_SPLIT):
             choices[variant] = {"chosen": default, "validation_concept_auc": None, "validated": False}
         else:
-            table = {}
-            for similarity in RETRIEVAL_SIMILARITIES:
-                aucs = [s.summary()["concept_auc"] for s in
-                        paired_query_scores(exp, variants[variant], pairs, TUNING_SPLIT, similarity).values()]
-                aucs = [a for a in aucs if a is not None]
-                table[similarity] = float(np.mean(aucs)) if aucs else None
-            # max keeps the first of equal values: the default wins ties, and a table without concepts
-            chosen = max(table, key=lambda s: -1.0 if table[s] is None else table[s])
-            choices[variant] = {"chosen": chosen, "validation_concept_auc": table, "validated": True}
+            table = {similarity: mean_concept_auc(paired_query_scores(exp, variants[variant], pairs, TUNING_SPLIT,
+                                                                      similarity))
+                     for similarity in RETRIEVAL_SIMILARITIES}
+            choices[variant] = {"chosen": best_of(table), "validation_concept_auc": table, "validated": True}
     return choices
 
 
@@ -659,12 +654,19 @@ def choose_chaining_profile(exp: Experiment, unbound: Mapping, pairs: Sequence[t
         return {"chosen": DEFAULT_CHAINING_PROFILE, "validation_concept_auc": None, "validated": False,
                 "concepts": concept_names(exp, REPORT_SPLIT)}
     concepts = concept_names(exp)
-    table = {}
-    for profile in CHAINING_PROFILES:
-        scores = chaining_scores(exp, unbound, pairs, TUNING_SPLIT, profile, concepts)
-        aucs = [s.summary()["concept_auc"] for s in scores.values()]
-        aucs = [a for a in aucs if a is not None]
-        table[profile] = float(np.mean(aucs)) if aucs else None
-    chosen = max(CHAINING_PROFILES, key=lambda p: -1.0 if table[p] is None else table[p])
-    return {"chosen": chosen, "validation_concept_auc": table, "validated": True, "concepts": concepts}
+    table = {profile: mean_concept_auc(chaining_scores(exp, unbound, pairs, TUNING_SPLIT, profile, concepts))
+             for profile in CHAINING_PROFILES}
+    return {"chosen": best_of(table), "validation_concept_auc": table, "validated": True, "concepts": concepts}
+
+
+def mean_concept_auc(scores: Mapping[str, QueryScores]) -> float | None:
+    """The mean concept AUC over the pairs that have one (None when none has)."""
+    aucs = [a for a in (s.summary()["concept_auc"] for s in scores.values()) if a is not None]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def best_of(table: Mapping[str, float | None]) -> str:
+    """The key with the highest value; the first of equal values (so the default, listed first,
+    wins ties), and a None counts as lowest."""
+    return max(table, key=lambda key: -1.0 if table[key] is None else table[key])
 

@@ -330,18 +330,19 @@ def _similarity_lines(choices: dict | None) -> list[str]:
     """How each trained variant ranked image-image retrieval, and why."""
     if not choices:
         return []
-    parts = []
-    for variant, choice in choices.items():
-        table = choice.get("validation_concept_auc")
-        if choice.get("configured"):
-            why = "set in the config"
-        elif table:
-            why = "validation mean concept AUC " + ", ".join(f"{s} {fmt_number(v)}" for s, v in table.items())
-        else:
-            why = "the default: the paired set has no val rows"
-        parts.append(f"{variant} **{choice['chosen']}** ({why})")
+    parts = [f"{variant} **{choice['chosen']}** ({similarity_reason(choice)})" for variant, choice in choices.items()]
     return ["Image-image retrieval similarity ('centred': the query minus its modality's mean training embedding): "
             + "; ".join(parts) + ".", ""]
+
+
+def similarity_reason(choice: Mapping[str, Any]) -> str:
+    """Why a variant ranks image-image retrieval as it does (the report, and distill's log line)."""
+    if choice.get("configured"):
+        return "set in the config"
+    table = choice.get("validation_concept_auc")
+    why = ("validation mean concept AUC " + ", ".join(f"{s} {fmt_number(v)}" for s, v in table.items()) if table
+           else "the default: the paired set has no val rows")
+    return f"{why}; {choice['reason']}" if choice.get("reason") else why
 
 
 def _differences_section(report: Report) -> list[str]:

@@ -7,6 +7,7 @@ import torch
 from m3bind.eval.protocol import (choose_model_similarity, describe_zero_shot, modality_zero_shot, paired_retrieval,
                                   prompt_corpus, retrieval_pairs, stage_prototype_rule)
 from m3bind.devices import on_main_process
+from m3bind.eval.report_markdown import similarity_reason
 from m3bind.experiment import Experiment
 from m3bind.models.view import SharedSpaceView
 from m3bind.stages.artifacts import export_model, load_bound, model_dir, write_summary
@@ -49,21 +50,13 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
                "student": exp.cfg.distill.student.model_dump(),
                "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
                "zero_shot_student": zero_shot, "retrieval_before": before_retrieval,
-               "retrieval_after": after_retrieval, "retrieval_similarity": similarity, "final_losses": outcome.history[-1] if outcome.history else {},
+               "retrieval_after": after_retrieval, "retrieval_similarity": similarity,
+               "final_losses": outcome.history[-1] if outcome.history else {},
                "skipped_studies": exp.skipped_studies(), "read_notes": exp.read_notes()}
     on_main_process(lambda: write_summary(exp.out_dir / "distill" / "summary.json", summary))
     for m, z in zero_shot.items():
         log(f"{m}: zero-shot accuracy with the student text encoder {describe_zero_shot(z)}")
-    log(f"image queries rank by '{final.retrieval_similarity}' similarity ({_why(similarity)})")
+    log(f"image queries rank by '{final.retrieval_similarity}' similarity ({similarity_reason(similarity)})")
     log(f"bound model saved to {model_dir(exp)}")
     return summary
 
-
-def _why(choice: dict) -> str:
-    table = choice.get("validation_concept_auc")
-    if choice.get("configured"):
-        return "set in the config"
-    if table:
-        return "validation mean concept AUC " + ", ".join(
-            f"{name} {'-' if value is None else f'{value:.3f}'}" for name, value in table.items())
-    return choice.get("reason", "the default: no paired validation set")
