@@ -246,8 +246,9 @@ def test_an_empty_batch_of_texts_has_empty_embeddings(model, backbone):
 def test_teacher_tables_of_towers_sharing_a_backbone_encode_each_text_once_past_the_cache_size(
         model, tmp_path, monkeypatch, on_disk):
     """SESKD's teacher tables run a batch of texts through every teacher before the next batch, and
-    the sentence cache drops its oldest vectors when full: a corpus larger than the cache still
-    costs one MiniLM forward per text (the tables are those of each teacher alone)."""
+    the sentence cache keeps a window of the most recently used vectors (here all 6 of its
+    places): a corpus larger than the cache still costs one MiniLM forward per text (the tables
+    are those of each teacher alone)."""
     from m3bind.models import sentence
     from m3bind.train.frozen import FrozenTextEmbeddings
 
@@ -263,12 +264,13 @@ def test_teacher_tables_of_towers_sharing_a_backbone_encode_each_text_once_past_
     with torch.no_grad():
         alone = [tower.encode_texts(texts) for tower in towers]
     rows_encoded.clear()
-    backbone._cache.clear()
+    backbone._kept.clear()
+    backbone._recent.clear()
     encoders = {str(i): tower.encode_texts for i, tower in enumerate(towers)}
     table = FrozenTextEmbeddings(encoders, texts, cache=True, batch_size=4,
                                  directory=tmp_path / "tables" if on_disk else None)
     assert sum(rows_encoded) == len(texts)                 # not 3 x 20, with room for only 6
-    assert len(backbone._cache) == 6
+    assert len(backbone._kept) + len(backbone._recent) == 6
     got = table(texts)
     for i in range(3):
         torch.testing.assert_close(got[str(i)], alone[i], atol=0, rtol=0)
@@ -302,3 +304,68 @@ def test_reports_past_a_text_encoders_token_limit_are_counted_and_named_in_the_r
     short = pd.DataFrame({"text": ["Small left pleural effusion."], "split": ["train"]})
     exp_short = types.SimpleNamespace(manifest=lambda m: Manifest(Path("xray.csv"), short, "xray"))
     assert truncation_notes(exp_short, ["xray"], variants) == []
+
+
+def test_a_run_gives_every_model_it_loads_later_the_first_backbone_and_its_cache(model, tmp_path):
+    from m3bind.models.sentence import SharedSentenceEncoder
+
+    model.save_pretrained(tmp_path)
+    shared = SharedSentenceEncoder()
+    shared.adopt([torch.nn.Linear(2, 2)])                # nothing to share: nothing is kept
+    assert shared.encoder is None
+    first = BuiltinCLIP.from_pretrained(tmp_path)
+    shared.adopt([first])
+    assert shared.encoder is first.text_encoder.sentence
+    with torch.no_grad():
+        first.encode_texts(TEXTS)                        # a stage encodes its texts ...
+        later = BuiltinCLIP.from_pretrained(tmp_path)    # ... and a later stage loads the model afresh
+        unshared = later.encode_texts(TEXTS)             # its own backbone: the reference numbers
+        shared.adopt([later])
+        assert later.text_encoder.sentence is first.text_encoder.sentence
+        calls = _count_backbone_calls(later.text_encoder)
+        torch.testing.assert_close(later.encode_texts(TEXTS), unshared, atol=0, rtol=0)
+    assert calls == []                                   # every text came from the first stage's cache
+
+
+def test_runs_an_experiment_starts_share_its_backbone(tmp_path):
+    from m3bind.config import parse_config
+    from m3bind.eval.student_check import _check_experiment
+    from m3bind.experiment import Experiment
+    from m3bind.stages.ablate import child_experiment
+    from m3bind.stages.control import control_experiment
+
+    cfg = parse_config({"output_dir": str(tmp_path), "modalities": {"xray": {"manifest": "xray.csv"}}}, "test")
+    exp = Experiment(cfg)
+    assert control_experiment(exp).sentence_encoder is exp.sentence_encoder
+    assert child_experiment(exp, tmp_path / "child", {}).sentence_encoder is exp.sentence_encoder
+    assert _check_experiment(exp, tmp_path / "check", ["xray"]).sentence_encoder is exp.sentence_encoder
+    assert Experiment(cfg).sentence_encoder is not exp.sentence_encoder   # two runs share nothing
+
+
+def test_a_corpus_larger_than_the_cache_still_hits_it_on_every_later_pass(model, monkeypatch):
+    import m3bind.models.sentence as sentence
+
+    monkeypatch.setattr(sentence, "MAX_CACHED_TEXTS", 6)
+    monkeypatch.setattr(sentence, "RECENT_TEXTS", 2)      # 4 texts kept for good, a window of 2
+    encoder = FrozenSentenceEncoder()
+    tower = SentenceTextTower(16, 8, encoder)
+    tokenizer = sentence.load_minilm_tokenizer()
+    corpus = [f"report number {i}: widened heart shadow" for i in range(8)]
+    calls = _count_backbone_calls(tower)
+
+    def encode(text):
+        tokens = encoder.tokenize(tokenizer, [text], 64)
+        return encoder(tokens["input_ids"], tokens["attention_mask"])[0]
+
+    with torch.no_grad():
+        first = [encode(text) for text in corpus]
+        assert len(calls) == 8
+        second = [encode(text) for text in corpus]
+        # Dropping the oldest text would have missed all 8 (each dropped just before it is asked
+        # for again); the 4 kept for good are hits, the other 4 are encoded again.
+        assert len(calls) == 12
+        encode(corpus[-1])                               # just seen: in the window
+        assert len(calls) == 12
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert len(encoder._kept) == 4 and len(encoder._recent) == 2

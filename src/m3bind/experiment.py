@@ -67,7 +67,10 @@ def _gigabytes(shape: tuple[int, ...]) -> float:
 
 
 class Experiment:
-    def __init__(self, cfg: ExperimentConfig, config_path: Path | None = None, cache_dir: Path | None = None):
+    def __init__(self, cfg: ExperimentConfig, config_path: Path | None = None, cache_dir: Path | None = None,
+                 sentence_encoder=None):
+        from m3bind.models.sentence import SharedSentenceEncoder
+
         self.cfg = cfg
         self.config_path = config_path
         self.out_dir = resolve_path(config_path, cfg.output_dir)
@@ -81,6 +84,9 @@ class Experiment:
         self._model_preprocess: dict[str, object] = {}
         # Set while evaluation shares image embeddings between variants (sharing_image_embeddings).
         self.image_memo = None
+        # Every model a stage of this run loads shares one frozen text backbone and its cache; child
+        # runs (control, ablations, student check) are handed their parent's.
+        self.sentence_encoder = sentence_encoder or SharedSentenceEncoder()
 
     @contextmanager
     def sharing_image_embeddings(self):

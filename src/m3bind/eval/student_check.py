@@ -57,7 +57,7 @@ def _check_experiment(exp: Experiment, folder, modalities: list[str]) -> Experim
              for m, spec in exp.cfg.modalities.items() if m in modalities}
     cfg = exp.cfg.model_copy(update={"modalities": specs, "paired_manifests": {},
                                      "output_dir": str((exp.out_dir / "student_check").resolve())})
-    return Experiment(cfg, exp.config_path, cache_dir=exp.cache_dir)
+    return Experiment(cfg, exp.config_path, cache_dir=exp.cache_dir, sentence_encoder=exp.sentence_encoder)
 
 
 def alternative_prompt_set(modality: str, template: str) -> PromptSet:

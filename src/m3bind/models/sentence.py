@@ -34,9 +34,11 @@ from m3bind.models.quiet import no_loading_bars
 # peft target-module names of the trainable MLP (LoRA during binding).
 SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
 # Sentence vectors kept per backbone: about 2.3 KiB per text (384 floats, the token-id key and
-# Python objects), so 200,000 texts hold about 450 MB; beyond it the oldest are dropped.
-# The same bound applies to the texts whose token ids are kept (a few hundred bytes each).
+# Python objects), so 200,000 texts hold about 450 MB. The first ones are kept for good and the
+# last RECENT_TEXTS of them are a window of the texts just seen (see _remember). The same bound
+# applies to the texts whose token ids are kept (a few hundred bytes each).
 MAX_CACHED_TEXTS = 200_000
+RECENT_TEXTS = 8_192
 # The longest input all-MiniLM-L6-v2 was trained on (its sentence_bert_config.json: max_seq_length).
 MINILM_MAX_LENGTH = 256
 # Texts per backbone forward when filling the cache, and the padding granularity (see _encode).
@@ -98,7 +100,8 @@ class FrozenSentenceEncoder(nn.Module):
         self.backbone.eval()
         self.width = int(self.backbone.config.hidden_size)
         self._pad_id = int(self.backbone.config.pad_token_id or 0)
-        self._cache: OrderedDict[bytes, Tensor] = OrderedDict()  # oldest first, dropped first
+        self._kept: dict[bytes, Tensor] = {}                     # never dropped
+        self._recent: OrderedDict[bytes, Tensor] = OrderedDict()  # least recently used first, dropped first
         # max_length -> text -> its token ids: see tokenize().
         self._token_ids: dict[int, dict[str, np.ndarray]] = {}
         self.register_state_dict_post_hook(self._drop_backbone_keys)
@@ -150,21 +153,39 @@ class FrozenSentenceEncoder(nn.Module):
         # One copy to the CPU for the whole batch (the cache keys are bytes), not one per row.
         texts = [ids[mask] for ids, mask in zip(input_ids.cpu(), attention_mask.cpu().bool())]
         keys = [ids.numpy().tobytes() for ids in texts]
-        missing: dict[bytes, Tensor] = {}
-        for key, ids in zip(keys, texts):
-            if key not in self._cache:
-                missing[key] = ids
-        fresh = self._encode(missing)
-        vectors = [fresh[key] if key in fresh else self._cache[key] for key in keys]
+        known = {key: vector for key in dict.fromkeys(keys) if (vector := self._cached(key)) is not None}
+        fresh = self._encode({key: ids for key, ids in zip(keys, texts) if key not in known})
+        vectors = [known[key] if key in known else fresh[key] for key in keys]
         self._remember(fresh)
         return torch.stack(vectors).to(input_ids.device)
 
+    def _cached(self, key: bytes) -> Tensor | None:
+        if key in self._kept:
+            return self._kept[key]
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key]
+        return None
+
     def _remember(self, fresh: dict[bytes, Tensor]) -> None:
-        """Keep new vectors; past MAX_CACHED_TEXTS the oldest go first, so the texts just seen stay
-        (encoders sharing this backbone ask for the same batch one after another)."""
-        self._cache.update(fresh)
-        while len(self._cache) > MAX_CACHED_TEXTS:
-            self._cache.popitem(last=False)
+        """Keep new vectors: for good while fewer than MAX_CACHED_TEXTS - RECENT_TEXTS are kept,
+        then in a window of the RECENT_TEXTS most recently used.
+
+        Why not drop the oldest everywhere: training and evaluation pass over a corpus again and
+        again in the same order, and once the corpus outgrows the cache, dropping the oldest drops
+        every text just before it is asked for again (no pass would hit the cache at all). Texts
+        kept for good are hit on every pass; the window serves the encoders that share this
+        backbone and ask for the same batch one after another.
+        """
+        lasting = max(MAX_CACHED_TEXTS - RECENT_TEXTS, 0)
+        for key, vector in fresh.items():
+            if len(self._kept) < lasting:
+                self._kept[key] = vector
+            else:
+                self._recent[key] = vector
+                self._recent.move_to_end(key)
+        while len(self._recent) > MAX_CACHED_TEXTS - lasting:
+            self._recent.popitem(last=False)
 
     def _encode(self, texts: dict[bytes, Tensor]) -> dict[bytes, Tensor]:
         """Sentence vectors of unpadded token-id rows, each a function of its own tokens only.
@@ -225,20 +246,52 @@ class SentenceTextTower(nn.Module):
         return self.fc2(F.gelu(self.fc1(features.to(self.fc1.weight.dtype))))
 
 
-def share_sentence_backbones(modules: Iterable[nn.Module]) -> int:
-    """Make every :class:`FrozenSentenceEncoder` inside ``modules`` one instance with one cache.
+def share_sentence_backbones(modules: Iterable[nn.Module], shared: FrozenSentenceEncoder | None = None) -> int:
+    """Make every :class:`FrozenSentenceEncoder` inside ``modules`` one instance with one cache:
+    ``shared`` when given, else the first one found.
 
     Binding encodes every text with every modality's encoder, and evaluation with every model
     variant; with one shared backbone each text costs one MiniLM forward in the process instead
     of one per model. Returns how many places now share it.
     """
-    places = [(parent, name) for module in modules for parent in module.modules()
-              for name, child in parent.named_children() if isinstance(child, FrozenSentenceEncoder)]
+    places = sentence_encoder_places(modules)
     if places:
-        shared = getattr(*places[0])
-        for parent, name in places[1:]:
-            setattr(parent, name, shared)
+        shared = shared if shared is not None else getattr(*places[0])
+        for parent, name in places:
+            if getattr(parent, name) is not shared:
+                setattr(parent, name, shared)
     return len(places)
+
+
+def sentence_encoder_places(modules: Iterable[nn.Module]) -> list[tuple[nn.Module, str]]:
+    """(parent module, attribute name) of every :class:`FrozenSentenceEncoder` inside ``modules``."""
+    return [(parent, name) for module in modules for parent in module.modules()
+            for name, child in parent.named_children() if isinstance(child, FrozenSentenceEncoder)]
+
+
+class SharedSentenceEncoder:
+    """One frozen sentence encoder, and so one sentence-vector cache, for every model handed to
+    :meth:`adopt` over a whole run: an experiment's stages and the runs it starts (the lambda = 0
+    control, ablations, the student check) load their models afresh, and each fresh backbone
+    would encode the same training reports again (in the quick demo about 15 s of MiniLM
+    forwards on a slow 2-core host). The backbone is frozen and a text's vector does not depend
+    on the texts encoded with it (:meth:`FrozenSentenceEncoder._encode`), so results are the same.
+    """
+
+    def __init__(self):
+        self.encoder: FrozenSentenceEncoder | None = None
+
+    def adopt(self, modules: Iterable[nn.Module]) -> None:
+        """Give every frozen sentence encoder inside ``modules`` the shared one (the first seen
+        becomes it). Call it after the modules are on their device: the shared backbone stays
+        where it first was."""
+        modules = list(modules)
+        if self.encoder is None:
+            places = sentence_encoder_places(modules)
+            if not places:
+                return
+            self.encoder = getattr(*places[0])
+        share_sentence_backbones(modules, shared=self.encoder)
 
 
 def check_fingerprint(recorded: str | None, source: str | Path) -> None:

@@ -52,7 +52,7 @@ def child_experiment(exp: Experiment, out: Path, bind_updates: dict) -> Experime
         for m, spec in exp.cfg.modalities.items()}
     cfg = exp.cfg.model_copy(update={"output_dir": str(out), "modalities": modalities,
                                      "bind": exp.cfg.bind.model_copy(update=bind_updates)})
-    return Experiment(cfg, exp.config_path, cache_dir=exp.cache_dir)
+    return Experiment(cfg, exp.config_path, cache_dir=exp.cache_dir, sentence_encoder=exp.sentence_encoder)
 
 
 def _child(exp: Experiment, name: str, study: str, bind_updates: dict) -> Experiment:
@@ -66,6 +66,7 @@ def _measure(child: Experiment, seskd: bool) -> dict:
         from m3bind.models.bound import M3Bind
 
         final = M3Bind.from_pretrained(model_dir(child)).to(child.device)
+        child.sentence_encoder.adopt([final])
         views = {m: final.view(m) for m in final.modalities}
     else:
         views = load_bound(child)

@@ -18,7 +18,6 @@ from m3bind.experiment import Experiment
 from m3bind.fileio import atomic_write_text
 from m3bind.models.binding import BoundModality
 from m3bind.models.descriptions import Description, PlainName, read_description, write_description
-from m3bind.models.sentence import share_sentence_backbones
 from m3bind.models.weights import check_state, read_weights, save_weights
 
 
@@ -50,7 +49,7 @@ def prepare_bound(exp: Experiment, modalities: Sequence[str]) -> dict[str, Bound
         module = BoundModality(exp.load_unbound(modality), exp.cfg.shared_dim, seed=exp.cfg.seed + index)
         module.prepare_for_binding(lora.r, lora.alpha, lora.dropout, text=lora.text, image=lora.image)
         bound[modality] = module.to(exp.device)
-    share_sentence_backbones(bound.values())
+    exp.sentence_encoder.adopt(bound.values())
     return bound
 
 

@@ -15,7 +15,6 @@ from m3bind.stages.artifacts import export_model, load_bound, model_dir, write_s
 
 def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=print) -> dict:
     """Distil the bound text encoders of ``bind`` into the configured student; save the final model."""
-    from m3bind.models.sentence import share_sentence_backbones
     from m3bind.models.student import build_student
     from m3bind.train.bind import balance_for
     from m3bind.train.distill import distill_student
@@ -33,7 +32,7 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
     torch.manual_seed(exp.cfg.seed)
     student = build_student(exp.cfg.distill.student, vocabulary_texts, exp.cfg.shared_dim, seed=exp.cfg.seed,
                             config_dir=exp.config_path.parent if exp.config_path else None).to(exp.device)
-    share_sentence_backbones([*bound.values(), student])
+    exp.sentence_encoder.adopt([*bound.values(), student])
     probabilities = balance_for({m: len(train[m]) for m in names}, exp.cfg.bind).probabilities
     before_retrieval = paired_retrieval(exp, bound, pairs)
     outcome = distill_student(student, bound, train, exp.cfg.distill, exp.out_dir / "distill",

@@ -70,7 +70,6 @@ def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
     """{variant: {modality: encoder view}} for the model variants whose files exist."""
     from m3bind.models.binding import BoundModality
     from m3bind.models.bound import M3Bind
-    from m3bind.models.sentence import share_sentence_backbones
     from m3bind.stages.control import control_experiment
 
     unbound = {}
@@ -89,8 +88,8 @@ def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
         final = M3Bind.from_pretrained(model_dir(exp)).to(exp.device)
         variants["m3bind"] = {m: final.view(m) for m in final.modalities}
         modules.append(final)
-    # One frozen sentence encoder (and cache) for every variant: they all embed the same texts.
-    share_sentence_backbones(modules)
+    # One frozen sentence encoder (and cache) for every variant and stage: they embed the same texts.
+    exp.sentence_encoder.adopt(modules)
     for views in variants.values():
         for view in views.values():
             view.eval()

@@ -26,6 +26,7 @@ def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *,
     new = BoundModality(exp.load_unbound(modality), base.shared_dim, seed=exp.cfg.seed + 97)
     new.prepare_for_binding(lora.r, lora.alpha, lora.dropout, text=lora.text, image=lora.image)
     new.to(exp.device)
+    exp.sentence_encoder.adopt([base, new])
     train = exp.studies(modality, "train")
     outcome = extend_with(new, base.student, train, exp.cfg.bind, out_dir / "run", seed=exp.cfg.seed,
                           resume=resume, progress=progress)

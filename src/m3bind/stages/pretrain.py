@@ -48,6 +48,7 @@ def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, re
         train = exp.studies(modality, "train")
         model = build_builtin_model(modality, train.texts, config, seed=exp.cfg.seed,
                                     preprocess=preprocess).to(exp.device)
+        exp.sentence_encoder.adopt([model])
         if exp.cfg.pretrain.text_mlm_steps and config.text_backbone != "scratch":
             raise ConfigError(f"modalities.{modality}: pretrain.text_mlm_steps pretrains a scratch text tower; the "
                               f"'{config.text_backbone}' text backbone is already pretrained and stays frozen")
