@@ -273,7 +273,7 @@ class SharedSentenceEncoder:
     """One frozen sentence encoder, and so one sentence-vector cache, for every model handed to
     :meth:`adopt` over a whole run: an experiment's stages and the runs it starts (the lambda = 0
     control, ablations, the student check) load their models afresh, and each fresh backbone
-    would encode the same training reports again (in the quick demo about 15 s of MiniLM
+    would encode the same training reports again (in the quick demo about 13 s of MiniLM
     forwards on a slow 2-core host). The backbone is frozen and a text's vector does not depend
     on the texts encoded with it (:meth:`FrozenSentenceEncoder._encode`), so results are the same.
     """
