@@ -66,6 +66,15 @@ VARIANTS = {
 BASELINES = ("random_heads", "chaining", "control")
 
 
+class ModelViews(dict):
+    """{modality: encoder view} of one saved final model, which it keeps: the model's recorded
+    retrieval setting (:func:`_final_model_similarity`) is read from it, not from its files again."""
+
+    def __init__(self, model):
+        super().__init__({m: model.view(m) for m in model.modalities})
+        self.model = model
+
+
 def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
     """{variant: {modality: encoder view}} for the model variants whose files exist."""
     from m3bind.models.binding import BoundModality
@@ -86,7 +95,7 @@ def load_variants(exp: Experiment, names: Sequence[str]) -> dict[str, dict]:
         modules += variants["bound"].values()
     if (model_dir(exp) / "m3bind.json").exists():
         final = M3Bind.from_pretrained(model_dir(exp)).to(exp.device)
-        variants["m3bind"] = {m: final.view(m) for m in final.modalities}
+        variants["m3bind"] = ModelViews(final)
         modules.append(final)
     # One frozen sentence encoder (and cache) for every variant and stage: they embed the same texts.
     exp.sentence_encoder.adopt(modules)
@@ -334,17 +343,17 @@ def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_sh
     return report
 
 
-def _final_model_similarity(exp: Experiment, views: Mapping, pairs: Sequence[tuple[str, str]]) -> tuple[dict, dict | None]:
+def _final_model_similarity(exp: Experiment, views: ModelViews, pairs: Sequence[tuple[str, str]]) -> tuple[dict, dict | None]:
     """The final model ranks image queries as it was saved to rank them (chosen on validation by
     the distill stage, with its own centres), so the report measures what search does. A fixed
     ``eval.retrieval_similarity``, or a model saved before the choice was recorded, is chosen here
     like the other variants."""
-    from m3bind.models.bound import read_retrieval_setting
-
-    similarity, centres, validation = read_retrieval_setting(model_dir(exp))
-    if exp.cfg.eval.retrieval_similarity != "auto" or validation is None:
+    model = views.model
+    if exp.cfg.eval.retrieval_similarity != "auto" or model.retrieval_validation is None:
         return choose_retrieval_similarity(exp, {"m3bind": views}, pairs)["m3bind"], None
-    return {"chosen": similarity, "validation_concept_auc": validation, "validated": True, "from_model": True}, centres
+    centres = model.centres if model.retrieval_similarity == "centred" else None
+    return ({"chosen": model.retrieval_similarity, "validation_concept_auc": model.retrieval_validation,
+             "validated": True, "from_model": True}, centres)
 
 
 def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log, few_shot: bool, timer: StageTimer,
