@@ -119,6 +119,15 @@ def test_each_trained_variant_ranks_retrieval_by_the_similarity_chosen_on_valida
             expected = scores.summary()["concept_auc"]
             reported = report["retrieval"][variant][pair]["concept_auc"]
             assert reported == (None if expected is None else pytest.approx(expected)), (variant, pair)
+    # The choice hands on the centres it compared with, for the test tables to reuse.
+    trained = {v: variants[v] for v in ("control", "bound")}
+    again, centres = protocol.choose_retrieval_similarity(exp, trained, pairs)
+    assert again == {v: choices[v] for v in trained} and set(centres) == set(trained)
+    for variant, by_modality in centres.items():
+        expected = protocol.modality_centres(exp, variants[variant], {m for pair in pairs for m in pair})
+        assert set(by_modality) == set(expected)
+        for m, centre in by_modality.items():
+            assert torch.equal(centre, expected[m])
     with pytest.raises(ValueError, match="unknown retrieval similarity 'dot'"):
         protocol.paired_query_scores(exp, variants["bound"], pairs, "val", "dot")
 
@@ -157,9 +166,10 @@ def test_a_configured_retrieval_similarity_is_used_for_every_variant_without_cho
 
     root, exp, _ = run
     fixed = Experiment(parse_config(_config(root, "run", retrieval_similarity="centred")))
-    choices = protocol.choose_retrieval_similarity(fixed, load_variants(fixed, list(fixed.modalities)),
-                                                   retrieval_pairs(fixed))
+    choices, centres = protocol.choose_retrieval_similarity(fixed, load_variants(fixed, list(fixed.modalities)),
+                                                            retrieval_pairs(fixed))
     assert choices == {v: {"chosen": "centred", "configured": True} for v in ("control", "bound", "m3bind")}
+    assert centres == {}  # nothing was compared, so nothing centred yet
 
 
 def test_differences_are_paired_and_name_the_best_baseline(run):

@@ -502,15 +502,18 @@ def paired_query_scores(exp: Experiment, views: Mapping, pairs: Sequence[tuple[s
 
 
 def choose_retrieval_similarity(exp: Experiment, variants: Mapping[str, Mapping],
-                                pairs: Sequence[tuple[str, str]]) -> dict[str, dict]:
-    """{variant: choice} for the variants ranked in the shared space (control, bound, m3bind): the
-    similarity with the best mean concept AUC over the pairs on the paired validation set (ties:
-    cosine). Each variant gets its own choice, so the lambda = 0 control is tuned as much as the
-    bound model. ``eval.retrieval_similarity`` other than 'auto' fixes it for all; a paired set
-    without validation rows keeps cosine and says so (``validated``: false)."""
+                                pairs: Sequence[tuple[str, str]]) -> tuple[dict[str, dict],
+                                                                           dict[str, dict[str, torch.Tensor]]]:
+    """({variant: choice}, {variant: centres}) for the variants ranked in the shared space
+    (control, bound, m3bind). The choice is the similarity with the best mean concept AUC over the
+    pairs on the paired validation set (ties: cosine). Each variant gets its own choice, so the
+    lambda = 0 control is tuned as much as the bound model. ``eval.retrieval_similarity`` other
+    than 'auto' fixes it for all; a paired set without validation rows keeps cosine and says so
+    (``validated``: false). The centres (:func:`modality_centres` of the pairs' modalities) are
+    those the validation comparison computed, for the test tables to reuse."""
     configured = exp.cfg.eval.retrieval_similarity
     default = next(iter(RETRIEVAL_SIMILARITIES))
-    choices = {}
+    choices, centres = {}, {}
     for variant in ("control", "bound", "m3bind"):
         if variant not in variants:
             continue
@@ -519,11 +522,13 @@ def choose_retrieval_similarity(exp: Experiment, variants: Mapping[str, Mapping]
         elif not pairs or not paired_has_split(exp, TUNING_SPLIT):
             choices[variant] = {"chosen": default, "validation_concept_auc": None, "validated": False}
         else:
-            table = {similarity: mean_concept_auc(paired_query_scores(exp, variants[variant], pairs, TUNING_SPLIT,
-                                                                      similarity))
+            views = variants[variant]
+            centres[variant] = modality_centres(exp, views, _wanted(pairs, views))
+            table = {similarity: mean_concept_auc(paired_query_scores(exp, views, pairs, TUNING_SPLIT, similarity,
+                                                                      centres[variant]))
                      for similarity in RETRIEVAL_SIMILARITIES}
             choices[variant] = {"chosen": best_of(table), "validation_concept_auc": table, "validated": True}
-    return choices
+    return choices, centres
 
 
 def choose_model_similarity(exp: Experiment, model, pairs: Sequence[tuple[str, str]], log=print) -> dict:
@@ -535,10 +540,9 @@ def choose_model_similarity(exp: Experiment, model, pairs: Sequence[tuple[str, s
 
     model.eval()
     views = {m: model.view(m) for m in model.modalities}
-    # The training studies' embeddings of the choice are the centres: embed them once.
     with exp.sharing_image_embeddings() if exp.image_memo is None else nullcontext():
-        choice = choose_retrieval_similarity(exp, {"m3bind": views}, pairs)["m3bind"]
-        centres = None
+        choices, computed = choose_retrieval_similarity(exp, {"m3bind": views}, pairs)
+        choice, centres = choices["m3bind"], None
         if choice["chosen"] == "centred":
             missing = [m for m in model.modalities if m not in exp.cfg.modalities or not has_rows(exp, m, "train")]
             if missing:
@@ -546,7 +550,9 @@ def choose_model_similarity(exp: Experiment, model, pairs: Sequence[tuple[str, s
                     "training rows in this config to centre its queries on")
                 choice = {**choice, "chosen": "cosine", "reason": f"no training rows for {', '.join(missing)}"}
             else:
-                centres = modality_centres(exp, views, model.modalities)
+                # The validation comparison centred the pairs' modalities; search needs every one.
+                centres = dict(computed.get("m3bind", {}))
+                centres.update(modality_centres(exp, views, set(model.modalities) - set(centres)))
     model.set_retrieval_similarity(choice["chosen"], centres, choice.get("validation_concept_auc"))
     return choice
 

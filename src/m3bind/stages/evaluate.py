@@ -214,7 +214,7 @@ def retrieval_query_scores(exp: Experiment, variants: Mapping[str, Mapping], pai
     """{variant: {pair: QueryScores}} on the paired test set for every retrieval variant, and the
     random-head extras (draw count and concept-AUC spread per pair). ``similarity``: each trained
     variant's choice (:func:`choose_retrieval_similarity`; default cosine); ``centres``: a
-    variant's own (the saved final model's), else computed."""
+    variant's centres as its choice computed them, or the saved final model's own; else computed."""
     unbound = variants["unbound"]
     heads, spread = random_head_scores(exp, unbound, pairs, REPORT_SPLIT)
     scores = {"random_heads": heads,
@@ -350,7 +350,8 @@ def _final_model_similarity(exp: Experiment, views: ModelViews, pairs: Sequence[
     like the other variants."""
     model = views.model
     if exp.cfg.eval.retrieval_similarity != "auto" or model.retrieval_validation is None:
-        return choose_retrieval_similarity(exp, {"m3bind": views}, pairs)["m3bind"], None
+        choices, centres = choose_retrieval_similarity(exp, {"m3bind": views}, pairs)
+        return choices["m3bind"], centres.get("m3bind")
     centres = model.centres if model.retrieval_similarity == "centred" else None
     return ({"chosen": model.retrieval_similarity, "validation_concept_auc": model.retrieval_validation,
              "validated": True, "from_model": True}, centres)
@@ -378,11 +379,10 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
                        else choose_prototype_rule(exp, variants))
         rule = PROTOTYPE_RULES[rule_choice["chosen"]]
         chaining_choice = choose_chaining_profile(exp, variants["unbound"], pairs) if pairs else None
-        similarity_choice = (choose_retrieval_similarity(exp, {v: w for v, w in variants.items() if v != "m3bind"},
-                                                         pairs) if pairs else None)
-        final_centres = None
+        similarity_choice, centres = (choose_retrieval_similarity(
+            exp, {v: w for v, w in variants.items() if v != "m3bind"}, pairs) if pairs else (None, {}))
         if similarity_choice is not None and "m3bind" in variants:
-            similarity_choice["m3bind"], final_centres = _final_model_similarity(exp, variants["m3bind"], pairs)
+            similarity_choice["m3bind"], centres["m3bind"] = _final_model_similarity(exp, variants["m3bind"], pairs)
     log((f"prototypes '{rule.name}' ({rule.description}), the default: {rule_choice['reason']}"
          if rule_choice.get("default") else f"chosen on validation: prototypes '{rule.name}' ({rule.description})")
         + (f", chaining profile '{chaining_choice['chosen']}'" if chaining_choice else "")
@@ -433,8 +433,7 @@ def _evaluate_variants(exp: Experiment, names: Sequence[str], command: str, log,
     if pairs:
         with timer("retrieval"):
             scores, extras = retrieval_query_scores(exp, variants, pairs, chaining_choice["chosen"],
-                                                    chaining_choice["concepts"], similarity_choice,
-                                                    {"m3bind": final_centres} if final_centres else None)
+                                                    chaining_choice["concepts"], similarity_choice, centres)
             for v, by_pair in scores.items():
                 report["retrieval"][v] = {pair: _retrieval_entry(s, bootstrap,
                                                                  **(extras[pair] if v == "random_heads" else {}))
