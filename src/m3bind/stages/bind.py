@@ -8,11 +8,12 @@ import torch
 from m3bind.eval.protocol import (check_paired_set, heldout_texts, paired_retrieval, random_head_retrieval,
                                   retrieval_pairs, stage_prototype_rule, zero_shot_by_modality)
 from m3bind.devices import on_main_process
-from m3bind.experiment import Experiment
+from m3bind.experiment import Experiment, keeps_sentence_vectors
 from m3bind.stages.artifacts import bind_dir, prepare_bound, save_bound, write_summary
 from m3bind.train.losses import labels_vary
 
 
+@keeps_sentence_vectors
 def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print) -> dict:
     """Bind the configured modalities (``bind.modalities``, default all)."""
     from m3bind.models.binding import parameter_report

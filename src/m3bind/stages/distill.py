@@ -8,11 +8,12 @@ from m3bind.eval.protocol import (choose_model_similarity, describe_zero_shot, m
                                   prompt_corpus, retrieval_pairs, stage_prototype_rule)
 from m3bind.devices import on_main_process
 from m3bind.eval.report_markdown import similarity_reason
-from m3bind.experiment import Experiment
+from m3bind.experiment import Experiment, keeps_sentence_vectors
 from m3bind.models.view import SharedSpaceView
 from m3bind.stages.artifacts import export_model, load_bound, model_dir, write_summary
 
 
+@keeps_sentence_vectors
 def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=print) -> dict:
     """Distil the bound text encoders of ``bind`` into the configured student; save the final model."""
     from m3bind.models.student import build_student

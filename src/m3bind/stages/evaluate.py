@@ -47,7 +47,7 @@ from m3bind.eval.protocol import (DEFAULT_CHAINING_PROFILE, RANDOM_HEAD_DRAWS, R
                                   retrieval_pairs, zero_shot_scores)
 from m3bind.eval.retrieval import QueryScores, embedding_query_scores
 from m3bind.eval.zeroshot import PROTOTYPE_RULES, PrototypeRule, ZeroShotScores, single_label_targets
-from m3bind.experiment import Experiment
+from m3bind.experiment import Experiment, keeps_sentence_vectors
 from m3bind.stages.artifacts import bind_dir, load_bound, model_dir
 from m3bind.timing import StageTimer
 
@@ -305,6 +305,7 @@ def _prompt_notes(exp: Experiment, names: Sequence[str]) -> list[str]:
     return notes
 
 
+@keeps_sentence_vectors
 def run_eval(exp: Experiment, *, command: str = "m3bind eval", log=print, few_shot: bool = True,
              progress=None) -> dict:
     """Compute every table for the variants available and write the report next to the outputs."""

@@ -8,10 +8,11 @@ from pathlib import Path
 from m3bind.errors import ConfigError
 from m3bind.eval.protocol import (choose_model_similarity, modality_zero_shot, paired_retrieval, retrieval_pairs,
                                   stage_prototype_rule)
-from m3bind.experiment import Experiment
+from m3bind.experiment import Experiment, keeps_sentence_vectors
 from m3bind.stages.artifacts import write_summary
 
 
+@keeps_sentence_vectors
 def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *, resume: bool = False,
                progress=None, log=print) -> dict:
     """Bind ``modality`` (its unbound model from ``exp``) into the saved model at ``base_dir``."""

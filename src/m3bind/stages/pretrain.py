@@ -14,12 +14,13 @@ from m3bind.config import format_validation_error
 from m3bind.errors import ConfigError
 from m3bind.eval.protocol import describe_zero_shot, modality_zero_shot
 from m3bind.devices import on_main_process
-from m3bind.experiment import Experiment
+from m3bind.experiment import Experiment, keeps_sentence_vectors
 from m3bind.models.view import native_view
 from m3bind.stages.artifacts import write_summary
 from m3bind.train.losses import labels_vary
 
 
+@keeps_sentence_vectors
 def run_pretrain(exp: Experiment, modalities: Sequence[str] | None = None, *, resume: bool = False,
                  progress=None, log=print) -> dict[str, dict]:
     """Pretrain every built-in modality model: train, save, report zero-shot accuracy on validation."""
