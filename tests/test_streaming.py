@@ -296,3 +296,47 @@ def test_a_writer_given_a_smaller_shard_holds_fewer_rows_before_writing_them(tmp
             assert writer.buffered < 10                                 # written out once ten are held
     assert len(list((tmp_path / "s").glob("shard_*.npy"))) == 4
     assert np.array_equal(RowStore(tmp_path / "s")[:].numpy(), rows)
+
+
+def test_a_split_is_cached_whole_or_not_at_all_and_two_processes_can_build_it_at_once(tmp_path, monkeypatch):
+    """The processes of a launched group build the same split's cache at once: each builds in a
+    folder of its own and publishes it by one rename, under a lock, so none deletes what another
+    is writing (a launched run failed so before). A folder half built in place by an older
+    release is replaced, and a killed build leaves only its own temporary folder behind."""
+    import threading
+
+    import m3bind.data.datasets as datasets
+
+    manifest = _cohort(tmp_path, n=8)
+    expected = _experiment(tmp_path, manifest).studies("xray", "train").images[:]
+    cache_root = tmp_path / "run" / "cache"
+    (built,) = [p for p in cache_root.iterdir() if p.name.startswith("xray-train-")]
+    assert not [p for p in cache_root.iterdir() if p.name.endswith(".tmp")]
+    shutil.rmtree(built)
+    (built / "images").mkdir(parents=True)       # an older release's build, killed half way
+    assert torch.equal(_experiment(tmp_path, manifest).studies("xray", "train").images[:], expected)
+    assert (built / "meta.json").exists()
+
+    shutil.rmtree(built)
+    real = datasets.stream_studies
+    monkeypatch.setattr(datasets, "stream_studies", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        _experiment(tmp_path, manifest).studies("xray", "train")
+    assert not built.exists() and not [p for p in cache_root.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(datasets, "stream_studies", real)
+
+    results, errors = {}, []
+
+    def build(name):
+        try:
+            results[name] = _experiment(tmp_path, manifest).studies("xray", "train").images[:]
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and all(torch.equal(images, expected) for images in results.values())
+    assert [p.name for p in cache_root.iterdir() if p.name.startswith("xray-train-")] == [built.name]

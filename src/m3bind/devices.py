@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -56,11 +57,33 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+def process_folder(folder: Path) -> Path:
+    """Where one process of a launched group writes the files it keeps for itself (a stage's own
+    frozen-embedding tables, which every process computes alike): ``folder`` in a lone process,
+    else a subfolder per process, so that no process removes or half-reads another's."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        return folder / f"process-{int(os.environ.get('RANK', 0))}"
+    return folder
+
+
 def on_main_process(write):
     """Run ``write()`` on the main process only (files are written once), then let every process
     wait for it, so none reads a file before it exists. Returns ``write()``'s result on the main
     process, None elsewhere."""
     result = write() if is_main_process() else None
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _in_launched_group():
         torch.distributed.barrier()
     return result
+
+
+def _in_launched_group() -> bool:
+    """Whether this process is one of a launched group (accelerate launch, torchrun). It joins
+    the group's collectives here when no training loop has yet (``m3bind eval`` alone trains
+    nothing), since waiting for the main process needs them."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or not torch.distributed.is_available():
+        return False
+    if not torch.distributed.is_initialized():
+        from accelerate import PartialState
+
+        PartialState()  # initialises the process group from the launcher's environment
+    return True

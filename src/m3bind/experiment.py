@@ -7,11 +7,13 @@ inputs from here, so every command of the CLI works the same from a config file 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
-import functools
+import os
 import shutil
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +67,45 @@ def study_cache_key(manifest: Manifest, spec, limits) -> str:
 def _gigabytes(shape: tuple[int, ...]) -> float:
     """Size of float32 rows of ``shape`` in GB."""
     return 4 * math.prod(int(d) for d in shape) / 1e9
+
+
+STUDY_META = "meta.json"
+
+
+@contextmanager
+def _building(cache: Path):
+    """Hold an exclusive lock named after a study cache while building it: a second process of
+    the run waits, then reads the first one's copy instead of decoding the split again. Where
+    file locks do not exist, building twice is still safe (see Experiment._build_study_cache)."""
+    try:
+        import fcntl
+    except ImportError:   # not a POSIX system
+        yield
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    path = cache.with_name(f".{cache.name}.lock")
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            # Removed before it is released: a process still waiting on it then finds the cache
+            # built, and one that came later never needed it; at worst a split is built twice.
+            path.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_study_cache(manifest: Manifest, cache: Path) -> StudySet:
+    """A split's studies from its published cache folder (see Experiment._build_study_cache)."""
+    from m3bind.data.datasets import ReadNote, SkippedItem
+    from m3bind.data.store import RowStore
+
+    meta = json.loads((cache / STUDY_META).read_text())
+    return StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],
+                    patient_ids=meta["patient_ids"], rows=meta["rows"],
+                    skipped=[SkippedItem.from_meta(manifest, item) for item in meta["skipped"]],
+                    read_notes=[ReadNote(str(n["note"]), int(n["count"]), str(n["first"]))
+                                for n in meta.get("read_notes", [])])
 
 
 def keeps_sentence_vectors(stage):
@@ -198,8 +239,7 @@ class Experiment:
         (see :meth:`study_cache_key`), then served from it a batch at a time; or, where the
         modality is not cached (:meth:`caches_studies`) and no cache of the split exists yet,
         read from the study files on every access."""
-        from m3bind.data.datasets import ReadNote, SkippedItem, StreamedImages, stream_studies
-        from m3bind.data.store import RowStore
+        from m3bind.data.datasets import StreamedImages
         from m3bind.data.transforms import build_transform
 
         memo = (modality, split, paired)
@@ -215,7 +255,7 @@ class Experiment:
         spec = self.preprocess(modality)
         key = study_cache_key(manifest, spec, self.cfg.data.read_limits)
         cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{key}"
-        meta_path = cache / "meta.json"
+        meta_path = cache / STUDY_META
         cached = meta_path.exists() and (cache / "images").exists()
         streamed = None
         if not cached and not self.caches_studies(modality):
@@ -228,26 +268,48 @@ class Experiment:
                                labels=[manifest.labels(i) for i in range(len(manifest))],
                                patient_ids=[str(p) for p in manifest.table["patient_id"]],
                                rows=list(range(1, len(manifest) + 1)))
-        elif cached:
-            meta = json.loads(meta_path.read_text())
-            studies = StudySet(images=RowStore(cache / "images"), texts=meta["texts"], labels=meta["labels"],
-                               patient_ids=meta["patient_ids"], rows=meta["rows"],
-                               skipped=[SkippedItem.from_meta(manifest, item) for item in meta["skipped"]],
-                               read_notes=[ReadNote(str(n["note"]), int(n["count"]), str(n["first"]))
-                                           for n in meta.get("read_notes", [])])
         else:
-            if cache.exists():  # a build killed half way: start again
-                shutil.rmtree(cache)
-            studies, _ = stream_studies(manifest, build_transform(modality, spec), cache / "images",
-                                        on_error=self.cfg.data.on_error, workers=self.cfg.data.workers,
-                                        limits=self.cfg.data.read_limits)
-            atomic_write_text(meta_path, json.dumps({
-                "texts": studies.texts, "labels": studies.labels, "patient_ids": studies.patient_ids,
-                "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped],
-                "read_notes": [vars(note) for note in studies.read_notes]}))
+            with _building(cache):
+                if not (meta_path.exists() and (cache / "images").exists()):   # no other process built it meanwhile
+                    self._build_study_cache(modality, manifest, spec, cache)
+            studies = _read_study_cache(manifest, cache)
         studies.key = cache.name
         self._studies[memo] = studies
         return studies
+
+    def _build_study_cache(self, modality: str, manifest: Manifest, spec, cache: Path) -> None:
+        """Decode a split once into ``cache`` (the images and ``meta.json``), written in a folder
+        of this process's own and published whole by one rename: the processes of a multi-process
+        run, or two runs sharing a cache folder, may build the same split at once, and none may
+        delete or half-read a folder another is writing. A killed build leaves only its own
+        temporary folder behind."""
+        from m3bind.data.datasets import stream_studies
+        from m3bind.data.transforms import build_transform
+
+        building = cache.with_name(f".{cache.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            studies, _ = stream_studies(manifest, build_transform(modality, spec), building / "images",
+                                        on_error=self.cfg.data.on_error, workers=self.cfg.data.workers,
+                                        limits=self.cfg.data.read_limits)
+            atomic_write_text(building / STUDY_META, json.dumps({
+                "texts": studies.texts, "labels": studies.labels, "patient_ids": studies.patient_ids,
+                "rows": studies.rows, "skipped": [vars(item) for item in studies.skipped],
+                "read_notes": [vars(note) for note in studies.read_notes]}))
+            if cache.exists() and not (cache / STUDY_META).exists():
+                # Half built by a release before this one (it built in place): move it aside first,
+                # so that of two processes doing this only one removes it.
+                stale = cache.with_name(f".{cache.name}.{uuid.uuid4().hex[:8]}.stale")
+                try:
+                    os.replace(cache, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+                except OSError:
+                    pass
+            try:
+                os.replace(building, cache)
+            except OSError:
+                pass  # another process published the same split first: the same rows, keep theirs
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
 
     def study_subset(self, modality: str, split: str, positions) -> object:
         """Some studies of a split, read lazily; the same object for the same rows, so that

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
+from m3bind.devices import on_main_process
 from m3bind.eval.bootstrap import Bootstrap
 from m3bind.eval.prompts import PromptSet, expert_prompts
 from m3bind.eval.zeroshot import PrototypeRule, ZeroShotScores, class_prototypes, single_label_targets
@@ -33,23 +34,28 @@ VOCABULARY = "alternative"
 
 
 def student_check_cohort(exp: Experiment, log=print):
-    """The check's cohort folder, generated unless one with the configured settings exists."""
+    """The check's cohort folder, generated unless one with the configured settings exists.
+    Checked and written by the main process of a launched group alone; the others wait for it."""
+    folder = exp.out_dir / "student_check" / "cohort"
+    on_main_process(lambda: _write_check_cohort(exp, folder, log))
+    return folder
+
+
+def _write_check_cohort(exp: Experiment, folder, log) -> None:
     from m3bind.cohort import generate_cohort
 
     cfg = exp.cfg.eval.student_check
-    folder = exp.out_dir / "student_check" / "cohort"
     info = folder / "cohort.json"
     wanted = {"seed": cfg.seed, "n_patients": cfg.patients, "report_vocabulary": VOCABULARY}
     if info.exists():
         current = json.loads(info.read_text())
         test_counts = {c.get("test") for c in current.get("counts", {}).values()}
         if {k: current.get(k) for k in wanted} == wanted and test_counts == {cfg.test_patients}:
-            return folder
+            return
     log(f"student check: writing a second cohort (seed {cfg.seed}, {VOCABULARY} report vocabulary, "
         f"{cfg.test_patients} test studies per modality) into {folder}")
     generate_cohort(folder, n_patients=cfg.patients, seed=cfg.seed, workers=2, test_patients=cfg.test_patients,
                     report_vocabulary=VOCABULARY, test_only=True)
-    return folder
 
 
 def _check_experiment(exp: Experiment, folder, modalities: list[str]) -> Experiment:

@@ -100,7 +100,7 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
     """Bind already LoRA-prepared ``bound`` modules (see BoundModality.prepare_for_binding).
     ``image_tables``: where frozen image embeddings are shared by content between runs
     (:class:`~m3bind.train.frozen.FrozenImageEmbeddings`); default: this run's own folder."""
-    from m3bind.devices import resolve_mixed_precision, training_accelerator
+    from m3bind.devices import process_folder, resolve_mixed_precision, training_accelerator
     from m3bind.errors import ConfigError
     from m3bind.train.distributed import DataParallel
 
@@ -119,7 +119,7 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
     optimizer = build_optimizer(bound, cfg, balance)
     corpora = {m: train[m].texts for m in names}
     label_aware = {m: cfg.label_aware and labels_vary(train[m].labels) for m in names}
-    frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images, directory=run_dir / "frozen" / m,
+    frozen = {m: FrozenImageEmbeddings(bound[m], train[m].images, directory=process_folder(run_dir / "frozen") / m,
                                        shared=image_tables, source_key=train[m].key)
               for m in names if not cfg.lora.image}
 
@@ -137,12 +137,12 @@ def bind_models(bound: Mapping[str, BoundModality], train: Mapping[str, StudySet
         for stream, m in enumerate(names, start=1):
             full_index = sample_batch(sizes[m], cfg.image_batch_size, step_generator(seed, step, stream))
             index = parallel.shard(full_index)
-            image_emb = parallel.gather(encode_images(m, index))
+            image_emb = parallel.gather(encode_images(m, index), len(full_index))
             reports = [train[m].texts[i] for i in index.tolist()]
             # One text-tower pass over its reports and the alignment texts together, not two: a GPU
             # step is bound by kernel launches, not arithmetic (docs/findings.md).
             both = bound[m].encode_texts(reports + aligned)
-            text_emb = parallel.gather(both[:len(reports)])
+            text_emb = parallel.gather(both[:len(reports)], len(full_index))
             aligned_emb[m] = both[len(reports):]
             # gather() restores global-batch order, so the labels follow full_index
             labels = [train[m].labels[i] for i in full_index.tolist()] if label_aware[m] else None

@@ -28,6 +28,7 @@ from m3bind.data.datasets import StudySet
 from m3bind.devices import resolve_mixed_precision
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
+from m3bind.devices import process_folder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
 from m3bind.train.losses import kd_loss, source_teacher_weights, text_to_image_infonce
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop
@@ -64,12 +65,12 @@ def distill_student(student: StudentTextEncoder, bound: Mapping[str, BoundModali
     trainable = nn.ModuleDict({"student": student, "heads": heads})
     corpora = {m: train[m].texts for m in names}
     prompts = list(dict.fromkeys((m, t) for m, texts in (prompt_texts or {}).items() for t in texts))
+    frozen = process_folder(run_dir / "frozen")
     teachers = FrozenTextEmbeddings(teacher_encoders(bound),
                                     [t for m in names for t in corpora[m]] + [t for _, t in prompts],
-                                    cfg.cache_embeddings, directory=run_dir / "frozen" / "teachers",
-                                    device=student.device)
+                                    cfg.cache_embeddings, directory=frozen / "teachers", device=student.device)
     images = {m: FrozenImageEmbeddings(bound[m], train[m].images, cfg.cache_embeddings,
-                                       directory=run_dir / "frozen" / m, shared=image_tables,
+                                       directory=frozen / m, shared=image_tables,
                                        source_key=train[m].key) for m in names}
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)

@@ -31,20 +31,25 @@ class DataParallel:
         """This process's part of a global batch (every world-th item, from its rank)."""
         return items[self.rank::self.world] if self.active else items
 
-    def gather(self, local: Tensor) -> Tensor:
+    def gather(self, local: Tensor, total: int | None = None) -> Tensor:
         """Concatenate every process's rows in global-batch order, keeping gradients.
 
         Shards are interleaved (rank r holds rows r, r+W, ...); the result restores that order so
-        row i is global item i. Shards must have equal sizes (the batch is padded by the caller
-        choosing batch sizes divisible by the number of processes).
+        row i is global item i. ``total``: the global batch's size, when it is not a multiple of
+        the number of processes (a modality with fewer training studies than the batch is sampled
+        whole): the shorter shards are padded for the collective, which needs equal sizes, and
+        the padding is dropped again.
         """
         if not self.active:
             return local
         import torch.distributed.nn.functional as dist_fn
 
+        per_rank = len(local) if total is None else -(-total // self.world)
+        if len(local) < per_rank:
+            local = torch.cat([local, local.new_zeros(per_rank - len(local), *local.shape[1:])])
         parts = dist_fn.all_gather(local)
-        stacked = torch.stack(list(parts), dim=1)  # (n_local, world, ...)
-        return stacked.reshape(-1, *local.shape[1:])
+        stacked = torch.stack(list(parts), dim=1)  # (per_rank, world, ...): row j * world + r is item r + j * world
+        return stacked.reshape(-1, *local.shape[1:])[:total]
 
     def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         if not self.active:
