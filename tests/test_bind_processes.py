@@ -111,3 +111,34 @@ def test_every_stage_runs_in_two_launched_processes(tmp_path):
     assert not list((tmp_path / "run").rglob("*.tmp"))       # every temporary folder published or removed
     assert sorted(p.name for p in (tmp_path / "run" / "distill" / "frozen").iterdir()) == ["process-0", "process-1"]
     assert done.stdout.count("student check: writing a second cohort") == 1  # written by the main process alone
+
+
+def _main_then_train(rank: int, world: int, port: int, results) -> None:
+    import torch
+
+    from m3bind.devices import on_main_process, training_accelerator
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    written = on_main_process(lambda: f"written by {rank}")
+    accelerator = training_accelerator(torch.device("cpu"))
+    results[rank] = (written, accelerator.num_processes, accelerator.process_index, accelerator.is_main_process)
+    torch.distributed.destroy_process_group()
+
+
+def test_waiting_for_the_main_process_before_any_loop_keeps_the_processes_a_group(tmp_path):
+    """The demo writes its cohort on the main process before pretraining: joining the group for
+    that wait must leave later loops data-parallel (joined through accelerate's PartialState, both
+    processes became a lone main process and wrote the same checkpoints)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_main_then_train, args=(2, port, results), nprocs=2, join=True)
+        results = dict(results)
+    assert results == {0: ("written by 0", 2, 0, True), 1: (None, 2, 1, False)}

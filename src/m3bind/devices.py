@@ -83,7 +83,10 @@ def _in_launched_group() -> bool:
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or not torch.distributed.is_available():
         return False
     if not torch.distributed.is_initialized():
-        from accelerate import PartialState
-
-        PartialState()  # initialises the process group from the launcher's environment
+        # torch's own group from the launcher's environment, which a later Accelerator adopts.
+        # (accelerate's PartialState() here would settle this process as a lone one on a CPU, and
+        # every Accelerator after it too: both processes then wrote the same checkpoints.)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     return True

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from m3bind.config import ExperimentConfig, parse_config
+from m3bind.devices import on_main_process
 from m3bind.errors import ConfigError
 from m3bind.experiment import Experiment
 from m3bind.timing import StageTimer
@@ -55,12 +56,17 @@ def run_demo(out: Path, patients: int, seed: int, quick: bool, *, cohort_progres
 
     timer = StageTimer(log)
     cohort_dir = out / "cohort"
-    with timer("cohort"):
+
+    def write_cohort():
         generate_cohort(cohort_dir, n_patients=demo_patients(patients, quick), seed=seed, workers=2,
                         progress=cohort_progress)
         log(f"preview: {write_preview(cohort_dir, cohort_dir / 'preview.png')}")
+
+    # Under a launcher (accelerate launch, torchrun) the files are written once, by the main process.
+    with timer("cohort"):
+        on_main_process(write_cohort)
     exp = Experiment(demo_config(cohort_dir, out, quick=quick, seed=seed))
-    log(f"config: {exp.save_config()}")
+    on_main_process(lambda: log(f"config: {exp.save_config()}"))
     with timer("pretrain"):
         run_pretrain(exp, progress=progress, log=log)
     with timer("bind"):
@@ -70,9 +76,11 @@ def run_demo(out: Path, patients: int, seed: int, quick: bool, *, cohort_progres
     with timer("evaluate"):
         report = run_eval(exp, command="m3bind demo" + (" --quick" if quick else ""), log=log)
     with timer("index"):
-        index = index_test_studies(exp, out / "index", workers=exp.cfg.data.workers)
-    log(f"search index of the test and paired studies: {index} (try `m3bind serve {index} --model {out / 'model'}`)")
-    timer.write(out / "timings.json", parts={"evaluate": report.get("timings", {})})
+        index = on_main_process(lambda: index_test_studies(exp, out / "index", workers=exp.cfg.data.workers))
+    if index is not None:
+        log(f"search index of the test and paired studies: {index} (try `m3bind serve {index} --model "
+            f"{out / 'model'}`)")
+        timer.write(out / "timings.json", parts={"evaluate": report.get("timings", {})})
     return report
 
 
