@@ -13,9 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from m3bind.devices import on_main_process
 from m3bind.errors import ConfigError
 from m3bind.eval.bootstrap import Bootstrap
-from m3bind.eval.protocol import REPORT_SPLIT, modality_zero_shot, paired_query_scores, retrieval_pairs
+from m3bind.eval.protocol import (
+    REPORT_SPLIT,
+    modality_zero_shot,
+    paired_query_scores,
+    retrieval_pairs,
+)
 from m3bind.experiment import Experiment
 from m3bind.fileio import atomic_write_text
 from m3bind.stages.artifacts import load_bound, model_dir
@@ -104,5 +110,5 @@ def run_ablation(exp: Experiment, study: str, *, progress=None, log=print) -> li
             rows.append({"setting": {"AMB": amb, "SESKD": True}, **_measure(child, True)})
     else:
         raise ConfigError(f"unknown ablation study '{study}'; choose one of {', '.join(STUDIES)}")
-    atomic_write_text(ablation_path(exp, study), json.dumps(rows, indent=2))
+    on_main_process(lambda: atomic_write_text(ablation_path(exp, study), json.dumps(rows, indent=2)))
     return rows

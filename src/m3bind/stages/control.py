@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from m3bind.devices import on_main_process
 from m3bind.experiment import Experiment
 from m3bind.fileio import atomic_write_text
 from m3bind.stages.ablate import child_experiment
@@ -49,5 +50,5 @@ def run_control(exp: Experiment, *, progress=None, log=print) -> Experiment:
         return child
     log("lambda = 0 control: binding with the CLIP terms only (same LoRA, heads and steps)")
     run_bind(child, progress=progress, log=log)
-    atomic_write_text(child.out_dir / SETTINGS_FILE, _settings(child))
+    on_main_process(lambda: atomic_write_text(child.out_dir / SETTINGS_FILE, _settings(child)))
     return child

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from m3bind.devices import on_main_process
 from m3bind.errors import ConfigError
-from m3bind.eval.protocol import (choose_model_similarity, modality_zero_shot, paired_retrieval, retrieval_pairs,
-                                  stage_prototype_rule)
+from m3bind.eval.protocol import (
+    choose_model_similarity,
+    modality_zero_shot,
+    paired_retrieval,
+    retrieval_pairs,
+    stage_prototype_rule,
+)
 from m3bind.experiment import Experiment, keeps_sentence_vectors
 from m3bind.stages.artifacts import write_summary
 
@@ -36,13 +42,13 @@ def run_extend(exp: Experiment, base_dir: Path, modality: str, out_dir: Path, *,
                       base.student)
     # The new modality needs its own centre, and the pairs it joins may favour another ranking.
     similarity = choose_model_similarity(exp, extended, retrieval_pairs(exp), log=log)
-    extended.save_pretrained(out_dir / "model")
+    on_main_process(lambda: extended.save_pretrained(out_dir / "model"))
     views = {m: extended.view(m) for m in extended.modalities}
     zero_shot = modality_zero_shot(exp, modality, views[modality])
     retrieval = paired_retrieval(exp, views, retrieval_pairs(exp))
     summary = {"modality": modality, "base": str(base_dir), "steps": outcome.steps_done,
                "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
                "zero_shot_student": zero_shot, "retrieval": retrieval, "retrieval_similarity": similarity}
-    write_summary(out_dir / "summary.json", summary)
+    on_main_process(lambda: write_summary(out_dir / "summary.json", summary))
     log(f"extended {base_dir} with {modality}; saved to {out_dir / 'model'}")
     return summary

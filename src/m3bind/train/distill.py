@@ -25,13 +25,12 @@ from torch import Tensor, nn
 
 from m3bind.config import DistillConfig
 from m3bind.data.datasets import StudySet
-from m3bind.devices import resolve_mixed_precision
+from m3bind.devices import process_folder, resolve_mixed_precision
 from m3bind.models.binding import BoundModality
 from m3bind.models.student import StudentTextEncoder
-from m3bind.devices import process_folder
 from m3bind.train.frozen import FrozenImageEmbeddings, FrozenTextEmbeddings
-from m3bind.train.losses import kd_loss, source_teacher_weights, text_to_image_infonce
 from m3bind.train.loop import LoopResult, LoopSettings, run_loop
+from m3bind.train.losses import kd_loss, source_teacher_weights, text_to_image_infonce
 from m3bind.train.sampling import sample_batch, sample_text_sources, step_generator
 
 
