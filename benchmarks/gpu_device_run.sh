@@ -6,8 +6,10 @@
 #   1. benchmarks/gpu_check.py: the quick demo, then a paper-sized binding step in fp32;
 #   2. the same binding step under bf16 autocast;
 #   3. benchmarks/mfu.py on the published architectures, bf16, with an operator profile;
-#   4. tests/test_devices.py, whose placement tests also run on "cuda" where it exists.
-# PARTS="check bf16 mfu devices" picks parts (default: all). Logs, the demo's report.json and timings.json are kept in $OUT.
+#   4. tests/test_devices.py, whose placement tests also run on "cuda" where it exists;
+#   5. on a machine with two or more GPUs: the quick demo under `accelerate launch --multi_gpu`
+#      (NCCL; on CPUs the same path is tested under torchrun with gloo, tests/test_bind_processes.py).
+# PARTS="check bf16 mfu devices multi" picks parts (default: all). Logs, the demo's report.json and timings.json are kept in $OUT.
 #   device run: {command: "bash benchmarks/gpu_device_run.sh", carry: [".whl"], timeout_s: 540}
 set -o pipefail
 OUT="${OUT:-/tmp/gpu-out}"; mkdir -p "$OUT"
@@ -45,3 +47,12 @@ wanted bf16 && step "gpu_check: bf16 binding step" 100 python3 benchmarks/gpu_ch
 rm -rf /tmp/gc-bf16/paper
 wanted mfu && step "mfu: published architectures, bf16" 100 python3 benchmarks/mfu.py --models paper --mixed-precision bf16 --steps 3 --profile 2>&1 | tee "$OUT/mfu_bf16.log"
 wanted devices && step "tests/test_devices.py on cpu and cuda" 80 python3 -m pytest -q -p no:cacheprovider tests/test_devices.py 2>&1 | tee "$OUT/test_devices.log"
+gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+if wanted multi && [ "$gpus" -ge 2 ]; then
+    step "quick demo under accelerate launch --multi_gpu --num_processes $gpus" 300 \
+        python3 -m accelerate.commands.launch --multi_gpu --num_processes "$gpus" -m m3bind.cli demo --quick --out /tmp/gc-multi \
+        2>&1 | tee "$OUT/multi_gpu_demo.log"
+    cp /tmp/gc-multi/report/report.json "$OUT/multi_gpu_report.json" 2>/dev/null
+elif wanted multi; then
+    echo; echo "=== multi-GPU demo: skipped, $gpus GPU on this machine ==="
+fi
