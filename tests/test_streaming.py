@@ -2,7 +2,10 @@
 and equivalence with reading every study directly."""
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -324,6 +327,20 @@ def test_a_split_is_cached_whole_or_not_at_all_and_two_processes_can_build_it_at
         _experiment(tmp_path, manifest).studies("xray", "train")
     assert not built.exists() and not [p for p in cache_root.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.setattr(datasets, "stream_studies", real)
+    # A build killed outright (no clean-up ran) leaves its folder; the next build on the host
+    # removes it once its process is gone, and leaves a live builder's and another host's alone.
+    from m3bind.experiment import _HOST
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = cache_root / f".{built.name}.{_HOST}.{dead.pid}.0badc0de.tmp"
+    live = cache_root / f".{built.name}.{_HOST}.{os.getppid()}.0badc0de.tmp"
+    elsewhere = cache_root / f".{built.name}.another-host.{dead.pid}.0badc0de.tmp"
+    for folder in (abandoned, live, elsewhere):
+        (folder / "images").mkdir(parents=True)
+    assert torch.equal(_experiment(tmp_path, manifest).studies("xray", "train").images[:], expected)
+    assert not abandoned.exists() and live.exists() and elsewhere.exists()
+    shutil.rmtree(live), shutil.rmtree(elsewhere), shutil.rmtree(built)
 
     results, errors = {}, []
 

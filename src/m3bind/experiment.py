@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,6 +94,32 @@ def _building(cache: Path):
             # built, and one that came later never needed it; at worst a split is built twice.
             path.unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+_HOST = socket.gethostname().replace(".", "-")
+
+
+def _remove_abandoned_builds(cache: Path) -> None:
+    """Remove the temporary folders that builds of ``cache`` killed on this host left behind (a
+    half-decoded split of CT volumes can be gigabytes). A folder is abandoned when the process
+    named in it is gone; builds on other hosts sharing the folder are left alone."""
+    for folder in cache.parent.glob(f".{cache.name}.{_HOST}.*.tmp"):
+        try:
+            pid = int(folder.name[len(f".{cache.name}.{_HOST}."):].split(".")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # alive, owned by another user
+        return True
+    return True
 
 
 def _read_study_cache(manifest: Manifest, cache: Path) -> StudySet:
@@ -282,11 +309,12 @@ class Experiment:
         of this process's own and published whole by one rename: the processes of a multi-process
         run, or two runs sharing a cache folder, may build the same split at once, and none may
         delete or half-read a folder another is writing. A killed build leaves only its own
-        temporary folder behind."""
+        temporary folder behind, which the next build on the host removes."""
         from m3bind.data.datasets import stream_studies
         from m3bind.data.transforms import build_transform
 
-        building = cache.with_name(f".{cache.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        _remove_abandoned_builds(cache)
+        building = cache.with_name(f".{cache.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             studies, _ = stream_studies(manifest, build_transform(modality, spec), building / "images",
                                         on_error=self.cfg.data.on_error, workers=self.cfg.data.workers,

@@ -26,12 +26,7 @@ import torch
 from m3bind.devices import on_main_process
 from m3bind.eval.bootstrap import Bootstrap
 from m3bind.eval.prompts import PromptSet, expert_prompts
-from m3bind.eval.zeroshot import (
-    PrototypeRule,
-    ZeroShotScores,
-    class_prototypes,
-    single_label_targets,
-)
+from m3bind.eval.zeroshot import PrototypeRule, ZeroShotScores, class_prototypes, single_label_targets
 from m3bind.experiment import Experiment
 
 BAR = 0.05
@@ -108,12 +103,7 @@ def run_student_check(exp: Experiment, teachers: Mapping, final: Mapping, rule: 
                       bootstrap: Bootstrap, log=print) -> dict:
     """The check's results: per modality and measure, teachers vs final with intervals."""
     from m3bind.cohort.writer import RENDERERS
-    from m3bind.eval.protocol import (
-        embed_view_images,
-        modality_classes,
-        prompt_set_for,
-        zero_shot_scores,
-    )
+    from m3bind.eval.protocol import embed_view_images, modality_classes, prompt_set_for, zero_shot_scores
 
     modalities = [m for m in teachers if m in final and m in RENDERERS]
     folder = student_check_cohort(exp, log=log)

@@ -16,12 +16,7 @@ from pathlib import Path
 from m3bind.devices import on_main_process
 from m3bind.errors import ConfigError
 from m3bind.eval.bootstrap import Bootstrap
-from m3bind.eval.protocol import (
-    REPORT_SPLIT,
-    modality_zero_shot,
-    paired_query_scores,
-    retrieval_pairs,
-)
+from m3bind.eval.protocol import REPORT_SPLIT, modality_zero_shot, paired_query_scores, retrieval_pairs
 from m3bind.experiment import Experiment
 from m3bind.fileio import atomic_write_text
 from m3bind.stages.artifacts import load_bound, model_dir

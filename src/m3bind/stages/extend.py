@@ -7,13 +7,8 @@ from pathlib import Path
 
 from m3bind.devices import on_main_process
 from m3bind.errors import ConfigError
-from m3bind.eval.protocol import (
-    choose_model_similarity,
-    modality_zero_shot,
-    paired_retrieval,
-    retrieval_pairs,
-    stage_prototype_rule,
-)
+from m3bind.eval.protocol import (choose_model_similarity, modality_zero_shot, paired_retrieval, retrieval_pairs,
+                                  stage_prototype_rule)
 from m3bind.experiment import Experiment, keeps_sentence_vectors
 from m3bind.stages.artifacts import write_summary
 
