@@ -268,6 +268,9 @@ def test_tuning_never_reads_the_test_split(run, tmp_path):
 
     summary = run_bind(spy, log=lambda _: None)
     assert summary["after"]["zero_shot"]["xray"]["split"] == "val"
+    # ... and rank retrieval by plain cosine, which the summary names (the report's choice comes later)
+    assert summary["retrieval_similarity"] == "cosine"
+    assert summary["after"]["retrieval"] == protocol.paired_retrieval(spy, load_bound(spy), retrieval_pairs(spy))
     # and the poisoned test files really are unreadable: evaluation proper would fail on them
     from m3bind.errors import DataError
 
