@@ -269,7 +269,7 @@ def test_tuning_never_reads_the_test_split(run, tmp_path):
     summary = run_bind(spy, log=lambda _: None)
     assert summary["after"]["zero_shot"]["xray"]["split"] == "val"
     # ... and rank retrieval by plain cosine, which the summary names (the report's choice comes later)
-    assert summary["retrieval_similarity"] == "cosine"
+    assert summary["diagnostics_similarity"] == "cosine"
     assert summary["after"]["retrieval"] == protocol.paired_retrieval(spy, load_bound(spy), retrieval_pairs(spy))
     # and the poisoned test files really are unreadable: evaluation proper would fail on them
     from m3bind.errors import DataError
@@ -712,3 +712,12 @@ def test_a_patient_on_both_paired_val_and_test_is_refused_and_train_test_overlap
     # the patient ids are shared across the cohort's modalities, so that paired test patient is an
     # X-ray paired test patient whose X-ray model trained on one of their studies
     assert re.match(r"xray: 1 of the \d+ paired test patients also have training studies", notes[1]), notes[1]
+
+
+def test_distill_diagnostics_say_they_rank_by_cosine_beside_the_saved_models_choice(run):
+    _, exp, report = run
+    summary = json.loads((exp.out_dir / "distill" / "summary.json").read_text())
+    assert summary["diagnostics_similarity"] == "cosine"
+    cosine = protocol.paired_retrieval(exp, load_bound(exp), retrieval_pairs(exp))
+    assert summary["retrieval_after"] == json.loads(json.dumps(cosine))   # as summary.json stores it
+    assert summary["retrieval_similarity"]["chosen"] == report["protocol"]["retrieval_similarity"]["m3bind"]["chosen"]

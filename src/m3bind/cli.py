@@ -407,7 +407,7 @@ def _print_report_summary(report: dict) -> None:
 
 def _print_bind_summary(summary: dict) -> None:
     table = Table(title=f"binding: before -> after (validation splits; zero-shot: {summary['zero_shot_prompts']}; "
-                        f"retrieval by {summary.get('retrieval_similarity', 'cosine')} similarity)")
+                        f"retrieval by {summary.get('diagnostics_similarity', 'cosine')} similarity)")
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")

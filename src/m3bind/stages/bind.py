@@ -47,7 +47,7 @@ def run_bind(exp: Experiment, *, resume: bool = False, progress=None, log=print)
                "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
                # The report and the final model rank by the similarity chosen on validation later
                # (distill, evaluate); this stage's diagnostics use plain cosine, and say so.
-               "retrieval_similarity": "cosine",
+               "diagnostics_similarity": "cosine",
                "before": before, "after": after,
                "skipped_studies": exp.skipped_studies(), "read_notes": exp.read_notes()}
     on_main_process(lambda: write_summary(bind_dir(exp) / "summary.json", summary))

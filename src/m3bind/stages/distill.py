@@ -50,7 +50,8 @@ def run_distill(exp: Experiment, *, resume: bool = False, progress=None, log=pri
                "student": exp.cfg.distill.student.model_dump(),
                "zero_shot_prompts": f"expert, {stage_prototype_rule(exp).name} prototypes, val split",
                "zero_shot_student": zero_shot, "retrieval_before": before_retrieval,
-               "retrieval_after": after_retrieval, "retrieval_similarity": similarity,
+               "retrieval_after": after_retrieval, "diagnostics_similarity": "cosine",
+               "retrieval_similarity": similarity,  # how the saved model ranks (search, the report)
                "final_losses": outcome.history[-1] if outcome.history else {},
                "skipped_studies": exp.skipped_studies(), "read_notes": exp.read_notes()}
     on_main_process(lambda: write_summary(exp.out_dir / "distill" / "summary.json", summary))
