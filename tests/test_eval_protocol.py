@@ -721,3 +721,28 @@ def test_distill_diagnostics_say_they_rank_by_cosine_beside_the_saved_models_cho
     cosine = protocol.paired_retrieval(exp, load_bound(exp), retrieval_pairs(exp))
     assert summary["retrieval_after"] == json.loads(json.dumps(cosine))   # as summary.json stores it
     assert summary["retrieval_similarity"]["chosen"] == report["protocol"]["retrieval_similarity"]["m3bind"]["chosen"]
+
+
+def test_the_amb_and_seskd_ablation_rows_and_the_main_runs_ranking(run):
+    """Paper Table 5's study: four settings, every pair and modality measured on the test split,
+    and the AMB-on row without SESKD is the main run's bound model ranked by cosine."""
+    from m3bind.stages.ablate import ablation_path, run_ablation
+
+    _, exp, _ = run
+    rows = run_ablation(exp, "amb_seskd", log=lambda _: None)
+    assert [row["setting"] for row in rows] == [{"AMB": amb, "SESKD": seskd} for amb in (False, True)
+                                                for seskd in (False, True)]
+    pairs = {f"{q}->{g}" for q, g in retrieval_pairs(exp)}
+    for row in rows:
+        assert set(row["retrieval"]) == pairs and row["split"] == "test" and row["retrieval_similarity"] == "cosine"
+        assert set(row["zero_shot"]) == set(MODALITIES)
+        assert all(0.0 <= accuracy <= 1.0 for accuracy in row["zero_shot"].values())
+    main = protocol.paired_query_scores(exp, load_bound(exp), retrieval_pairs(exp), "test")
+    amb_on = rows[2]["retrieval"]
+    for pair, scores in main.items():
+        expected = scores.summary()
+        assert amb_on[pair]["recall"] == {str(k): v for k, v in expected["recall"].items()}
+        assert amb_on[pair]["concept_auc"] == (None if expected["concept_auc"] is None
+                                               else pytest.approx(expected["concept_auc"], abs=1e-12))
+    assert rows[0]["retrieval"] != rows[2]["retrieval"]   # switching AMB off changes the binding
+    assert json.loads(ablation_path(exp, "amb_seskd").read_text()) == json.loads(json.dumps(rows))

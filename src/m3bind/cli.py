@@ -365,7 +365,8 @@ def ablate(config: Path = typer.Argument(..., help="Experiment config (YAML) wit
                  if p in row["retrieval"] else "–" for p in pairs]
         accs = list(row["zero_shot"].values())
         table.add_row(setting, *cells, f"{sum(accs) / len(accs):.3f}")
-    table.caption = f"zero-shot accuracy with {rows[0]['zero_shot_prompts']} prompts" if rows else None
+    table.caption = (f"zero-shot accuracy with {rows[0]['zero_shot_prompts']} prompts; retrieval by "
+                     f"{rows[0].get('retrieval_similarity', 'cosine')} similarity" if rows else None)
     console.print(table)
     console.print(f"written to {ablation_path(exp, study)}")
 
