@@ -122,6 +122,11 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _study_cache_built(cache: Path) -> bool:
+    """Whether a split's cache folder is complete (its images and the metadata written after them)."""
+    return (cache / STUDY_META).exists() and (cache / "images").exists()
+
+
 def _read_study_cache(manifest: Manifest, cache: Path) -> StudySet:
     """A split's studies from its published cache folder (see Experiment._build_study_cache)."""
     from m3bind.data.datasets import ReadNote, SkippedItem
@@ -282,8 +287,7 @@ class Experiment:
         spec = self.preprocess(modality)
         key = study_cache_key(manifest, spec, self.cfg.data.read_limits)
         cache = self.cache_dir / f"{modality}-{'paired-' if paired else ''}{split}-{key}"
-        meta_path = cache / STUDY_META
-        cached = meta_path.exists() and (cache / "images").exists()
+        cached = _study_cache_built(cache)
         streamed = None
         if not cached and not self.caches_studies(modality):
             streamed = StreamedImages(manifest, build_transform(modality, spec), self.cfg.data.read_limits,
@@ -297,7 +301,7 @@ class Experiment:
                                rows=list(range(1, len(manifest) + 1)))
         else:
             with _building(cache):
-                if not (meta_path.exists() and (cache / "images").exists()):   # no other process built it meanwhile
+                if not _study_cache_built(cache):   # no other process built it meanwhile
                     self._build_study_cache(modality, manifest, spec, cache)
             studies = _read_study_cache(manifest, cache)
         studies.key = cache.name

@@ -540,6 +540,7 @@ def choose_model_similarity(exp: Experiment, model, pairs: Sequence[tuple[str, s
 
     model.eval()
     views = {m: model.view(m) for m in model.modalities}
+    # Both similarities rank the same paired studies' embeddings: embed them once.
     with exp.sharing_image_embeddings() if exp.image_memo is None else nullcontext():
         choices, computed = choose_retrieval_similarity(exp, {"m3bind": views}, pairs)
         choice, centres = choices["m3bind"], None
